@@ -1,0 +1,142 @@
+"""The public entry point: bounds of C @ f(x') over the input region, for one network or a population."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nets.convert import from_sequential
+from ..nets.spec import Conv2d, Linear, NetSpec
+from .alpha_crown import alpha_crown_bounds
+from .backsub import footprint
+from .layerwise import check_supported
+from .methods import crown_ibp_bounds, deeppoly_bounds, hbox_bounds, ibp_bounds
+from .region import input_box
+from .types import Box
+
+BoundFn = Callable[..., Box]
+METHODS: dict[str, BoundFn] = {
+    "ibp": ibp_bounds,
+    "hbox": hbox_bounds,
+    "crown-ibp": crown_ibp_bounds,
+    "deeppoly": deeppoly_bounds,
+    "crown": deeppoly_bounds,
+    "alpha-crown": alpha_crown_bounds,
+}
+DIFFERENTIABLE = frozenset({"ibp", "hbox", "crown-ibp", "deeppoly", "crown"})
+DEFAULT_CHUNK_FLOATS = 1 << 25  # largest coefficient tensor per chunk: 128 MiB of float32
+
+
+class NotDifferentiableError(RuntimeError):
+    """Raised when gradients in theta are requested from a relaxation evaluated without them."""
+
+
+def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """C (B x (classes-1) x classes) whose rows give the logit differences y_i - y_t, i != t."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
+        raise ValueError(f"y must be a 1-D tensor of integer labels, got shape {tuple(y.shape)} and {y.dtype}")
+    if bool((y < 0).any()) or bool((y >= num_classes).any()):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}")
+    eye = torch.eye(num_classes)
+    rows = eye.unsqueeze(0) - eye[y].unsqueeze(1)  # [B, classes, classes]: row i is e_i - e_t
+    keep = ~torch.nn.functional.one_hot(y, num_classes).bool()
+    return rows[keep].view(y.shape[0], num_classes - 1, num_classes)
+
+
+def _resolve(net: NetSpec | nn.Sequential, x: torch.Tensor, params: torch.Tensor | None
+             ) -> tuple[NetSpec, torch.Tensor, bool]:
+    if isinstance(net, nn.Sequential):
+        spec, theta = from_sequential(net, tuple(x.shape[1:]))
+        if params is None:
+            return spec, theta.to(x.dtype).unsqueeze(0), True
+        if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in net):
+            raise ValueError(
+                "params cannot be combined with a Sequential containing BatchNorm (the layout changes when folded)")
+        return spec, spec.check_population(params), False
+    if not isinstance(net, NetSpec):
+        raise TypeError(f"net must be a NetSpec or torch.nn.Sequential, got {type(net).__name__}")
+    if params is None:
+        raise ValueError("params (P x D, or D) is required when net is a NetSpec")
+    return net, net.check_population(params), params.dim() == 1
+
+
+def _check_spec_matrix(C: torch.Tensor | None, batch: int, classes: int) -> None:
+    if C is None:
+        return
+    if not isinstance(C, torch.Tensor) or C.dim() != 3 or C.shape[0] != batch or C.shape[2] != classes:
+        shape = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
+        raise ValueError(f"C must have shape (B={batch}, K, {classes}), got {shape}")
+    if C.shape[1] == 0:
+        raise ValueError("C has no rows (K = 0)")
+    if not bool(torch.isfinite(C).all()):
+        raise ValueError("C contains NaN or inf")
+
+
+def chunk_sizes(spec: NetSpec, method: str, members: int, batch: int, rows: int | None,
+                budget: int = DEFAULT_CHUNK_FLOATS) -> tuple[int, int]:
+    """(members, inputs) per chunk so the largest coefficient tensor stays within ``budget`` floats."""
+    if method == "ibp":
+        per = max(math.prod(shape) for shape in spec.shapes)
+    else:
+        first = next(i for i, layer in enumerate(spec.layers) if isinstance(layer, (Conv2d, Linear)))
+        targets = [i for i, layer in enumerate(spec.layers) if isinstance(layer, (Conv2d, Linear)) and i > first]
+        last = len(spec.layers) - 1
+        per = max(footprint(spec, t, first, rows if t == last else None) for t in targets) if targets else 1
+        per *= 2 if method == "alpha-crown" else 1
+    samples = max(1, budget // max(per, 1))
+    batch_chunk = min(batch, samples)
+    return max(1, min(members, samples // batch_chunk)), batch_chunk
+
+
+def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | torch.Tensor, method: str = "deeppoly",
+                   C: torch.Tensor | None = None, params: torch.Tensor | None = None,
+                   chunk_floats: int = DEFAULT_CHUNK_FLOATS, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of C @ f(x') for every x' in the eps-ball around x within [0, 1].
+
+    ``net`` is a :class:`NetSpec` (then ``params`` is the P x D population, or one D vector) or a
+    ``torch.nn.Sequential`` (its own weights, or ``params`` in ``parameters_to_vector`` layout).
+    ``x`` is B x input shape in [0, 1]; ``C`` is B x K x classes (None: the logits themselves).
+    Returns P x B x K tensors for a population, B x K for a single network.
+    ``options`` go to the method: alpha-crown takes ``steps``, ``step_size`` and ``init``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if method != "alpha-crown" and options:
+        raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+    spec, population, single = _resolve(net, x, params)
+    check_supported(spec)
+    box = input_box(spec, x.to(population.dtype), eps)
+    _check_spec_matrix(C, x.shape[0], spec.num_outputs)
+    if C is not None:
+        C = C.to(population.dtype)
+    if method not in DIFFERENTIABLE and population.requires_grad and torch.is_grad_enabled():
+        raise NotDifferentiableError(
+            f"{method} is evaluated without gradients in theta (use PGPE); pass params without requires_grad "
+            "or call it under torch.no_grad()")
+    members, batch = population.shape[0], x.shape[0]
+    rows = None if C is None else C.shape[1]
+    member_chunk, batch_chunk = chunk_sizes(spec, method, members, batch, rows, chunk_floats)
+    bound = METHODS[method]
+    lowers, uppers = [], []
+    for p0 in range(0, members, member_chunk):
+        row_l, row_u = [], []
+        for b0 in range(0, batch, batch_chunk):
+            sub = Box(box.lower[b0 : b0 + batch_chunk], box.upper[b0 : b0 + batch_chunk])
+            sub_c = None if C is None else C[b0 : b0 + batch_chunk]
+            result = bound(spec, population[p0 : p0 + member_chunk], sub, sub_c, **options)
+            row_l.append(result.lower)
+            row_u.append(result.upper)
+        lowers.append(torch.cat(row_l, dim=1))
+        uppers.append(torch.cat(row_u, dim=1))
+    lower, upper = torch.cat(lowers, dim=0), torch.cat(uppers, dim=0)
+    lower, upper = lower.reshape(members, batch, -1), upper.reshape(members, batch, -1)
+    if single:
+        return lower[0], upper[0]
+    return lower, upper

@@ -1,0 +1,41 @@
+"""Immutable value types shared by the relaxations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Box:
+    """Elementwise bounds ``lower <= v <= upper`` of equal shape."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+    @property
+    def center(self) -> torch.Tensor:
+        return (self.upper + self.lower) / 2
+
+    @property
+    def radius(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
+
+    def intersect(self, other: Box) -> Box:
+        return Box(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+
+
+@dataclass(frozen=True)
+class ReluRelaxation:
+    """Linear bounds ``ls*v + lo <= ReLU(v) <= us*v + uo`` per neuron.
+
+    Slopes and offsets are broadcastable to [P, B, *shape] (or [P, B, K, *shape] for
+    per-specification-row slopes); an offset of ``None`` means zero and saves a pass.
+    A relaxation is data: the back-substitution never asks which method produced it.
+    """
+
+    lower_slope: torch.Tensor
+    lower_offset: torch.Tensor | None
+    upper_slope: torch.Tensor
+    upper_offset: torch.Tensor | None

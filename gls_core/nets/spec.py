@@ -1,0 +1,173 @@
+"""Network specifications: an ordered list of layers plus a flat parameter layout.
+
+A network is a :class:`NetSpec` (architecture, no weights) and a flat vector ``theta`` in R^D.
+The layout of ``theta`` is the order of ``torch.nn.utils.parameters_to_vector`` over the
+equivalent ``nn.Sequential`` (for each affine layer: weight, then bias), so a population
+(P x D) can be built from ordinary modules and read back without copies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """Fixed per-channel input normalisation (x - mean) / std; carries no parameters."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    """2-D convolution with square kernel, equal stride and zero padding on both axes."""
+
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass(frozen=True)
+class Linear:
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ReLU:
+    pass
+
+
+@dataclass(frozen=True)
+class Flatten:
+    pass
+
+
+Layer = Normalize | Conv2d | Linear | ReLU | Flatten
+
+
+def conv_output_size(size: int, conv: Conv2d) -> int:
+    return (size + 2 * conv.padding - conv.kernel) // conv.stride + 1
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """Where one affine layer's weight and bias live inside theta."""
+
+    weight_offset: int
+    weight_shape: Shape
+    bias_offset: int
+    bias_shape: Shape
+
+    @property
+    def end(self) -> int:
+        return self.bias_offset + math.prod(self.bias_shape)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """An architecture: input shape (C, H, W) or (N,), and an ordered tuple of layers."""
+
+    input_shape: Shape
+    layers: tuple[Layer, ...]
+    name: str = "net"
+    shapes: tuple[Shape, ...] = field(init=False, repr=False, compare=False)
+    slots: tuple[ParamSlot | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shapes: list[Shape] = [tuple(self.input_shape)]
+        slots: list[ParamSlot | None] = []
+        offset = 0
+        for index, layer in enumerate(self.layers):
+            shape = shapes[-1]
+            out: Shape
+            wshape: Shape
+            slot: ParamSlot | None = None
+            if isinstance(layer, Normalize):
+                if len(shape) != 3 or len(layer.mean) != shape[0] or len(layer.std) != shape[0]:
+                    raise ValueError(f"layer {index}: Normalize needs one mean/std per channel of {shape}")
+                if min(layer.std) <= 0:
+                    raise ValueError(f"layer {index}: Normalize std must be positive, got {layer.std}")
+                out = shape
+            elif isinstance(layer, Conv2d):
+                if len(shape) != 3 or shape[0] != layer.in_channels:
+                    raise ValueError(f"layer {index}: Conv2d expects {layer.in_channels} channels, input is {shape}")
+                h, w = conv_output_size(shape[1], layer), conv_output_size(shape[2], layer)
+                if h <= 0 or w <= 0:
+                    raise ValueError(f"layer {index}: Conv2d output is empty for input {shape}")
+                out = (layer.out_channels, h, w)
+                wshape = (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)
+                slot = ParamSlot(offset, wshape, offset + math.prod(wshape), (layer.out_channels,))
+            elif isinstance(layer, Linear):
+                if len(shape) != 1 or shape[0] != layer.in_features:
+                    raise ValueError(
+                        f"layer {index}: Linear expects ({layer.in_features},), input is {shape}")
+                out = (layer.out_features,)
+                wshape = (layer.out_features, layer.in_features)
+                slot = ParamSlot(offset, wshape, offset + math.prod(wshape), (layer.out_features,))
+            elif isinstance(layer, Flatten):
+                out = (math.prod(shape),)
+            elif isinstance(layer, ReLU):
+                out = shape
+            else:
+                raise TypeError(f"layer {index}: unsupported layer {layer!r}")
+            if slot is not None:
+                offset = slot.end
+            shapes.append(out)
+            slots.append(slot)
+        if not any(isinstance(layer, (Conv2d, Linear)) for layer in self.layers):
+            raise ValueError("a network needs at least one Conv2d or Linear layer")
+        object.__setattr__(self, "shapes", tuple(shapes))
+        object.__setattr__(self, "slots", tuple(slots))
+
+    @property
+    def num_params(self) -> int:
+        ends = [slot.end for slot in self.slots if slot is not None]
+        return ends[-1]
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.shapes[-1]
+
+    @property
+    def num_outputs(self) -> int:
+        return math.prod(self.output_shape)
+
+    def weight(self, theta: torch.Tensor, index: int) -> torch.Tensor:
+        """Weight of layer ``index`` for every member of ``theta`` (P x D): a view, no copy."""
+        slot = self._slot(index)
+        size = math.prod(slot.weight_shape)
+        return theta[:, slot.weight_offset : slot.weight_offset + size].view(theta.shape[0], *slot.weight_shape)
+
+    def bias(self, theta: torch.Tensor, index: int) -> torch.Tensor:
+        slot = self._slot(index)
+        return theta[:, slot.bias_offset : slot.end]
+
+    def _slot(self, index: int) -> ParamSlot:
+        slot = self.slots[index]
+        if slot is None:
+            raise ValueError(f"layer {index} ({self.layers[index]!r}) has no parameters")
+        return slot
+
+    def check_population(self, params: torch.Tensor) -> torch.Tensor:
+        """Validate a population (P x D, or D for one member) and return it as P x D."""
+        if not isinstance(params, torch.Tensor):
+            raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
+        if params.dim() == 1:
+            params = params.unsqueeze(0)
+        if params.dim() != 2 or params.shape[1] != self.num_params:
+            raise ValueError(
+                f"params must have shape (P, {self.num_params}) for {self.name}, got {tuple(params.shape)}")
+        if not params.is_floating_point():
+            raise ValueError(f"params must be floating point, got {params.dtype}")
+        if not bool(torch.isfinite(params).all()):
+            raise ValueError("params contain NaN or inf")
+        return params
