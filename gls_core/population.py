@@ -87,8 +87,10 @@ def conv_transpose_polyphase(images: torch.Tensor, weight: torch.Tensor, stride:
     w = w.view(members, out_ch, in_ch, taps, stride, taps, stride).flip(3, 5)
     w = w.permute(0, 1, 3, 5, 4, 6, 2).reshape(members, out_ch * taps * taps, stride * stride * in_ch)
     grid_h, grid_w = height + taps - 1, width + taps - 1
-    cols = F.unfold(images.reshape(members * rows, out_ch, height, width), taps, padding=taps - 1)
-    cols = cols.view(members, rows, out_ch * taps * taps, grid_h * grid_w).transpose(2, 3)
+    # Windows of the padded input as a strided view (F.unfold is pathologically slow on small maps).
+    padded = F.pad(images.reshape(members * rows, out_ch, height, width), (taps - 1,) * 4).contiguous()
+    n, c, h, ww = padded.stride()
+    cols = padded.as_strided((members * rows, grid_h, grid_w, out_ch, taps, taps), (n, h, ww, c, h, ww))
     out = torch.matmul(cols.reshape(members, rows * grid_h * grid_w, -1), w)
     out = out.view(members, rows, grid_h, grid_w, stride, stride, in_ch).permute(0, 1, 6, 2, 4, 3, 5)
     out = out.reshape(members, rows, in_ch, grid_h * stride, grid_w * stride)

@@ -9,6 +9,10 @@ they do not yet depend on the input. Rows of a dense layer see a whole feature m
 "image" form). Rows of a convolution see only their receptive field: L = Ho*Wo windows on a
 regular grid (the "patch" form, which keeps the convolutions' locality). Upper bounds are lower
 bounds of the negated rows, so both sides run as one stacked computation.
+
+Intermediate bounds are needed only for neurons the interval reference cannot decide, so those
+targets run on *selected rows*: ``A[P, 1, U, 1, *window]`` with, per row, the index of its input
+and window position (``rows``); the work then scales with the number of unstable neurons.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import torch.nn.functional as F
 from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 from ..population import conv_transpose_cost, conv_transpose_matrix, conv_transpose_polyphase
 from .types import Box, ReluRelaxation
+
+SELECT_BELOW = 0.5  # largest share of unstable neurons for which selected rows pay off (measured)
 
 
 @dataclass(frozen=True)
@@ -64,37 +70,52 @@ class Coefficients:
     A: torch.Tensor  # [P, Bx, R, L, *window]
     bias: torch.Tensor  # [P, Bx, R, L]
     windows: Windows | None  # None: image form, the window is the whole map
+    rows: torch.Tensor | None = None  # selected rows: [P, U] index of (input, window position)
+
+    def replace(self, A: torch.Tensor, bias: torch.Tensor, windows: Windows | None) -> Coefficients:
+        return Coefficients(A, bias, windows, self.rows)
+
+    def per_row(self, maps: torch.Tensor) -> torch.Tensor:
+        """A map [P, B, *shape] (or [B, *shape] shared by all members) seen by every row, broadcastable to A."""
+        A, windows = self.A, self.windows
+        shared = maps.dim() == len(self.map_shape(maps)) + 1
+        if self.rows is not None:
+            seen = maps if windows is None else gather_windows(maps, windows)
+            flat = seen.reshape(-1, *A.shape[4:])  # [(P) * B * L, *window]
+            index = self.rows
+            if not shared:
+                per_member = flat.shape[0] // A.shape[0]
+                offsets = torch.arange(A.shape[0], device=index.device).unsqueeze(1) * per_member
+                index = index + offsets
+            picked = flat.index_select(0, index.reshape(-1))
+            return picked.view(A.shape[0], 1, A.shape[2], 1, *A.shape[4:])
+        if windows is None:
+            return maps.unsqueeze(-len(A.shape[4:]) - 1).unsqueeze(-len(A.shape[4:]) - 1)
+        seen = gather_windows(maps, windows)  # [(P), B, gh, gw, *window]
+        seen = seen.reshape(*seen.shape[:-5], windows.count, *seen.shape[-3:])
+        return seen.unsqueeze(-5)
+
+    def map_shape(self, maps: torch.Tensor) -> tuple[int, ...]:
+        return tuple(maps.shape[-3:]) if self.windows is not None else tuple(self.A.shape[4:])
 
 
 def _relax(coeffs: Coefficients, relaxation: ReluRelaxation) -> Coefficients:
-    """Lower bound through a ReLU: A+ * lower line + A- * upper line."""
+    """Lower bound through a ReLU: A+ * lower line + A- * upper line = A * ls + min(A, 0) * (us - ls)."""
     A = coeffs.A
-    windows = coeffs.windows
 
-    def shaped(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == A.dim():  # already per row (alpha slopes): [P, B, R, 1, *map]
-            return t
-        if windows is None:
-            return t.unsqueeze(2).unsqueeze(3)
-        return gather_windows(t, windows).unsqueeze(2)
+    def seen(t: torch.Tensor) -> torch.Tensor:
+        return t if t.dim() == A.dim() else coeffs.per_row(t)  # per-row alpha slopes come ready
 
-    if windows is not None:
-        A = A.reshape(*A.shape[:3], *windows.grid, *A.shape[4:])
-    positive = A >= 0
-    slope = torch.where(positive, shaped(relaxation.lower_slope), shaped(relaxation.upper_slope))
+    lower_slope = seen(relaxation.lower_slope)
+    negative = A.clamp(max=0)
+    new_A = torch.addcmul(A * lower_slope, negative, seen(relaxation.upper_slope) - lower_slope)
     bias = coeffs.bias
-    lower_off, upper_off = relaxation.lower_offset, relaxation.upper_offset
-    if lower_off is not None or upper_off is not None:
-        zero = torch.zeros((), dtype=A.dtype, device=A.device)
-        lo = zero if lower_off is None else shaped(lower_off)
-        uo = zero if upper_off is None else shaped(upper_off)
-        window_dims = A.dim() - (5 if windows else 4)
-        offsets = (A * torch.where(positive, lo, uo)).flatten(-window_dims).sum(-1)
-        bias = bias + (offsets.flatten(3) if windows else offsets)
-    new_A = A * slope
-    if windows is not None:
-        new_A = new_A.reshape(*new_A.shape[:3], windows.count, *new_A.shape[-3:])
-    return Coefficients(new_A, bias, windows)
+    window_dims = tuple(range(4, A.dim()))
+    if relaxation.upper_offset is not None:
+        bias = bias + (negative * seen(relaxation.upper_offset)).sum(window_dims)
+    if relaxation.lower_offset is not None:
+        bias = bias + ((A - negative) * seen(relaxation.lower_offset)).sum(window_dims)
+    return coeffs.replace(new_A, bias, coeffs.windows)
 
 
 def _through_linear(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor) -> Coefficients:
@@ -103,7 +124,7 @@ def _through_linear(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tens
     flat = A.reshape(members, bx * rows, A.shape[-1])
     new_bias = coeffs.bias + torch.bmm(flat, bias.unsqueeze(-1)).view(members, bx, rows, 1)
     new_A = torch.bmm(flat, weight).view(members, bx, rows, 1, weight.shape[-1])
-    return Coefficients(new_A, new_bias, None)
+    return coeffs.replace(new_A, new_bias, None)
 
 
 def _transpose_conv(images: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
@@ -145,33 +166,30 @@ def _through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor
     per_channel = A.sum(dim=(-1, -2))  # [P, Bx, R, L, O]
     new_bias = coeffs.bias + torch.matmul(per_channel, bias.view(members, 1, 1, out_ch, 1)).squeeze(-1)
     if coeffs.windows is None:
-        return Coefficients(_transpose_conv_image(A, weight, conv, input_hw), new_bias, None)
+        return coeffs.replace(_transpose_conv_image(A, weight, conv, input_hw), new_bias, None)
     full = _transpose_conv(A.reshape(members, bx * rows * count, out_ch, height, width), weight, conv.stride)
     full = full.view(members, bx, rows, count, *full.shape[2:])
     windows = Windows(coeffs.windows.grid, coeffs.windows.stride * conv.stride,
                       coeffs.windows.offset * conv.stride + conv.padding, (full.shape[-2], full.shape[-1]))
-    return Coefficients(full, new_bias, windows)
+    return coeffs.replace(full, new_bias, windows)
 
 
 def _concretize(coeffs: Coefficients, box: Box) -> torch.Tensor:
     """min over the box of sum(A * x) + bias, per row: [P, B, R, L]."""
     A = coeffs.A
-    center, radius = box.center, box.radius  # [B, *map]
-    if coeffs.windows is None:
-        batch = center.shape[0]
+    window_dims = tuple(range(4, A.dim()))
+    if coeffs.windows is None and coeffs.rows is None:
+        batch = box.lower.shape[0]
         flat = A.flatten(4)
-        c = center.reshape(1, batch, 1, -1, 1)
-        r = radius.reshape(1, batch, 1, -1, 1)
+        c = box.center.reshape(1, batch, 1, -1, 1)
+        r = box.radius.reshape(1, batch, 1, -1, 1)
         return coeffs.bias + (torch.matmul(flat, c) - torch.matmul(flat.abs(), r)).squeeze(-1)
-    c = gather_windows(center, coeffs.windows).unsqueeze(1)  # [B, 1, gh, gw, C, h, w]
-    r = gather_windows(radius, coeffs.windows).unsqueeze(1)
-    A = A.reshape(*A.shape[:3], *coeffs.windows.grid, *A.shape[4:])
-    value = (A * c).flatten(-3).sum(-1) - (A.abs() * r).flatten(-3).sum(-1)
-    return coeffs.bias + value.flatten(3)
+    c, r = coeffs.per_row(box.center), coeffs.per_row(box.radius)
+    return coeffs.bias + (A * c).sum(window_dims) - (A.abs() * r).sum(window_dims)
 
 
 def start_rows(spec: NetSpec, params: torch.Tensor, target: int, C: torch.Tensor | None) -> Coefficients:
-    """Rows for the output of affine layer ``target``: through C for the last layer, else every neuron.
+    """Every row for the output of affine layer ``target``: through C for the last layer, else every neuron.
 
     Rows are stacked [rows; -rows] so one lower-bound pass yields both sides.
     """
@@ -188,29 +206,87 @@ def start_rows(spec: NetSpec, params: torch.Tensor, target: int, C: torch.Tensor
         return Coefficients(A, b, None)
     if not isinstance(layer, Conv2d):
         raise TypeError(f"layer {target} is not affine")
-    out_h, out_w = spec.shapes[target + 1][1:]
-    windows = Windows((out_h, out_w), layer.stride, layer.padding, (layer.kernel, layer.kernel))
+    windows = _target_windows(spec, target)
     stacked_w = torch.cat([weight, -weight], dim=1)  # [P, 2O, C, k, k]
     A = stacked_w.unsqueeze(1).unsqueeze(3).expand(-1, 1, -1, windows.count, -1, -1, -1)
     b = torch.cat([bias, -bias], dim=1).view(params.shape[0], 1, -1, 1).expand(-1, 1, -1, windows.count)
     return Coefficients(A, b, windows)
 
 
+def _target_windows(spec: NetSpec, target: int) -> Windows:
+    layer = spec.layers[target]
+    assert isinstance(layer, Conv2d)
+    out_h, out_w = spec.shapes[target + 1][1:]
+    return Windows((out_h, out_w), layer.stride, layer.padding, (layer.kernel, layer.kernel))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which (input, side, neuron, position) rows of a target were chosen, padded to U per member."""
+
+    order: torch.Tensor  # [P, U] flat index into B * 2 * O * L
+    valid: torch.Tensor  # [P, U] False on padding rows
+    shape: tuple[int, int, int, int]  # (B, 2, O, L)
+
+
+def select_rows(spec: NetSpec, params: torch.Tensor, target: int, mask: torch.Tensor
+                ) -> tuple[Coefficients, Selection] | None:
+    """Rows for the neurons where ``mask`` ([P, B, *out_shape]) is True, both sides; None if there are none."""
+    layer = spec.layers[target]
+    weight, bias = spec.weight(params, target), spec.bias(params, target)
+    members, batch = mask.shape[:2]
+    out_ch = weight.shape[1]
+    count = mask[0, 0].numel() // out_ch
+    chosen = mask.reshape(members, batch, 1, out_ch * count).expand(-1, -1, 2, -1).reshape(members, -1)
+    counts = chosen.sum(1)
+    size = int(counts.max())
+    if size == 0:
+        return None
+    order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :size]
+    valid = torch.arange(size, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    sample, rest = order // (2 * out_ch * count), order % (2 * out_ch * count)
+    side, neuron = rest // (out_ch * count), rest % (out_ch * count)
+    channel, position = neuron // count, neuron % count
+    sign = (1 - 2 * side).to(weight.dtype) * valid.to(weight.dtype)  # zero on padding rows
+    member = torch.arange(members, device=mask.device).unsqueeze(1)
+    flat_w = weight.reshape(members * out_ch, -1)
+    rows_w = flat_w.index_select(0, (member * out_ch + channel).reshape(-1)).view(members, size, -1)
+    A = (rows_w * sign.unsqueeze(-1)).view(members, 1, size, 1, *weight.shape[2:])
+    b = (bias.gather(1, channel) * sign).view(members, 1, size, 1)
+    windows = _target_windows(spec, target) if isinstance(layer, Conv2d) else None
+    coeffs = Coefficients(A, b, windows, sample * count + position if windows else sample)
+    return coeffs, Selection(order, valid, (batch, 2, out_ch, count))
+
+
 def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int, target: int,
-                   relaxations: dict[int, ReluRelaxation], C: torch.Tensor | None = None) -> Box:
+                   relaxations: dict[int, ReluRelaxation], C: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> Box:
     """Bounds on the output of affine layer ``target`` (or on C @ logits when ``target`` is the last layer).
 
     ``box`` is the input of layer ``first_affine`` ([B, *shape]); ``relaxations`` has an entry for
-    every ReLU layer below ``target``. Returns bounds [P, B, K] for rows of C, else [P, B, *shape].
+    every ReLU layer below ``target``. ``mask`` ([P, B, *shape]) restricts the work to the chosen
+    neurons; the others get (-inf, inf). Returns bounds [P, B, K] for rows of C, else [P, B, *shape].
     """
-    coeffs = start_rows(spec, params, target, C)
+    last = C is not None and target == len(spec.layers) - 1
+    shape: tuple[int, ...] = (C.shape[1],) if C is not None and last else spec.shapes[target + 1]
+    members, batch = params.shape[0], box.lower.shape[0]
+    selection: Selection | None = None
+    # Selected rows pay an index gather per ReLU; with most neurons chosen, all rows are cheaper.
+    if mask is not None and not last and float(mask.float().mean()) <= SELECT_BELOW:
+        picked = select_rows(spec, params, target, mask)
+        if picked is None:
+            infinite = torch.full((members, batch, *shape), math.inf, dtype=params.dtype, device=params.device)
+            return Box(-infinite, infinite)
+        coeffs, selection = picked
+    else:
+        coeffs = start_rows(spec, params, target, C)
     for index in range(target - 1, first_affine - 1, -1):
         layer = spec.layers[index]
         if isinstance(layer, ReLU):
             coeffs = _relax(coeffs, relaxations[index])
         elif isinstance(layer, Flatten):
             A = coeffs.A
-            coeffs = Coefficients(A.reshape(*A.shape[:4], *spec.shapes[index]), coeffs.bias, None)
+            coeffs = coeffs.replace(A.reshape(*A.shape[:4], *spec.shapes[index]), coeffs.bias, None)
         elif isinstance(layer, Linear):
             coeffs = _through_linear(coeffs, spec.weight(params, index), spec.bias(params, index))
         elif isinstance(layer, Conv2d):
@@ -219,15 +295,15 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
                                    (in_shape[1], in_shape[2]))
         else:
             raise TypeError(f"layer {index}: {layer!r} cannot be back-substituted")
-    lower = _concretize(coeffs, box)  # [P, B, 2R, L]
+    lower = _concretize(coeffs, box)  # [P, B, 2R, L], or [P, 1, U, 1] on selected rows
+    if selection is not None:
+        values = torch.where(selection.valid, lower.reshape(members, -1), -math.inf)
+        full = torch.full((members, math.prod(selection.shape)), -math.inf, dtype=values.dtype, device=values.device)
+        full = full.scatter(1, selection.order, values).view(members, *selection.shape)
+        return Box(full[:, :, 0].reshape(members, batch, *shape), -full[:, :, 1].reshape(members, batch, *shape))
     rows = lower.shape[2] // 2
     low, neg_up = lower[:, :, :rows], lower[:, :, rows:]
-    last = C is not None and target == len(spec.layers) - 1
-    shape: tuple[int, ...] = (C.shape[1],) if C is not None and last else spec.shapes[target + 1]
-    members, batch = low.shape[0], low.shape[1]
-    low = low.reshape(members, batch, *shape)
-    up = -neg_up.reshape(members, batch, *shape)
-    return Box(low, up)
+    return Box(low.reshape(members, batch, *shape), -neg_up.reshape(members, batch, *shape))
 
 
 def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = None) -> int:

@@ -65,11 +65,17 @@ def walk(spec: NetSpec, params: torch.Tensor, input_box: Box, relax: Relax, inte
         layer = spec.layers[index]
         if isinstance(layer, (Conv2d, Linear)):
             reference = interval_affine(spec, params, index, current, shared)
+            current = reference
             if intermediate != "interval" and not shared:
-                tight = backsubstitute(spec, params, box, first, index, relaxations)
-                current = reference.intersect(tight) if intermediate == "backsub-intersect" else tight
-            else:
-                current = reference
+                # Only neurons the interval bound leaves unstable need back-substitution: the
+                # relaxation of a stable neuron is exact whatever its bounds.
+                unstable = (reference.lower < 0) & (reference.upper > 0)
+                tight = backsubstitute(spec, params, box, first, index, relaxations, mask=unstable)
+                if intermediate == "backsub-intersect":
+                    current = reference.intersect(tight)
+                else:
+                    current = Box(torch.where(unstable, tight.lower, reference.lower),
+                                  torch.where(unstable, tight.upper, reference.upper))
             shared = False
         elif isinstance(layer, ReLU):
             pre_relu[index] = current
