@@ -11,6 +11,7 @@ by ``torch.utils.flop_counter``) against this machine's float32 matmul rate, mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -61,10 +62,8 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def reset_peak_memory() -> None:
     """Reset the kernel's resident-set high-water mark (VmHWM) of this process."""
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def peak_memory_mb() -> float:
