@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the records as a JSON list")
     args = parser.parse_args()
     chosen = tuple(args.methods.split(","))
+    grid: list[tuple[str, int, int, tuple[str, ...]]]
     if args.full:
         grid = [(net, p, b, METHODS) for net in ("cnn3", "cnn5") for p in (1, 16, 64, 256) for b in (64, 512)]
     else:
