@@ -32,6 +32,13 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
                        init: float | Literal["deeppoly"] = 0.5) -> Box:
     if steps < 0 or step_size < 0:
         raise ValueError(f"alpha-crown needs steps >= 0 and step_size >= 0, got steps={steps}, step_size={step_size}")
+    if init != "deeppoly":
+        try:
+            start_value = float(init)
+        except (TypeError, ValueError):
+            raise ValueError(f"alpha-crown init must be a number in [0, 1] or 'deeppoly', got {init!r}") from None
+        if not 0.0 <= start_value <= 1.0:
+            raise ValueError(f"alpha-crown init must be in [0, 1] or 'deeppoly', got {init!r}")
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, "backsub-intersect")
@@ -42,10 +49,10 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
         if init == "deeppoly":
             start = deeppoly_lower_slope(bounds).unsqueeze(2).unsqueeze(3).expand(shape)
         else:
-            if not 0.0 <= float(init) <= 1.0:
-                raise ValueError(f"alpha-crown init must be in [0, 1] or 'deeppoly', got {init!r}")
-            start = torch.full(shape, float(init), dtype=bounds.lower.dtype, device=bounds.lower.device)
+            start = torch.full(shape, start_value, dtype=bounds.lower.dtype, device=bounds.lower.device)
         alphas[index] = start.contiguous()
+    if not alphas:  # no ReLU: DeepPoly is exact, nothing to optimise
+        steps = 0
     best: Box | None = None
     for step in range(steps + 1):
         with torch.enable_grad():

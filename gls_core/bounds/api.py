@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -59,7 +60,10 @@ def _resolve(net: NetSpec | nn.Sequential, x: torch.Tensor, params: torch.Tensor
         if any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in net):
             raise ValueError(
                 "params cannot be combined with a Sequential containing BatchNorm (the layout changes when folded)")
-        return spec, spec.check_population(params), False
+        if any(isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is None for m in net):
+            raise ValueError("params cannot be combined with a Sequential whose Conv2d/Linear layers lack biases: "
+                             "the flat layout has a bias for every affine layer; pass the spec from from_sequential")
+        return spec, spec.check_population(params), params.dim() == 1
     if not isinstance(net, NetSpec):
         raise TypeError(f"net must be a NetSpec or torch.nn.Sequential, got {type(net).__name__}")
     if params is None:
@@ -77,6 +81,21 @@ def _check_spec_matrix(C: torch.Tensor | None, batch: int, classes: int) -> None
         raise ValueError("C has no rows (K = 0)")
     if not bool(torch.isfinite(C).all()):
         raise ValueError("C contains NaN or inf")
+
+
+@contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Treat subnormal floats as zero while bounding (the setting is switched off again afterwards).
+
+    Long products of small coefficients reach the subnormal range, where x86 arithmetic is tens of
+    times slower (measured: 3x end to end for DeepPoly on CNN3). The error is below 1e-38 per term.
+    """
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
 
 
 def chunk_sizes(spec: NetSpec, method: str, members: int, batch: int, rows: int | None,
@@ -110,6 +129,8 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
     if method != "alpha-crown" and options:
         raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (B, *input_shape), got {type(x).__name__}")
     spec, population, single = _resolve(net, x, params)
     check_supported(spec)
     box = input_box(spec, x.to(population.dtype), eps)
@@ -124,6 +145,18 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
     rows = None if C is None else C.shape[1]
     member_chunk, batch_chunk = chunk_sizes(spec, method, members, batch, rows, chunk_floats)
     bound = METHODS[method]
+    with flushed_denormals():
+        lower, upper = _chunked(bound, spec, population, box, C, member_chunk, batch_chunk, options)
+    lower, upper = lower.reshape(members, batch, -1), upper.reshape(members, batch, -1)
+    if single:
+        return lower[0], upper[0]
+    return lower, upper
+
+
+def _chunked(bound: BoundFn, spec: NetSpec, population: torch.Tensor, box: Box, C: torch.Tensor | None,
+             member_chunk: int, batch_chunk: int, options: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate chunk by chunk over members and inputs; results are independent across both."""
+    members, batch = population.shape[0], box.lower.shape[0]
     lowers, uppers = [], []
     for p0 in range(0, members, member_chunk):
         row_l, row_u = [], []
@@ -135,8 +168,4 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
             row_u.append(result.upper)
         lowers.append(torch.cat(row_l, dim=1))
         uppers.append(torch.cat(row_u, dim=1))
-    lower, upper = torch.cat(lowers, dim=0), torch.cat(uppers, dim=0)
-    lower, upper = lower.reshape(members, batch, -1), upper.reshape(members, batch, -1)
-    if single:
-        return lower[0], upper[0]
-    return lower, upper
+    return torch.cat(lowers, dim=0), torch.cat(uppers, dim=0)

@@ -23,7 +23,7 @@ def check_inputs(spec: NetSpec, x: torch.Tensor) -> None:
 
 
 def check_eps(eps: float | torch.Tensor, batch: int) -> torch.Tensor:
-    value = torch.as_tensor(eps, dtype=torch.float32)
+    value = torch.as_tensor(eps, dtype=torch.float64)
     if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
         raise ValueError(f"eps must be a scalar or have shape ({batch},), got {tuple(value.shape)}")
     if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
