@@ -174,6 +174,58 @@ def _through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor
     return coeffs.replace(full, new_bias, windows)
 
 
+def _fusable(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, conv: Conv2d) -> bool:
+    """True for the first step below a convolution target: rows still shared by all inputs, then a dense-matrix conv."""
+    A = coeffs.A
+    if coeffs.rows is not None or coeffs.windows is None or A.shape[1] != 1:
+        return False
+    if relaxation.lower_slope.dim() == A.dim() or relaxation.lower_offset is not None:
+        return False
+    out_ch, height, width = A.shape[4:]
+    dense, poly = conv_transpose_cost(out_ch, height, width, weight.shape[1:], conv.stride)
+    return dense <= poly and out_ch * height * width <= 4096
+
+
+def _relax_then_conv(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
+                     conv: Conv2d) -> Coefficients:
+    """ReLU step and transposed convolution in one matmul, for rows that are still the target's weights W.
+
+    (W+ * ls + W- * us) M = [ls | us] [W+ M ; W- M]: the per-input slopes multiply a per-member matrix
+    built once, so the large elementwise products of the two-step path disappear.
+    """
+    A = coeffs.A  # [P, 1, R, L, O, h, w], the same rows at every position
+    assert coeffs.windows is not None
+    members, _, rows, count = A.shape[:4]
+    out_ch, height, width = A.shape[4:]
+    size = out_ch * height * width
+    weight_rows = A[:, 0, :, 0].reshape(members, rows, size)  # [P, R, Q]
+    matrix = conv_transpose_matrix(weight, conv.stride, height, width)  # [P, Q, Q']
+    positive, negative = weight_rows.clamp(min=0), weight_rows.clamp(max=0)
+    stacked = torch.cat([positive, negative], dim=2).transpose(1, 2)  # [P, 2Q, R]
+    composed = (stacked.unsqueeze(-1) * matrix.repeat(1, 2, 1).unsqueeze(2)).reshape(members, 2 * size, -1)
+
+    def seen(t: torch.Tensor) -> torch.Tensor:  # [P, B, *map] -> [P, B*L, Q]
+        windows = gather_windows(t, coeffs.windows)  # type: ignore[arg-type]
+        return windows.reshape(members, -1, size)
+
+    lower_slope, upper_slope = seen(relaxation.lower_slope), seen(relaxation.upper_slope)
+    batch = lower_slope.shape[1] // count
+    slopes = torch.cat([lower_slope, upper_slope], dim=2)  # [P, B*L, 2Q]
+    new_A = torch.bmm(slopes, composed)  # [P, B*L, R*Q']
+    in_ch = weight.shape[2]
+    full_h, full_w = (height - 1) * conv.stride + conv.kernel, (width - 1) * conv.stride + conv.kernel
+    new_A = new_A.view(members, batch, count, rows, in_ch, full_h, full_w).transpose(2, 3)
+    spread_bias = bias.view(members, 1, out_ch, 1).expand(members, 1, out_ch, height * width).reshape(members, size, 1)
+    conv_bias = torch.bmm(slopes, stacked * spread_bias.repeat(1, 2, 1))  # [P, B*L, R]: sum of A over window * b
+    new_bias = coeffs.bias + conv_bias.view(members, batch, count, rows).transpose(2, 3)
+    if relaxation.upper_offset is not None:
+        offsets = torch.bmm(seen(relaxation.upper_offset), negative.transpose(1, 2))  # [P, B*L, R]
+        new_bias = new_bias + offsets.view(members, batch, count, rows).transpose(2, 3)
+    windows = Windows(coeffs.windows.grid, coeffs.windows.stride * conv.stride,
+                      coeffs.windows.offset * conv.stride + conv.padding, (full_h, full_w))
+    return coeffs.replace(new_A, new_bias, windows)
+
+
 def _concretize(coeffs: Coefficients, box: Box) -> torch.Tensor:
     """min over the box of sum(A * x) + bias, per row: [P, B, R, L]."""
     A = coeffs.A
@@ -280,8 +332,16 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
         coeffs, selection = picked
     else:
         coeffs = start_rows(spec, params, target, C)
-    for index in range(target - 1, first_affine - 1, -1):
+    index = target - 1
+    while index >= first_affine:
         layer = spec.layers[index]
+        below = spec.layers[index - 1] if index > first_affine else None
+        if (isinstance(layer, ReLU) and isinstance(below, Conv2d)
+                and _fusable(coeffs, relaxations[index], spec.weight(params, index - 1), below)):
+            coeffs = _relax_then_conv(coeffs, relaxations[index], spec.weight(params, index - 1),
+                                      spec.bias(params, index - 1), below)
+            index -= 2
+            continue
         if isinstance(layer, ReLU):
             coeffs = _relax(coeffs, relaxations[index])
         elif isinstance(layer, Flatten):
@@ -295,6 +355,7 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
                                    (in_shape[1], in_shape[2]))
         else:
             raise TypeError(f"layer {index}: {layer!r} cannot be back-substituted")
+        index -= 1
     lower = _concretize(coeffs, box)  # [P, B, 2R, L], or [P, 1, U, 1] on selected rows
     if selection is not None:
         values = torch.where(selection.valid, lower.reshape(members, -1), -math.inf)
