@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     theta = kaiming_uniform(spec, generator)
     noise = torch.randn(args.members, spec.num_params, generator=generator)
     population = theta + args.sigma * noise
-    x, y = load_mnist("test")
+    try:
+        x, y = load_mnist("test")
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
     x, y = x[: args.images], y[: args.images]
     C = margin_spec(y, 10)
     print(f"{spec.name}: D={spec.num_params}, P={args.members}, B={args.images}, eps={args.eps}")
