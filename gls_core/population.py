@@ -7,8 +7,6 @@ Every operation is one batched kernel call over the whole population, never a lo
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -127,6 +125,3 @@ def conv_transpose_cost(out_ch: int, height: int, width: int, weight_shape: torc
     poly = float(grid * out_ch * taps * taps * (stride * stride * in_ch + 16))
     return dense, poly
 
-
-def flat_size(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

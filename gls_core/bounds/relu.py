@@ -3,7 +3,7 @@
 - IBP/HBox box: unstable neurons get the constant bounds 0 <= ReLU(v) <= u.
 - DeepPoly/CROWN (Singh et al., 2019; Zhang et al., 2018): upper line (v - l) u / (u - l), lower
   slope 1[|u| > |l|] (the area-minimising choice).
-- alpha-CROWN (Xu et al., 2020): lower slope alpha in [0, 1], optimised elsewhere.
+- alpha-CROWN (Xu et al., 2021): lower slope alpha in [0, 1], built in ``alpha_crown.py``.
 Stable neurons are exact in all of them: slope 1 when l >= 0, slope 0 when u <= 0.
 """
 
@@ -38,14 +38,6 @@ def deeppoly_relaxation(bounds: Box) -> ReluRelaxation:
     active, unstable = _stability(bounds)
     upper_slope, upper_offset = _upper_line(bounds, active, unstable)
     return ReluRelaxation(deeppoly_lower_slope(bounds), None, upper_slope, upper_offset)
-
-
-def alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> ReluRelaxation:
-    """DeepPoly's upper line with lower slope ``alpha`` on unstable neurons (alpha broadcast over bounds)."""
-    active, unstable = _stability(bounds)
-    upper_slope, upper_offset = _upper_line(bounds, active, unstable)
-    lower_slope = torch.where(unstable, alpha, active.to(alpha.dtype))
-    return ReluRelaxation(lower_slope, None, upper_slope, upper_offset)
 
 
 def box_relaxation(bounds: Box) -> ReluRelaxation:
