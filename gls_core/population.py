@@ -72,9 +72,9 @@ def conv_transpose_polyphase(images: torch.Tensor, weight: torch.Tensor, stride:
 
     ``images`` [P, N, O, h, w], ``weight`` [P, O, C, k, k] -> [P, N, C, (h-1)s+k, (w-1)s+k].
     The stride-s transposed convolution splits into s*s phases, each an ordinary convolution
-    with a ceil(k/s)-tap kernel, so all phases become one batched matmul of an unfolded input:
-    the arithmetic is the convolution's own, at matmul speed (a direct ``conv_transpose2d``
-    over coefficient tensors runs at a few percent of the matmul rate on CPUs).
+    with a ceil(k/s)-tap kernel, so all phases become one batched matmul of a windowed input
+    and the arithmetic is the convolution's own. Used for receptive-field coefficients whose
+    dense composition matrix would be too large (timings in docs/relaxations.md).
     """
     members, rows, out_ch, height, width = images.shape
     in_ch, kernel = weight.shape[2], weight.shape[3]

@@ -144,7 +144,7 @@ def _transpose_conv_image(A: torch.Tensor, weight: torch.Tensor, conv: Conv2d,
     """Transposed convolution of whole-map coefficients [P, Bx, R, 1, O, h, w] -> [P, Bx, R, 1, C, H, W].
 
     Members become groups of one grouped ``conv_transpose2d``: measured on a 2-core CPU it beats
-    both the polyphase matmul and a dense matrix for these shapes (see bench/relaxations.py).
+    both the polyphase matmul and a dense matrix for these shapes (see docs/relaxations.md).
     """
     members, bx, rows, _, out_ch, height, width = A.shape
     in_ch = weight.shape[2]
