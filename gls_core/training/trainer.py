@@ -1,0 +1,240 @@
+"""The in-process trainer: propose -> evaluate -> update, with schedules, evaluation and checkpoints.
+
+Every random draw is keyed by the job seed and the global step, batches by (seed, epoch), so a run
+resumed from any checkpoint ends bit-identical to an uninterrupted one (same seed, same device).
+The coordinator service drives the same :func:`run_step` with evaluation spread over workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import Dataset, epoch_batches, load_dataset
+from ..evaluation import EvalResult, evaluate
+from ..nets.spec import NetSpec
+from ..nets.zoo import network
+from .checkpoint import (
+    Position,
+    append_metrics,
+    load_checkpoint,
+    load_model,
+    read_metrics,
+    save_checkpoint,
+    truncate_metrics,
+    write_config,
+)
+from .config import TrainConfig
+from .estimators import Evaluated, Proposal, State
+from .init import initial_weights
+from .noise import generator
+from .objective import Objective
+from .stages import Stage, build_stages
+
+Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float], Evaluated]
+ProgressFn = Callable[[int, int, dict[str, Any]], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train: Dataset
+    test: Dataset
+
+
+def load_data(config: TrainConfig) -> TrainData:
+    """Train and test sets; a subset larger than the set means the whole set."""
+    data = config.data
+    root = data.data_dir
+    if data.dataset == "file":
+        train = load_dataset("file", "train", root, path=data.path)
+        test = load_dataset("file", "test", root, path=data.test_path or data.path)
+    else:
+        train = load_dataset(data.dataset, "train", root)
+        test = load_dataset(data.dataset, "test", root)
+    return TrainData(_first(train, data.train_subset), _first(test, data.test_subset))
+
+
+def _first(dataset: Dataset, count: int | None) -> Dataset:
+    if count is None or count >= len(dataset):
+        return dataset
+    return dataclasses.replace(dataset, x=dataset.x[:count], y=dataset.y[:count])
+
+
+def spec_for(config: TrainConfig, data: TrainData) -> NetSpec:
+    dataset = config.data.dataset
+    if dataset == "file":
+        raise ValueError("user datasets need a built-in input shape; use dataset mnist/cifar10/... shapes")
+    spec = network(config.model.arch, dataset)
+    shape = tuple(data.train.x.shape[1:])
+    if shape != spec.input_shape:
+        raise ValueError(f"{dataset} inputs have shape {shape}, {spec.name} expects {spec.input_shape}")
+    return spec
+
+
+def starting_weights(config: TrainConfig, spec: NetSpec) -> torch.Tensor:
+    if config.model.checkpoint is not None:
+        loaded, theta, _ = load_model(config.model.checkpoint)
+        if loaded.name != spec.name:
+            raise ValueError(f"model.checkpoint holds {loaded.name}, the config trains {spec.name}")
+        return theta
+    scheme = config.warmup.init if config.warmup is not None else config.model.init
+    return initial_weights(spec, scheme, generator(config.seed, "init"))
+
+
+def local_evaluator(spec: NetSpec, seed: int) -> Evaluator:
+    """Evaluate a proposal in this process, all points in one population-batched call."""
+
+    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float) -> Evaluated:
+        points = proposal.points()
+        if proposal.needs_grads:
+            losses, grads = objective.losses_and_grads(spec, points, x, y, eps, seed, proposal.step)
+            return Evaluated(losses, grads)
+        return Evaluated(objective.losses(spec, points, x, y, eps, seed, proposal.step))
+
+    return run
+
+
+def training_batch(config: TrainConfig, train: Dataset, epoch: int, batch: int, indices: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = train.x[indices], train.y[indices]
+    if config.data.augment:
+        x = train.augmentation.apply(x, generator(config.seed, "augment", epoch, batch))
+    return x, y
+
+
+def steps_per_epoch(config: TrainConfig, train_size: int) -> int:
+    full = len(epoch_batches(train_size, config.data.batch_size, config.seed, 0, drop_last=True)) or 1
+    cap = config.schedule.steps_per_epoch
+    return min(full, cap) if cap else full
+
+
+def run_step(stage: Stage, state: State, step: int, step_in_stage: int, seed: int, x: torch.Tensor,
+             y: torch.Tensor, evaluator: Evaluator) -> tuple[State, dict[str, float]]:
+    """One estimator step; returns the new state and the step's metrics."""
+    hyper = stage.hyper(step_in_stage)
+    proposal = stage.estimator.propose(state, step, seed, hyper)
+    evaluated = evaluator(proposal, stage.objective, x, y, hyper.eps)
+    new_state = stage.estimator.update(state, proposal, evaluated, hyper)
+    metrics = {"loss": float(evaluated.losses.mean()), "lr": hyper.lr, "eps": hyper.eps,
+               **stage.estimator.metrics(new_state, hyper)}
+    return new_state, metrics
+
+
+@dataclass
+class TrainResult:
+    theta: torch.Tensor
+    position: Position
+    final: EvalResult | None
+
+
+class Trainer:
+    """Runs a config to completion in ``run_dir``, resuming from its checkpoint when asked."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, data: TrainData | None = None,
+                 evaluator: Evaluator | None = None, progress: ProgressFn | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.data = data or load_data(config)
+        self.spec = spec_for(config, self.data)
+        self.steps_per_epoch = steps_per_epoch(config, len(self.data.train))
+        self.stages = build_stages(config, self.steps_per_epoch)
+        self.evaluator = evaluator or local_evaluator(self.spec, config.seed)
+        self.progress = progress
+        self.last_eval: EvalResult | None = None
+        self.total_steps = sum(stage.epochs for stage in self.stages) * self.steps_per_epoch
+
+    def _eval_row(self, theta: torch.Tensor, stage: str, epoch: int, step: int) -> dict[str, Any]:
+        result = self.last_eval = self.evaluate(theta)
+        return {"kind": "epoch", "stage": stage, "epoch": epoch, "step": step, **result.to_dict()}
+
+    def evaluate(self, theta: torch.Tensor) -> EvalResult:
+        settings = self.config.evaluation
+        test = self.data.test
+        eps = self.config.eps if settings.eps is None else settings.eps
+        return evaluate(self.spec, theta, test.x.to(self.device), test.y.to(self.device), eps, method=settings.method,
+                        batch_size=settings.batch_size, pgd_steps=settings.pgd_steps,
+                        pgd_restarts=settings.pgd_restarts, alpha_steps=settings.alpha_steps,
+                        seed=self.config.seed)
+
+    def _start(self, resume: bool) -> tuple[State, Position]:
+        if resume:
+            state, position = load_checkpoint(self.run_dir)
+            truncate_metrics(self.run_dir, position.step)
+            return {key: value.to(self.device) for key, value in state.items()}, position
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.run_dir, self.config)
+        (self.run_dir / "metrics.jsonl").write_text("")
+        theta = starting_weights(self.config, self.spec).to(self.device)
+        position = Position()
+        append_metrics(self.run_dir, self._eval_row(theta, "init", 0, 0))
+        return self.stages[0].estimator.init_state(theta), position
+
+    def run(self, resume: bool = False, stop_after_steps: int | None = None,
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train to the end (or until ``stop_after_steps`` more steps, or ``should_stop()``)."""
+        state, position = self._start(resume)
+        done_here = 0
+        train = self.data.train
+        global_epoch_base = sum(stage.epochs for stage in self.stages[:position.stage])
+        while not position.finished:
+            stage = self.stages[position.stage]
+            global_epoch = global_epoch_base + position.epoch
+            batches = epoch_batches(len(train), self.config.data.batch_size, self.config.seed, global_epoch,
+                                    drop_last=True)[:self.steps_per_epoch]
+            epoch_start = time.perf_counter()
+            for batch in range(position.batch, len(batches)):
+                if (stop_after_steps is not None and done_here >= stop_after_steps) or (should_stop and should_stop()):
+                    save_checkpoint(self.run_dir, self.config, state, position)
+                    return TrainResult(state["theta"], position, None)
+                x, y = training_batch(self.config, train, global_epoch, batch, batches[batch])
+                step_in_stage = position.epoch * self.steps_per_epoch + batch
+                state, metrics = run_step(stage, state, position.step, step_in_stage, self.config.seed,
+                                          x.to(self.device), y.to(self.device), self.evaluator)
+                position = Position(position.stage, position.epoch, batch + 1, position.step + 1)
+                done_here += 1
+                row = {"kind": "step", "stage": stage.name, "epoch": global_epoch + 1, **metrics, "step": position.step}
+                append_metrics(self.run_dir, row)
+                if self.progress:
+                    self.progress(position.step, self.total_steps, row)
+                every = self.config.checkpoint_every_steps
+                if every and position.step % every == 0 and batch + 1 < len(batches):
+                    save_checkpoint(self.run_dir, self.config, state, position)
+            position = self._next_epoch(position, stage)
+            if position.stage != self.stages.index(stage):
+                global_epoch_base += stage.epochs
+                state = self.stages[position.stage].estimator.init_state(state["theta"])
+            if position.finished or (global_epoch + 1) % self.config.evaluation.every_epochs == 0:
+                row = self._eval_row(state["theta"], stage.name, global_epoch + 1, position.step)
+                row.update(train_loss=self._epoch_loss(stage.name, global_epoch + 1),
+                           epoch_time_s=time.perf_counter() - epoch_start)
+                append_metrics(self.run_dir, row)
+            save_checkpoint(self.run_dir, self.config, state, position)
+        return TrainResult(state["theta"], position, self.last_eval)
+
+    def _epoch_loss(self, stage: str, epoch: int) -> float:
+        """Mean step loss of an epoch, read back from the log so that a resumed epoch counts every step."""
+        losses = [row["loss"] for row in read_metrics(self.run_dir)
+                  if row["kind"] == "step" and row["stage"] == stage and row["epoch"] == epoch]
+        return sum(losses) / max(len(losses), 1)
+
+    def _next_epoch(self, position: Position, stage: Stage) -> Position:
+        if position.epoch + 1 < stage.epochs:
+            return Position(position.stage, position.epoch + 1, 0, position.step)
+        if position.stage + 1 < len(self.stages):
+            return Position(position.stage + 1, 0, 0, position.step)
+        return Position(position.stage, position.epoch, 0, position.step, finished=True)

@@ -1,0 +1,1 @@
+"""GLS services: bound workers, coordinator, gateway, and the `gls` command line."""

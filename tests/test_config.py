@@ -1,0 +1,101 @@
+"""Training configs: presets load, round-trip, and bad input gets an error naming the field."""
+
+from pathlib import Path
+
+import pytest
+
+from gls_core.training.config import ConfigError, TrainConfig, apply_overrides, dump_config, load_config, parse_config
+from gls_core.training.schedules import Schedule, linear_ramp, smooth_ramp
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_every_preset_is_valid_and_round_trips(tmp_path: Path) -> None:
+    presets = sorted(CONFIGS.glob("*.yaml"))
+    assert len(presets) >= 10
+    for preset in presets:
+        config = load_config(preset)
+        copy = tmp_path / preset.name
+        copy.write_text(dump_config(config))
+        assert load_config(copy) == config, preset.name
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"estimator": "sgd"}, "estimator: Input should be 'grad', 'pgd', 'pgpe' or 'rgs'"),
+    ({"relaxation": "zonotope"}, "relaxation: unknown relaxation 'zonotope'"),
+    ({"eps": -0.1}, "eps: Input should be greater than or equal to 0"),
+    ({"learning_rate": 0.1}, "learning_rate: unknown key"),
+    ({"pgpe": {"popsize": 7}}, "pgpe.popsize: popsize must be even"),
+    ({"pgpe": {"sigma": 0.1}}, "pgpe.sigma: unknown key"),
+    ({"data": {"dataset": "imagenet"}}, "data.dataset: unknown dataset 'imagenet'"),
+    ({"data": {"batch_size": 0}}, "data.batch_size: Input should be greater than 0"),
+    ({"model": {"arch": "resnet"}}, "model.arch: unknown architecture 'resnet'"),
+    ({"schedule": {"lr_milestones": [60, 50]}}, "schedule.lr_milestones: lr_milestones must be positive and incr"),
+    ({"estimator": "grad", "relaxation": "alpha-crown"}, "has no weight gradients; train it with estimator pgpe"),
+    ({"estimator": "pgd", "relaxation": "ibp"}, "set relaxation to none"),
+    ({"data": {"dataset": "file"}}, "needs data.path"),
+])
+def test_bad_values_name_the_field(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, "job.yaml")
+    assert fragment in str(error.value)
+    assert "job.yaml" in str(error.value)
+
+
+def test_several_errors_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config({"eps": -1, "seed": -2, "bogus": 1})
+    message = str(error.value)
+    assert "eps:" in message and "seed:" in message and "bogus: unknown key" in message
+
+
+def test_yaml_errors_and_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("estimator: [grad\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+
+
+def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("estimator: rgs\nrelaxation: deeppoly\n")
+    config = load_config(path, ["eps=0.3", "schedule.lr_milestones=[5, 8]", "pgpe.popsize=64", "warmup.epochs=2",
+                                "relaxation=none"])
+    assert config.eps == 0.3 and config.schedule.lr_milestones == [5, 8] and config.pgpe.popsize == 64
+    assert config.warmup is not None and config.warmup.epochs == 2 and config.relaxation is None
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["eps"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"eps": 0.1}, ["eps.x=1"])
+
+
+def test_defaults_are_the_papers() -> None:
+    config = TrainConfig()
+    assert config.pgpe.popsize == 256 and config.pgpe.sigma_init == 1e-3
+    assert config.rgs.samples == 2 and config.rgs.sigma == 1e-3 and config.rgs.sigma_decay == 0.4
+    assert config.schedule.lr == 5e-5 and config.schedule.lr_milestones == [50, 60] and config.schedule.lr_decay == 0.2
+    assert config.alpha.steps == 1 and config.alpha.step_size == 0.5 and config.alpha.init == 0.5
+
+
+def test_eps_ramps_reach_the_target_without_jumps() -> None:
+    for ramp in (smooth_ramp, linear_ramp):
+        values = [ramp(step, 10, 100, 0.3) for step in range(0, 130)]
+        assert values[:11] == [0.0] * 11 and values[110:] == [0.3] * 20
+        assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+        assert max(b - a for a, b in zip(values, values[1:], strict=False)) < 0.3 / 100 * 1.5
+    assert smooth_ramp(20, 10, 100, 0.3) < linear_ramp(20, 10, 100, 0.3)  # slow start
+
+
+def test_schedule_decays_lr_and_sigma_after_milestones() -> None:
+    config = TrainConfig.model_validate({"schedule": {"epochs": 10, "lr": 1.0, "lr_milestones": [3, 6],
+                                                      "lr_decay": 0.5, "eps_zero_epochs": 1, "eps_ramp_epochs": 2}})
+    schedule = Schedule(config.schedule, eps=0.2, steps_per_epoch=4)
+    assert [schedule.at(step).lr for step in (0, 11, 12, 23, 24, 39)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert schedule.at(24, sigma_decay=0.4).sigma_scale == pytest.approx(0.16)
+    assert schedule.eps_at(3) == 0.0 and schedule.eps_at(12) == pytest.approx(0.2)
+    assert Schedule(config.schedule, eps=0.2, steps_per_epoch=4, anneal_eps=False).eps_at(0) == 0.2
