@@ -13,7 +13,7 @@ from rich.table import Table
 
 app = typer.Typer(help="GLS: certified training with Gaussian Loss Smoothing.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _progress() -> Progress:
@@ -22,7 +22,7 @@ def _progress() -> Progress:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print("error:", message, style="red", markup=False, highlight=False)
     return typer.Exit(2)
 
 

@@ -86,7 +86,7 @@ def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]
 
 def save_checkpoint(run_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor], position: Position) -> None:
     """Model, estimator state and position; the position file is written last, so it commits the step."""
-    save_model(run_dir / MODEL_FILE, state["theta"], config.model.arch, config.data.dataset,
+    save_model(run_dir / MODEL_FILE, state["theta"], config.model.arch, config.zoo_dataset,
                {"step": str(position.step)})
     _atomic_save_tensors(run_dir / STATE_FILE, state, {"step": str(position.step)})
     _atomic_write_bytes(run_dir / POSITION_FILE, json.dumps(asdict(position)).encode())

@@ -29,6 +29,10 @@ class DataConfig(Strict):
     dataset: str = Field("mnist", description="built-in dataset name or 'file' for a user .npz/.safetensors")
     path: Path | None = Field(None, description="user dataset file (dataset: file)")
     test_path: Path | None = Field(None, description="held-out user dataset file (dataset: file)")
+    dataset_id: str | None = Field(None, description="a dataset uploaded to the services (dataset: file)")
+    test_dataset_id: str | None = Field(None, description="held-out uploaded dataset (default: dataset_id)")
+    input_like: str | None = Field(None, description="built-in dataset whose input shape user data has (for "
+                                   "the architecture), e.g. mnist")
     data_dir: Path | None = Field(None, description="where datasets live; default $GLS_DATA_DIR or ~/.cache/gls/data")
     train_subset: int | None = Field(None, gt=0, description="use the first N training examples")
     test_subset: int | None = Field(1000, gt=0, description="evaluate on the first N test examples")
@@ -44,8 +48,11 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> DataConfig:
-        if self.dataset == "file" and self.path is None:
-            raise ValueError("dataset 'file' needs data.path (an .npz or .safetensors with x and y)")
+        if self.dataset == "file" and self.path is None and self.dataset_id is None:
+            raise ValueError("dataset 'file' needs data.path (an .npz or .safetensors with x and y) or data.dataset_id")
+        if self.dataset == "file" and self.input_like not in DATASETS:
+            raise ValueError(f"dataset 'file' needs data.input_like, one of {sorted(DATASETS)}, naming the "
+                             "built-in dataset whose input shape and normalisation the data shares")
         return self
 
 
@@ -53,6 +60,7 @@ class ModelConfig(Strict):
     arch: str = Field("cnn3-tiny", description="cnn3-tiny, cnn3, cnn5, cnn5-l, cnn7 or fc-WxW")
     init: Literal["ibp", "kaiming"] = Field("ibp", description="IBP initialisation (Shi et al. 2021) or Kaiming")
     checkpoint: Path | None = Field(None, description="start from this model.safetensors (or run directory)")
+    checkpoint_id: str | None = Field(None, description="start from a model stored in the services (its id)")
 
     @field_validator("arch")
     @classmethod
@@ -124,6 +132,8 @@ class WarmupConfig(Strict):
     epochs: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     init: Literal["ibp", "kaiming"] = "kaiming"
+    eps_zero_epochs: int = Field(0, ge=0, description="first epochs of standard training")
+    eps_ramp_epochs: int = Field(1, ge=0, description="epochs over which the attack radius grows linearly")
 
 
 class EvalConfig(Strict):
@@ -163,6 +173,8 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
+    block_members: int = Field(32, gt=0, description="members bounded in one batched call; work is split at "
+                               "these boundaries, so results do not depend on how many workers share a step")
 
     @field_validator("relaxation")
     @classmethod
@@ -182,9 +194,9 @@ class TrainConfig(Strict):
         return self
 
     @property
-    def train_method(self) -> str | None:
-        """The relaxation evaluated in the loss, None for standard or adversarial training."""
-        return self.relaxation
+    def zoo_dataset(self) -> str:
+        """The built-in dataset that fixes the network's input shape, classes and normalisation."""
+        return self.data.input_like if self.data.dataset == "file" and self.data.input_like else self.data.dataset
 
 
 def format_errors(error: ValidationError, source: str) -> str:

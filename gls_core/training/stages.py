@@ -43,12 +43,14 @@ def build_stages(config: TrainConfig, steps_per_epoch: int) -> list[Stage]:
     stages: list[Stage] = []
     if config.warmup is not None:
         warm = config.warmup
-        schedule = ScheduleConfig(epochs=warm.epochs, lr=warm.lr, lr_milestones=[], eps_ramp_epochs=0,
-                                  grad_clip=config.schedule.grad_clip, steps_per_epoch=config.schedule.steps_per_epoch)
+        schedule = ScheduleConfig(epochs=warm.epochs, lr=warm.lr, lr_milestones=[], lr_decay=1.0,
+                                  eps_zero_epochs=warm.eps_zero_epochs, eps_ramp_epochs=warm.eps_ramp_epochs,
+                                  eps_ramp="linear", grad_clip=config.schedule.grad_clip,
+                                  steps_per_epoch=config.schedule.steps_per_epoch)
         estimator = make_estimator(warm.estimator, grad_clip=config.schedule.grad_clip, pgpe=config.pgpe,
                                    rgs=config.rgs)
         objective = objective_for(config.model_copy(update={"relaxation": None}), warm.estimator)
-        stages.append(Stage("warmup", estimator, objective, Schedule(schedule, config.eps, steps_per_epoch, False),
+        stages.append(Stage("warmup", estimator, objective, Schedule(schedule, config.eps, steps_per_epoch),
                             warm.epochs))
     main = make_estimator(config.estimator, grad_clip=config.schedule.grad_clip, pgpe=config.pgpe, rgs=config.rgs)
     sigma_decay = config.rgs.sigma_decay if config.estimator == "rgs" else 1.0

@@ -35,6 +35,7 @@ from .estimators import Evaluated, Proposal, State
 from .init import initial_weights
 from .noise import generator
 from .objective import Objective
+from .points import evaluate_members
 from .stages import Stage, build_stages
 
 Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float], Evaluated]
@@ -59,6 +60,8 @@ def load_data(config: TrainConfig) -> TrainData:
     """Train and test sets; a subset larger than the set means the whole set."""
     data = config.data
     root = data.data_dir
+    if data.dataset == "file" and data.path is None:
+        raise ValueError("data.dataset_id names a dataset stored in the services; in process, give data.path")
     if data.dataset == "file":
         train = load_dataset("file", "train", root, path=data.path)
         test = load_dataset("file", "test", root, path=data.test_path or data.path)
@@ -75,17 +78,18 @@ def _first(dataset: Dataset, count: int | None) -> Dataset:
 
 
 def spec_for(config: TrainConfig, data: TrainData) -> NetSpec:
-    dataset = config.data.dataset
-    if dataset == "file":
-        raise ValueError("user datasets need a built-in input shape; use dataset mnist/cifar10/... shapes")
-    spec = network(config.model.arch, dataset)
+    spec = network(config.model.arch, config.zoo_dataset)
     shape = tuple(data.train.x.shape[1:])
     if shape != spec.input_shape:
-        raise ValueError(f"{dataset} inputs have shape {shape}, {spec.name} expects {spec.input_shape}")
+        raise ValueError(f"training inputs have shape {shape}, {spec.name} expects {spec.input_shape}")
+    if data.train.num_classes > spec.num_outputs:
+        raise ValueError(f"the data has {data.train.num_classes} classes, {spec.name} has {spec.num_outputs} outputs")
     return spec
 
 
 def starting_weights(config: TrainConfig, spec: NetSpec) -> torch.Tensor:
+    if config.model.checkpoint_id is not None:
+        raise ValueError("model.checkpoint_id names a model stored in the services; in process, give model.checkpoint")
     if config.model.checkpoint is not None:
         loaded, theta, _ = load_model(config.model.checkpoint)
         if loaded.name != spec.name:
@@ -95,15 +99,11 @@ def starting_weights(config: TrainConfig, spec: NetSpec) -> torch.Tensor:
     return initial_weights(spec, scheme, generator(config.seed, "init"))
 
 
-def local_evaluator(spec: NetSpec, seed: int) -> Evaluator:
-    """Evaluate a proposal in this process, all points in one population-batched call."""
+def local_evaluator(spec: NetSpec, seed: int, block: int) -> Evaluator:
+    """Evaluate a proposal in this process, block by block as the bound workers would."""
 
     def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float) -> Evaluated:
-        points = proposal.points()
-        if proposal.needs_grads:
-            losses, grads = objective.losses_and_grads(spec, points, x, y, eps, seed, proposal.step)
-            return Evaluated(losses, grads)
-        return Evaluated(objective.losses(spec, points, x, y, eps, seed, proposal.step))
+        return evaluate_members(spec, proposal, objective, x, y, eps, seed, block)
 
     return run
 
@@ -153,7 +153,7 @@ class Trainer:
         self.spec = spec_for(config, self.data)
         self.steps_per_epoch = steps_per_epoch(config, len(self.data.train))
         self.stages = build_stages(config, self.steps_per_epoch)
-        self.evaluator = evaluator or local_evaluator(self.spec, config.seed)
+        self.evaluator = evaluator or local_evaluator(self.spec, config.seed, config.block_members)
         self.progress = progress
         self.last_eval: EvalResult | None = None
         self.total_steps = sum(stage.epochs for stage in self.stages) * self.steps_per_epoch

@@ -1,0 +1,80 @@
+"""One configuration model for every service, read from environment variables (prefix GLS_).
+
+The same variables drive `gls cluster up`, docker-compose and the Kubernetes manifests, so an
+operator configures a process the same way wherever it runs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLS_", extra="ignore", frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("GLS_REDIS_URL", "REDIS_URL"),
+                           description="the only shared state")
+    data_dir: Path | None = Field(None, description="built-in datasets (default ~/.cache/gls/data)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads per process")
+    max_message_mb: int = Field(256, gt=0, description="largest gRPC message, both directions")
+
+    # bound worker
+    worker_host: str = "0.0.0.0"
+    worker_port: int = Field(50051, ge=0, le=65535)
+    worker_advertise: str | None = Field(None, description="address others dial (default host:port)")
+    worker_concurrency: int = Field(2, gt=0, description="requests evaluated at once")
+    worker_cache_mb: int = Field(512, gt=0, description="content-addressed blob cache")
+    worker_addresses: str = Field("", description="static comma-separated worker list (besides Redis discovery)")
+    heartbeat_s: float = Field(2.0, gt=0)
+    heartbeat_ttl_s: float = Field(6.0, gt=0)
+
+    # coordinator
+    rpc_timeout_s: float = Field(300.0, gt=0, description="one worker call; on timeout its share is re-sent")
+    checkpoint_every_steps: int = Field(1, gt=0)
+
+    # gateway
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    certifier_port: int = Field(50052, ge=0, le=65535)
+    tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
+    max_upload_mb: int = Field(512, gt=0)
+    certify_max_inputs: int = Field(10000, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens_well_formed(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            token, sep, tenant = item.partition("=")
+            if not sep or not token.strip() or not tenant.strip():
+                raise ValueError(f"GLS_TOKENS entries must be token=tenant, got {item!r}")
+        return value
+
+    @cached_property
+    def tenants_by_token(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in self.tokens.split(",") if item.strip())
+        return {token.strip(): tenant.strip() for token, _, tenant in pairs}
+
+    @cached_property
+    def static_workers(self) -> list[str]:
+        return [address.strip() for address in self.worker_addresses.split(",") if address.strip()]
+
+    @property
+    def grpc_options(self) -> list[tuple[str, int]]:
+        size = self.max_message_mb * 1024 * 1024
+        return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+    @property
+    def advertised_worker_address(self) -> str:
+        host = "127.0.0.1" if self.worker_host in ("0.0.0.0", "::") else self.worker_host
+        return self.worker_advertise or f"{host}:{self.worker_port}"
+
+
+ENVIRONMENT_VARIABLES = sorted({"REDIS_URL"} | {f"GLS_{name.upper()}" for name in Settings.model_fields})
