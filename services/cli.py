@@ -111,6 +111,18 @@ def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or 
         _print_result(result.to_dict(), f"{spec.name} on {len(test)} test images")
 
 
+def _register_operator_verbs() -> None:
+    from . import ops_cli
+
+    app.command("worker")(ops_cli.worker)
+    app.command("coordinator")(ops_cli.coordinator)
+    app.command("gateway")(ops_cli.gateway)
+    app.add_typer(ops_cli.cluster_app, name="cluster")
+
+
+_register_operator_verbs()
+
+
 def main() -> None:
     app()
 

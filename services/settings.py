@@ -30,13 +30,17 @@ class Settings(BaseSettings):
     worker_advertise: str | None = Field(None, description="address others dial (default host:port)")
     worker_concurrency: int = Field(2, gt=0, description="requests evaluated at once")
     worker_cache_mb: int = Field(512, gt=0, description="content-addressed blob cache")
+    worker_register: bool = Field(True, description="announce the worker in Redis (off: static addresses only)")
+    worker_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running requests may finish")
     worker_addresses: str = Field("", description="static comma-separated worker list (besides Redis discovery)")
     heartbeat_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(6.0, gt=0)
 
     # coordinator
     rpc_timeout_s: float = Field(300.0, gt=0, description="one worker call; on timeout its share is re-sent")
-    checkpoint_every_steps: int = Field(1, gt=0)
+    checkpoint_every_steps: int = Field(1, gt=0, description="steps between checkpoints (each acknowledges steps)")
+    job_stale_s: float = Field(30.0, gt=0, description="a job whose coordinator is silent this long is taken over")
+    coordinator_id: str | None = Field(None, description="consumer name in the job group (default host-pid)")
 
     # gateway
     gateway_host: str = "0.0.0.0"
@@ -45,6 +49,8 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
     max_upload_mb: int = Field(512, gt=0)
     certify_max_inputs: int = Field(10000, gt=0)
+    sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
+    certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

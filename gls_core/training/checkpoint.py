@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
 from ..nets.spec import NetSpec
@@ -56,9 +58,25 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
 
 
 def save_model(path: Path, theta: torch.Tensor, arch: str, dataset: str, extra: dict[str, str] | None = None) -> None:
+    _atomic_write_bytes(path, model_bytes(theta, arch, dataset, extra))
+
+
+def model_bytes(theta: torch.Tensor, arch: str, dataset: str, extra: dict[str, str] | None = None) -> bytes:
+    """A model file's bytes, for storage outside the filesystem (Redis, HTTP downloads)."""
     metadata = {"format": FORMAT, "arch": arch, "dataset": dataset, "num_params": str(theta.numel()),
                 **(extra or {})}
-    _atomic_save_tensors(path, {"theta": theta}, metadata)
+    return save_tensors({"theta": theta.detach().cpu().contiguous()}, metadata)
+
+
+def model_from_bytes(data: bytes, source: str = "model") -> tuple[NetSpec, torch.Tensor, dict[str, str]]:
+    """Parse model bytes with the same checks as :func:`load_model`."""
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as handle:
+        handle.write(data)
+        handle.flush()
+        try:
+            return load_model(handle.name)
+        except ValueError as error:
+            raise ValueError(str(error).replace(handle.name, source)) from None
 
 
 def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]:

@@ -20,16 +20,7 @@ from ..data import Dataset, epoch_batches, load_dataset
 from ..evaluation import EvalResult, evaluate
 from ..nets.spec import NetSpec
 from ..nets.zoo import network
-from .checkpoint import (
-    Position,
-    append_metrics,
-    load_checkpoint,
-    load_model,
-    read_metrics,
-    save_checkpoint,
-    truncate_metrics,
-    write_config,
-)
+from .checkpoint import Position, load_model
 from .config import TrainConfig
 from .estimators import Evaluated, Proposal, State
 from .init import initial_weights
@@ -37,6 +28,7 @@ from .noise import generator
 from .objective import Objective
 from .points import evaluate_members
 from .stages import Stage, build_stages
+from .storage import DirectoryStorage, RunStorage
 
 Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float], Evaluated]
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -68,10 +60,10 @@ def load_data(config: TrainConfig) -> TrainData:
     else:
         train = load_dataset(data.dataset, "train", root)
         test = load_dataset(data.dataset, "test", root)
-    return TrainData(_first(train, data.train_subset), _first(test, data.test_subset))
+    return TrainData(first_examples(train, data.train_subset), first_examples(test, data.test_subset))
 
 
-def _first(dataset: Dataset, count: int | None) -> Dataset:
+def first_examples(dataset: Dataset, count: int | None) -> Dataset:
     if count is None or count >= len(dataset):
         return dataset
     return dataclasses.replace(dataset, x=dataset.x[:count], y=dataset.y[:count])
@@ -144,10 +136,13 @@ class TrainResult:
 class Trainer:
     """Runs a config to completion in ``run_dir``, resuming from its checkpoint when asked."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, *, data: TrainData | None = None,
-                 evaluator: Evaluator | None = None, progress: ProgressFn | None = None) -> None:
+    def __init__(self, config: TrainConfig, run_dir: str | Path | RunStorage, *, data: TrainData | None = None,
+                 evaluator: Evaluator | None = None, progress: ProgressFn | None = None,
+                 commit_every: int | None = None, initial_theta: torch.Tensor | None = None) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.storage = DirectoryStorage(run_dir, config) if isinstance(run_dir, str | Path) else run_dir
+        self.commit_every = commit_every or config.checkpoint_every_steps
+        self.initial_theta = initial_theta
         self.device = resolve_device(config.device)
         self.data = data or load_data(config)
         self.spec = spec_for(config, self.data)
@@ -173,15 +168,16 @@ class Trainer:
 
     def _start(self, resume: bool) -> tuple[State, Position]:
         if resume:
-            state, position = load_checkpoint(self.run_dir)
-            truncate_metrics(self.run_dir, position.step)
+            state, position = self.storage.resume()
             return {key: value.to(self.device) for key, value in state.items()}, position
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.run_dir, self.config)
-        (self.run_dir / "metrics.jsonl").write_text("")
-        theta = starting_weights(self.config, self.spec).to(self.device)
+        self.storage.begin(self.config)
+        theta = self.initial_theta if self.initial_theta is not None else starting_weights(self.config, self.spec)
+        if theta.shape != (self.spec.num_params,):
+            raise ValueError(f"initial weights have shape {tuple(theta.shape)}, {self.spec.name} needs "
+                             f"({self.spec.num_params},)")
+        theta = theta.to(self.device)
         position = Position()
-        append_metrics(self.run_dir, self._eval_row(theta, "init", 0, 0))
+        self.storage.log(self._eval_row(theta, "init", 0, 0))
         return self.stages[0].estimator.init_state(theta), position
 
     def run(self, resume: bool = False, stop_after_steps: int | None = None,
@@ -199,7 +195,7 @@ class Trainer:
             epoch_start = time.perf_counter()
             for batch in range(position.batch, len(batches)):
                 if (stop_after_steps is not None and done_here >= stop_after_steps) or (should_stop and should_stop()):
-                    save_checkpoint(self.run_dir, self.config, state, position)
+                    self.storage.commit(state, position)
                     return TrainResult(state["theta"], position, None)
                 x, y = training_batch(self.config, train, global_epoch, batch, batches[batch])
                 step_in_stage = position.epoch * self.steps_per_epoch + batch
@@ -208,12 +204,12 @@ class Trainer:
                 position = Position(position.stage, position.epoch, batch + 1, position.step + 1)
                 done_here += 1
                 row = {"kind": "step", "stage": stage.name, "epoch": global_epoch + 1, **metrics, "step": position.step}
-                append_metrics(self.run_dir, row)
+                self.storage.log(row)
                 if self.progress:
                     self.progress(position.step, self.total_steps, row)
-                every = self.config.checkpoint_every_steps
+                every = self.commit_every
                 if every and position.step % every == 0 and batch + 1 < len(batches):
-                    save_checkpoint(self.run_dir, self.config, state, position)
+                    self.storage.commit(state, position)
             position = self._next_epoch(position, stage)
             if position.stage != self.stages.index(stage):
                 global_epoch_base += stage.epochs
@@ -222,13 +218,13 @@ class Trainer:
                 row = self._eval_row(state["theta"], stage.name, global_epoch + 1, position.step)
                 row.update(train_loss=self._epoch_loss(stage.name, global_epoch + 1),
                            epoch_time_s=time.perf_counter() - epoch_start)
-                append_metrics(self.run_dir, row)
-            save_checkpoint(self.run_dir, self.config, state, position)
+                self.storage.log(row)
+            self.storage.commit(state, position)
         return TrainResult(state["theta"], position, self.last_eval)
 
     def _epoch_loss(self, stage: str, epoch: int) -> float:
         """Mean step loss of an epoch, read back from the log so that a resumed epoch counts every step."""
-        losses = [row["loss"] for row in read_metrics(self.run_dir)
+        losses = [row["loss"] for row in self.storage.rows()
                   if row["kind"] == "step" and row["stage"] == stage and row["epoch"] == epoch]
         return sum(losses) / max(len(losses), 1)
 

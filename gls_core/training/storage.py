@@ -1,0 +1,71 @@
+"""Where a run keeps its checkpoint and metrics: a local directory here, Redis in the services.
+
+The trainer only talks to this interface, so the in-process run and the coordinator's run execute
+the same loop and give the same weights. ``log`` records a row; ``commit`` stores a checkpoint and
+makes every row logged before it durable together with it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .checkpoint import (
+    METRICS_FILE,
+    Position,
+    append_metrics,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    truncate_metrics,
+    write_config,
+)
+from .config import TrainConfig
+
+State = dict[str, torch.Tensor]
+
+
+class RunStorage(Protocol):
+    def begin(self, config: TrainConfig) -> None:
+        """Start a fresh run (forget any earlier one)."""
+
+    def resume(self) -> tuple[State, Position]:
+        """The last committed state and position; rows logged after it are dropped."""
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Record a metrics row."""
+
+    def commit(self, state: State, position: Position) -> None:
+        """Checkpoint: the state, the position and all rows logged so far become durable together."""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows of this run, committed or not."""
+
+
+class DirectoryStorage:
+    """A run directory (model.safetensors, state.safetensors, state.json, config.yaml, metrics.jsonl)."""
+
+    def __init__(self, run_dir: str | Path, config: TrainConfig) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+
+    def begin(self, config: TrainConfig) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.run_dir, config)
+        (self.run_dir / METRICS_FILE).write_text("")
+
+    def resume(self) -> tuple[State, Position]:
+        state, position = load_checkpoint(self.run_dir)
+        truncate_metrics(self.run_dir, position.step)
+        return state, position
+
+    def log(self, row: dict[str, Any]) -> None:
+        append_metrics(self.run_dir, row)
+
+    def commit(self, state: State, position: Position) -> None:
+        save_checkpoint(self.run_dir, self.config, state, position)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_metrics(self.run_dir)

@@ -1,0 +1,176 @@
+"""`gls cluster up`: the docker-compose topology as local processes on loopback.
+
+Redis (a private redis-server on a free port unless a URL is given), the gateway (REST + gRPC
+Certifier), one coordinator and N bound workers, each a child process configured through the same
+GLS_* environment variables the containers use, each logging to ``run_dir/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+CLUSTER_FILE = "cluster.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean shutdown, no deregistration."""
+        if self.process is not None and self.alive:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None or not self.alive:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@dataclass
+class Cluster:
+    run_dir: Path
+    redis_url: str
+    token: str
+    gateway_url: str
+    certifier_address: str
+    children: dict[str, Child] = field(default_factory=dict)
+    redis_child: Child | None = None
+
+    def info(self) -> dict[str, object]:
+        return {"gateway_url": self.gateway_url, "certifier_address": self.certifier_address, "token": self.token,
+                "redis_url": self.redis_url, "run_dir": str(self.run_dir),
+                "pids": {name: child.process.pid for name, child in self.children.items() if child.process}}
+
+    def stop(self) -> None:
+        """Gateway first (no new work), then the coordinator (finishes its step), workers, Redis last."""
+        order = sorted(self.children, key=lambda name: ("gateway", "coordinator", "worker").index(name.split("-")[0]))
+        for name in order:
+            self.children[name].stop()
+        if self.redis_child is not None:
+            self.redis_child.stop()
+
+
+def _base_env(redis_url: str, tokens: str, threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GLS_REDIS_URL=redis_url, GLS_TOKENS=tokens, PYTHONUNBUFFERED="1")
+    env.pop("REDIS_URL", None)
+    if threads:
+        env["GLS_THREADS"] = str(threads)
+    return env
+
+
+def _wait(check: Callable[[], object], what: str, timeout: float, children: dict[str, Child]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [child for child in children.values() if not child.alive]
+        if dead:
+            raise RuntimeError(f"{dead[0].name} exited during start-up; see {dead[0].log_path}")
+        try:
+            if check():
+                return
+        except Exception:  # not up yet
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def _start_redis(run_dir: Path) -> tuple[Child, str]:
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server not found: install it or set REDIS_URL to an existing Redis")
+    port = free_port()
+    data = run_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    child = Child("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                            "--appendonly", "yes", "--save", ""], dict(os.environ), run_dir / "logs" / "redis.log")
+    child.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    _wait(client.ping, "redis-server", 20, {"redis": child})
+    client.close()
+    return child, url
+
+
+def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str | None = None,
+       threads: int | None = None, gateway_port: int = 0, certifier_port: int = 0, timeout: float = 90.0) -> Cluster:
+    """Start everything, wait until it serves, write ``run_dir/cluster.json``; the caller stops it."""
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    redis_child = None
+    redis_url = redis_url or os.environ.get("REDIS_URL") or os.environ.get("GLS_REDIS_URL")
+    if not redis_url:
+        redis_child, redis_url = _start_redis(run_dir)
+    token = token or secrets.token_urlsafe(18)
+    tokens = os.environ.get("GLS_TOKENS") or f"{token}=default"
+    env = _base_env(redis_url, tokens, threads)
+    python = sys.executable
+    gateway_port = gateway_port or free_port()
+    certifier_port = certifier_port or free_port()
+    cluster = Cluster(run_dir, redis_url, token, f"http://127.0.0.1:{gateway_port}", f"127.0.0.1:{certifier_port}",
+                      redis_child=redis_child)
+    try:
+        for index in range(workers):
+            port = free_port()
+            worker_env = {**env, "GLS_WORKER_HOST": "127.0.0.1", "GLS_WORKER_PORT": str(port)}
+            name = f"worker-{index}"
+            cluster.children[name] = Child(name, [python, "-m", "services.bound_worker"], worker_env,
+                                           run_dir / "logs" / f"{name}.log")
+        cluster.children["coordinator"] = Child("coordinator", [python, "-m", "services.coordinator"], env,
+                                                run_dir / "logs" / "coordinator.log")
+        gateway_env = {**env, "GLS_GATEWAY_HOST": "127.0.0.1", "GLS_GATEWAY_PORT": str(gateway_port),
+                       "GLS_CERTIFIER_PORT": str(certifier_port)}
+        cluster.children["gateway"] = Child("gateway", [python, "-m", "services.gateway"], gateway_env,
+                                            run_dir / "logs" / "gateway.log")
+        for child in cluster.children.values():
+            child.start()
+        client = redis.Redis.from_url(redis_url)
+        _wait(lambda: client.scard("gls:workers") >= workers, f"{workers} workers", timeout, cluster.children)
+        _wait(lambda: urllib.request.urlopen(f"{cluster.gateway_url}/readyz", timeout=2).status == 200,
+              "gateway", timeout, cluster.children)
+        client.close()
+    except BaseException:
+        cluster.stop()
+        raise
+    (run_dir / CLUSTER_FILE).write_text(json.dumps(cluster.info(), indent=2))
+    return cluster
