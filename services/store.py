@@ -125,7 +125,7 @@ class Store:
         now = time.time()
         job = Job(new_id("job"), tenant, JobStatus.QUEUED, config, now, now, name=name, total_steps=total_steps)
         with self.redis.pipeline() as pipe:
-            pipe.hset(f"gls:job:{job.id}", mapping=self._job_fields(job))
+            pipe.hset(f"gls:job:{job.id}", mapping=cast(dict[Any, Any], self._job_fields(job)))
             pipe.zadd(f"gls:tenant:{tenant}:jobs", {job.id: now})
             pipe.xadd(JOB_STREAM, {"job": job.id})
             pipe.execute()
@@ -162,7 +162,7 @@ class Store:
     def update_job(self, job_id: str, **fields: Any) -> None:
         values = {key: (value.value if isinstance(value, JobStatus) else str(value)) for key, value in fields.items()}
         values["updated"] = str(time.time())
-        self.redis.hset(f"gls:job:{job_id}", mapping=values)
+        self.redis.hset(f"gls:job:{job_id}", mapping=cast(dict[Any, Any], values))
         self.publish_event(job_id, {"type": "status", **{k: v for k, v in values.items() if k != "updated"}})
 
     def request_cancel(self, job_id: str, tenant: str) -> Job:
@@ -195,7 +195,7 @@ class Store:
         if messages:
             message_id, fields = messages[0]
             return _text(message_id), _text(fields[b"job"] if b"job" in fields else fields["job"])
-        fresh = self.redis.xreadgroup(COORDINATOR_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=block_ms)
+        fresh: Any = self.redis.xreadgroup(COORDINATOR_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=block_ms)
         for _, entries in fresh or []:
             for message_id, fields in entries:
                 return _text(message_id), _text(fields.get(b"job", fields.get("job", b"")))
@@ -239,7 +239,7 @@ class Store:
 
     def read_events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
                     count: int = 100) -> list[tuple[str, dict[str, Any]]]:
-        result = self.redis.xread({f"gls:job:{job_id}:events": after}, count=count, block=block_ms)
+        result: Any = self.redis.xread({f"gls:job:{job_id}:events": after}, count=count, block=block_ms)
         events = []
         for _, entries in result or []:
             for event_id, fields in entries:
