@@ -45,7 +45,7 @@ def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(f"y must be a 1-D tensor of integer labels, got shape {tuple(y.shape)} and {y.dtype}")
     if bool((y < 0).any()) or bool((y >= num_classes).any()):
         raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}")
-    eye = torch.eye(num_classes)
+    eye = torch.eye(num_classes, device=y.device)
     rows = eye.unsqueeze(0) - eye[y].unsqueeze(1)  # [B, classes, classes]: row i is e_i - e_t
     keep = ~torch.nn.functional.one_hot(y, num_classes).bool()
     return rows[keep].view(y.shape[0], num_classes - 1, num_classes)

@@ -1,0 +1,140 @@
+"""The BoundWorker RPCs: decode and validate, compute with gls_core, encode.
+
+A worker never dies on a request: validation errors become INVALID_ARGUMENT, an unknown blob
+FAILED_PRECONDITION, anything unexpected INTERNAL (logged with its traceback). At most
+``concurrency`` requests compute at once; the others wait for a slot within their deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+import torch
+
+from gls_core.bounds.api import NotDifferentiableError, compute_bounds, margin_spec
+from gls_core.training.points import evaluate_members
+
+from ..codec import tensor_to_proto
+from ..proto.gls.v1 import bound_worker_pb2
+from .decoding import MissingBlobError, RequestDecoder
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+
+SERVICE_NAME = bound_worker_pb2.DESCRIPTOR.services_by_name["BoundWorker"].full_name
+
+
+class BoundWorkerService:
+    def __init__(self, decoder: RequestDecoder, concurrency: int) -> None:
+        self.decoder = decoder
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.served = 0
+
+    def EvaluatePoints(self, request: bound_worker_pb2.PointsRequest,  # noqa: N802 (gRPC's name)
+                       context: grpc.ServicerContext) -> bound_worker_pb2.PointsResponse:
+        return self._handle("EvaluatePoints", context, lambda: self._points(request, context))
+
+    def Bounds(self, request: bound_worker_pb2.BoundsRequest,  # noqa: N802 (gRPC's name)
+               context: grpc.ServicerContext) -> bound_worker_pb2.BoundsResponse:
+        return self._handle("Bounds", context, lambda: self._bounds(request, context))
+
+    def add_to_server(self, server: grpc.Server) -> None:
+        """Register both RPCs as the generated ``add_BoundWorkerServicer_to_server`` would (that module is untyped)."""
+        handlers = {
+            "EvaluatePoints": grpc.unary_unary_rpc_method_handler(
+                self.EvaluatePoints, request_deserializer=bound_worker_pb2.PointsRequest.FromString,
+                response_serializer=bound_worker_pb2.PointsResponse.SerializeToString),
+            "Bounds": grpc.unary_unary_rpc_method_handler(
+                self.Bounds, request_deserializer=bound_worker_pb2.BoundsRequest.FromString,
+                response_serializer=bound_worker_pb2.BoundsResponse.SerializeToString),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+    def _handle(self, name: str, context: grpc.ServicerContext, work: Callable[[], Response]) -> Response:
+        with self._lock:
+            self.in_flight += 1
+        try:
+            try:
+                response = work()
+            except MissingBlobError as error:
+                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(error)
+            except (ValueError, NotDifferentiableError) as error:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+            except _SlotTimeout:
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a compute slot"
+            except Exception as error:
+                log.exception("%s failed", name)
+                code, message = grpc.StatusCode.INTERNAL, f"{name} failed: {type(error).__name__}: {error}"
+            else:
+                with self._lock:
+                    self.served += 1
+                return response
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        log.info("%s rejected: %s %s", name, code.name, message)
+        context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")
+
+    def _compute_slot(self, context: grpc.ServicerContext) -> _Slot:
+        return _Slot(self._slots, context.time_remaining())
+
+    def _points(self, request: bound_worker_pb2.PointsRequest,
+                context: grpc.ServicerContext) -> bound_worker_pb2.PointsResponse:
+        job = self.decoder.points(request)
+        with self._compute_slot(context):
+            started = time.perf_counter()
+            evaluated = evaluate_members(job.spec, job.proposal, job.objective, job.x, job.y, job.eps, job.seed,
+                                         job.block, job.start, job.stop)
+            seconds = time.perf_counter() - started
+        response = bound_worker_pb2.PointsResponse(compute_seconds=seconds)
+        tensor_to_proto(evaluated.losses, out=response.losses)
+        if evaluated.grads is not None:
+            tensor_to_proto(evaluated.grads, out=response.gradients)
+        return response
+
+    def _bounds(self, request: bound_worker_pb2.BoundsRequest,
+                context: grpc.ServicerContext) -> bound_worker_pb2.BoundsResponse:
+        job = self.decoder.bounds(request)
+        with self._compute_slot(context):
+            started = time.perf_counter()
+            spec_matrix = None
+            if job.labels is not None:
+                spec_matrix = margin_spec(job.labels.cpu(), job.spec.num_outputs).to(job.x.device)
+            with torch.no_grad():
+                lower, upper = compute_bounds(job.spec, job.x, job.eps, job.method, C=spec_matrix, params=job.params,
+                                              **job.options)
+            seconds = time.perf_counter() - started
+        response = bound_worker_pb2.BoundsResponse(compute_seconds=seconds)
+        tensor_to_proto(lower, out=response.lower)
+        tensor_to_proto(upper, out=response.upper)
+        return response
+
+
+class _SlotTimeout(Exception):
+    pass
+
+
+class _Slot:
+    """One of the ``concurrency`` compute slots, waited for no longer than the request's deadline."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore, timeout: float | None) -> None:
+        self.semaphore, self.timeout = semaphore, timeout
+
+    def __enter__(self) -> None:
+        timeout = None if self.timeout is None else max(0.0, self.timeout)
+        if not self.semaphore.acquire(timeout=timeout):
+            raise _SlotTimeout
+
+    def __exit__(self, *exc: object) -> None:
+        self.semaphore.release()

@@ -1,0 +1,306 @@
+"""Conversions between gls_core objects and the gls.v1 wire messages, with the validation a server needs.
+
+Every decoder raises ``ValueError`` whose message starts with the field it is about, so a server can
+turn it into INVALID_ARGUMENT verbatim. Tensors travel as little-endian row-major bytes: encoding is
+one copy (``tobytes``), decoding one copy out of the message (the tensor must own writable memory).
+
+Floats that the protos declare as ``float`` (32 bit: Normalize constants, alpha-CROWN and PGD step
+sizes) are decoded to the shortest decimal that round-trips through float32, so a value written as
+a short decimal (0.1, 0.4914, ...) comes back as exactly the same Python float. This keeps the
+worker's arithmetic bit-identical to the in-process trainer's without changing the wire contract.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from gls_core.bounds.api import METHODS
+from gls_core.nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU
+from gls_core.training.estimators import Proposal
+from gls_core.training.objective import LossKind, Objective
+
+from .proto.gls.v1 import bound_worker_pb2, common_pb2
+
+MAX_ELEMENTS = 1 << 31
+"""Largest tensor accepted from the wire (elements); the message size limit usually bites first."""
+MAX_DIMS = 8
+MAX_LAYERS = 256
+MAX_ACTIVATION = 1 << 24
+"""Largest activation per input (elements) a decoded spec may produce, so a spec cannot ask for absurd memory."""
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+DTYPES: dict[str, tuple[np.dtype[Any], torch.dtype]] = {
+    "float32": (np.dtype("<f4"), torch.float32),
+    "float64": (np.dtype("<f8"), torch.float64),
+    "int64": (np.dtype("<i8"), torch.int64),
+    "uint8": (np.dtype("u1"), torch.uint8),
+    "bool": (np.dtype("?"), torch.bool),
+}
+_NAMES = {torch_dtype: name for name, (_, torch_dtype) in DTYPES.items()}
+
+ALPHA_DEFAULTS: dict[str, Any] = {"steps": 1, "step_size": 0.5, "init": 0.5}
+"""gls_core's alpha-CROWN defaults (the paper's training setting), filled in for options a caller leaves out.
+
+A Relaxation whose alpha fields are all zero decodes to empty options, i.e. these defaults."""
+
+_KIND_NAMES: dict[int, LossKind] = {bound_worker_pb2.Objective.STANDARD: "standard",
+                                    bound_worker_pb2.Objective.ADVERSARIAL: "adversarial",
+                                    bound_worker_pb2.Objective.CERTIFIED: "certified"}
+_KINDS = {name: value for value, name in _KIND_NAMES.items()}
+
+
+# --------------------------------------------------------------------------------------------- tensors
+
+def tensor_to_proto(tensor: torch.Tensor, out: common_pb2.Tensor | None = None) -> common_pb2.Tensor:
+    """Encode a tensor (any device) as dtype, shape and little-endian bytes."""
+    name = _NAMES.get(tensor.dtype)
+    if name is None:
+        raise ValueError(f"tensor dtype {tensor.dtype} is not one of {', '.join(DTYPES)}")
+    array = tensor.detach().cpu().contiguous().numpy()
+    data = array.astype(DTYPES[name][0], copy=False).tobytes()  # no conversion on little-endian hosts
+    message = common_pb2.Tensor() if out is None else out
+    message.dtype = name
+    message.shape[:] = tensor.shape
+    message.data = data
+    return message
+
+
+def tensor_from_proto(message: common_pb2.Tensor, field: str = "tensor", *, dtypes: Sequence[str] | None = None,
+                      max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+    """Decode and validate a tensor; ``field`` names it in errors, ``dtypes`` restricts the accepted dtypes."""
+    if message.dtype not in DTYPES:
+        raise ValueError(f"{field}.dtype {message.dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtypes is not None and message.dtype not in dtypes:
+        raise ValueError(f"{field} must have dtype {' or '.join(dtypes)}, got {message.dtype}")
+    shape = tuple(int(size) for size in message.shape)
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"{field} has {len(shape)} dimensions, at most {MAX_DIMS} are accepted")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"{field}.shape {list(shape)} has a negative dimension")
+    elements = math.prod(shape)
+    if elements > max_elements:
+        raise ValueError(f"{field} has {elements} elements, more than the limit of {max_elements}")
+    np_dtype, _ = DTYPES[message.dtype]
+    data = message.data
+    if len(data) != elements * np_dtype.itemsize:
+        raise ValueError(f"{field} has {len(data)} bytes of data, shape {list(shape)} of {message.dtype} "
+                         f"needs {elements * np_dtype.itemsize}")
+    if message.dtype == "bool" and data and int(np.frombuffer(data, dtype=np.uint8).max()) > 1:
+        raise ValueError(f"{field} is bool but holds bytes other than 0 and 1")
+    array = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+    return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
+
+
+def content_hash(message: common_pb2.Tensor) -> str:
+    """sha256 hex over dtype, shape and bytes: the name under which a worker caches a blob."""
+    digest = hashlib.sha256()
+    digest.update(message.dtype.encode())
+    digest.update(b"\0")
+    digest.update(np.asarray(list(message.shape), dtype="<i8").tobytes())
+    digest.update(b"\0")
+    digest.update(message.data)
+    return digest.hexdigest()
+
+
+def require_finite(name: str, tensor: torch.Tensor) -> None:
+    """Reject NaN and inf (integer tensors always pass)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def float32_value(value: float) -> float:
+    """The shortest decimal that round-trips through float32 (see the module docstring)."""
+    return float(str(np.float32(value)))
+
+
+# -------------------------------------------------------------------------------------------- net specs
+
+def spec_to_proto(spec: NetSpec, out: common_pb2.NetSpec | None = None) -> common_pb2.NetSpec:
+    message = common_pb2.NetSpec() if out is None else out
+    message.name = spec.name
+    message.input_shape[:] = spec.input_shape
+    del message.layers[:]
+    for layer in spec.layers:
+        item = message.layers.add()
+        if isinstance(layer, Normalize):
+            item.normalize.mean[:] = layer.mean
+            item.normalize.std[:] = layer.std
+        elif isinstance(layer, Conv2d):
+            item.conv2d.CopyFrom(common_pb2.Conv2d(in_channels=layer.in_channels, out_channels=layer.out_channels,
+                                                   kernel=layer.kernel, stride=layer.stride, padding=layer.padding))
+        elif isinstance(layer, Linear):
+            item.linear.CopyFrom(common_pb2.Linear(in_features=layer.in_features, out_features=layer.out_features))
+        elif isinstance(layer, ReLU):
+            item.relu.SetInParent()
+        elif isinstance(layer, Flatten):
+            item.flatten.SetInParent()
+        else:  # pragma: no cover - NetSpec itself rejects other layers
+            raise ValueError(f"spec: unsupported layer {layer!r}")
+    return message
+
+
+def _layer_from_proto(index: int, item: common_pb2.Layer) -> Layer:
+    kind = item.WhichOneof("kind")
+    where = f"spec.layers[{index}]"
+    if kind == "normalize":
+        mean = tuple(float32_value(v) for v in item.normalize.mean)
+        std = tuple(float32_value(v) for v in item.normalize.std)
+        if not all(math.isfinite(v) for v in mean + std):
+            raise ValueError(f"{where}: Normalize mean/std must be finite")
+        return Normalize(mean, std)
+    if kind == "conv2d":
+        c = item.conv2d
+        if min(c.in_channels, c.out_channels, c.kernel, c.stride) < 1 or c.padding < 0:
+            raise ValueError(f"{where}: Conv2d needs positive channels, kernel and stride and padding >= 0, got "
+                             f"in={c.in_channels} out={c.out_channels} kernel={c.kernel} stride={c.stride} "
+                             f"padding={c.padding}")
+        return Conv2d(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding)
+    if kind == "linear":
+        if min(item.linear.in_features, item.linear.out_features) < 1:
+            raise ValueError(f"{where}: Linear needs positive features, got in={item.linear.in_features} "
+                             f"out={item.linear.out_features}")
+        return Linear(item.linear.in_features, item.linear.out_features)
+    if kind == "relu":
+        return ReLU()
+    if kind == "flatten":
+        return Flatten()
+    raise ValueError(f"{where} has no layer kind set")
+
+
+def spec_from_proto(message: common_pb2.NetSpec) -> NetSpec:
+    """Rebuild a NetSpec; errors carry NetSpec's own reason, prefixed with ``spec:``."""
+    shape = tuple(int(size) for size in message.input_shape)
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ValueError(f"spec.input_shape must be (C, H, W) or (N,) with positive sizes, got {list(shape)}")
+    if math.prod(shape) > MAX_ACTIVATION:
+        raise ValueError(f"spec.input_shape {list(shape)} is larger than {MAX_ACTIVATION} elements")
+    if not message.layers:
+        raise ValueError("spec.layers is empty")
+    if len(message.layers) > MAX_LAYERS:
+        raise ValueError(f"spec.layers has {len(message.layers)} layers, at most {MAX_LAYERS} are accepted")
+    layers = tuple(_layer_from_proto(index, item) for index, item in enumerate(message.layers))
+    try:
+        spec = NetSpec(shape, layers, name=message.name or "net")
+    except (ValueError, TypeError, ZeroDivisionError) as error:
+        raise ValueError(f"spec: {error}") from None
+    for index, out in enumerate(spec.shapes[1:]):
+        if math.prod(out) > MAX_ACTIVATION:
+            raise ValueError(f"spec: layer {index} output {list(out)} is larger than {MAX_ACTIVATION} elements")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------- relaxations
+
+def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
+                        out: common_pb2.Relaxation | None = None) -> common_pb2.Relaxation:
+    options = dict(options or {})
+    _check_method(method, "method")
+    message = common_pb2.Relaxation() if out is None else out
+    message.method = method
+    if method != "alpha-crown":
+        if options:
+            raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+        return message
+    unknown = set(options) - set(ALPHA_DEFAULTS)
+    if unknown:
+        raise ValueError(f"alpha-crown options are {sorted(ALPHA_DEFAULTS)}, got unknown {sorted(unknown)}")
+    if not options:
+        return message
+    merged = {**ALPHA_DEFAULTS, **options}
+    message.alpha_steps = int(merged["steps"])
+    message.alpha_step_size = float(merged["step_size"])
+    if merged["init"] == "deeppoly":
+        message.alpha_init_deeppoly = True
+    else:
+        message.alpha_init = float(merged["init"])
+    if message.alpha_steps == 0 and message.alpha_step_size == 0 and message.alpha_init == 0 and not \
+            message.alpha_init_deeppoly:
+        raise ValueError("alpha-crown with steps=0, step_size=0 and init=0 is not representable on the wire "
+                         "(all-zero alpha fields mean the defaults)")
+    return message
+
+
+def _check_method(method: str, field: str) -> None:
+    if method not in METHODS:
+        shown = repr(method) if method else "empty"
+        raise ValueError(f"{field} is {shown}: not a known relaxation; expected one of {', '.join(sorted(METHODS))}")
+
+
+def relaxation_from_proto(message: common_pb2.Relaxation, field: str = "relaxation") -> tuple[str, dict[str, Any]]:
+    """(method, options). Alpha fields are read for alpha-crown only (the proto says others ignore them)."""
+    _check_method(message.method, f"{field}.method")
+    if message.method != "alpha-crown":
+        return message.method, {}
+    if not (message.alpha_steps or message.alpha_step_size or message.alpha_init or message.alpha_init_deeppoly):
+        return message.method, {}
+    step_size, init = float32_value(message.alpha_step_size), float32_value(message.alpha_init)
+    if message.alpha_steps < 0:
+        raise ValueError(f"{field}.alpha_steps must be >= 0, got {message.alpha_steps}")
+    if not math.isfinite(step_size) or step_size < 0:
+        raise ValueError(f"{field}.alpha_step_size must be finite and >= 0, got {step_size}")
+    if not message.alpha_init_deeppoly and not 0.0 <= init <= 1.0:
+        raise ValueError(f"{field}.alpha_init must lie in [0, 1], got {init}")
+    return message.method, {"steps": int(message.alpha_steps), "step_size": step_size,
+                            "init": "deeppoly" if message.alpha_init_deeppoly else init}
+
+
+# ----------------------------------------------------------------------------------------- objectives
+
+def objective_to_proto(objective: Objective,
+                       out: bound_worker_pb2.Objective | None = None) -> bound_worker_pb2.Objective:
+    message = bound_worker_pb2.Objective() if out is None else out
+    message.kind = _KINDS[objective.kind]  # type: ignore[assignment]
+    if objective.method is not None:
+        relaxation_to_proto(objective.method, objective.options, out=message.relaxation)
+    message.pgd_steps = objective.pgd_steps
+    message.pgd_step_size = objective.pgd_step_size
+    message.pgd_restarts = objective.pgd_restarts
+    return message
+
+
+def objective_from_proto(message: bound_worker_pb2.Objective, field: str = "objective") -> Objective:
+    kind = _KIND_NAMES.get(message.kind)
+    if kind is None:
+        raise ValueError(f"{field}.kind must be STANDARD, ADVERSARIAL or CERTIFIED, got {message.kind}")
+    step_size = float32_value(message.pgd_step_size)
+    if kind == "adversarial":
+        if message.pgd_steps < 0 or message.pgd_restarts < 1:
+            raise ValueError(f"{field}: adversarial needs pgd_steps >= 0 and pgd_restarts >= 1, got "
+                             f"pgd_steps={message.pgd_steps} and pgd_restarts={message.pgd_restarts}")
+        if not math.isfinite(step_size) or step_size < 0:
+            raise ValueError(f"{field}.pgd_step_size must be finite and >= 0, got {step_size}")
+    steps, restarts = int(message.pgd_steps), int(message.pgd_restarts)
+    if kind != "certified":
+        if message.relaxation.method:
+            raise ValueError(f"{field}.relaxation is set but only a CERTIFIED objective takes one")
+        return Objective(kind, pgd_steps=steps, pgd_step_size=step_size, pgd_restarts=restarts)
+    if not message.HasField("relaxation"):
+        raise ValueError(f"{field}.relaxation is required for a CERTIFIED objective")
+    method, options = relaxation_from_proto(message.relaxation, f"{field}.relaxation")
+    return Objective(kind, method, options, pgd_steps=steps, pgd_step_size=step_size, pgd_restarts=restarts)
+
+
+# ------------------------------------------------------------------------------------------ proposals
+
+def proposal_fields(proposal: Proposal) -> dict[str, Any]:
+    """The scalar PointsRequest fields of a proposal (centre and sigma travel as blobs)."""
+    if proposal.seed < 0 or proposal.step < 0:
+        raise ValueError(f"seed and step must be >= 0 on the wire, got seed={proposal.seed} step={proposal.step}")
+    return {"seed": proposal.seed, "step": proposal.step, "count": proposal.count, "symmetric": proposal.symmetric,
+            "want_gradients": proposal.needs_grads}
+
+
+def proposal_from_request(request: bound_worker_pb2.PointsRequest, centre: torch.Tensor,
+                          sigma: torch.Tensor) -> Proposal:
+    """Rebuild the proposal of a PointsRequest around decoded (and validated) centre and sigma."""
+    if request.count < 1 or (request.symmetric and request.count % 2):
+        raise ValueError(f"count must be positive (and even when symmetric), got {request.count}")
+    return Proposal(step=int(request.step), seed=int(request.seed), centre=centre, sigma=sigma,
+                    count=int(request.count), symmetric=request.symmetric, needs_grads=request.want_gradients)

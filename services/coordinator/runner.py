@@ -1,0 +1,84 @@
+"""Run one claimed job: the local trainer's loop with evaluation on the workers and storage in Redis."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gls_core.nets.spec import NetSpec
+from gls_core.training.checkpoint import model_bytes, model_from_bytes
+from gls_core.training.config import TrainConfig, parse_config
+from gls_core.training.estimators import Evaluated, Proposal
+from gls_core.training.objective import Objective
+from gls_core.training.trainer import Evaluator, Trainer
+
+from ..settings import Settings
+from ..store import Job, JobStatus, Store
+from ..worker_client import WorkerPool
+from .data import job_data
+from .storage import RedisStorage
+
+log = logging.getLogger("gls.coordinator")
+
+
+def remote_evaluator(pool: WorkerPool, spec: NetSpec, seed: int, block: int) -> Evaluator:
+    """Evaluate each step's proposal on the live workers, split at block boundaries."""
+
+    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float) -> Evaluated:
+        return pool.evaluate(spec, proposal, objective, x, y, eps, seed, block)
+
+    return run
+
+
+def warm_start(store: Store, config: TrainConfig, tenant: str, spec: NetSpec) -> torch.Tensor | None:
+    model_id = config.model.checkpoint_id
+    if model_id is None:
+        return None
+    loaded, theta, _ = model_from_bytes(store.model_data(model_id, tenant), f"model {model_id}")
+    if loaded.name != spec.name:
+        raise ValueError(f"model.checkpoint_id {model_id} holds {loaded.name}, the job trains {spec.name}")
+    return theta
+
+
+class JobRunner:
+    """Runs (or resumes) a job until it finishes, is cancelled, or ``should_stop`` says so."""
+
+    def __init__(self, store: Store, pool: WorkerPool, settings: Settings, consumer: str) -> None:
+        self.store, self.pool, self.settings, self.consumer = store, pool, settings, consumer
+
+    def run(self, job: Job, should_stop: Callable[[], bool]) -> JobStatus:
+        config = parse_config(job.config, f"job {job.id}")
+        data = job_data(self.store, config, job.tenant, self.settings.data_dir)
+        storage = RedisStorage(self.store, job.id)
+        resume = storage.has_checkpoint()
+        trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps,
+                          evaluator=None, initial_theta=None)
+        trainer.evaluator = remote_evaluator(self.pool, trainer.spec, config.seed, config.block_members)
+        if not resume:
+            trainer.initial_theta = warm_start(self.store, config, job.tenant, trainer.spec)
+        self.store.update_job(job.id, status=JobStatus.RUNNING, total_steps=trainer.total_steps,
+                              coordinator=self.consumer, error="")
+        cancelled = {"flag": False}
+
+        def stop() -> bool:
+            if self.store.cancel_requested(job.id):
+                cancelled["flag"] = True
+                return True
+            return should_stop()
+
+        result = trainer.run(resume=resume, should_stop=stop)
+        if cancelled["flag"]:
+            self.store.update_job(job.id, status=JobStatus.CANCELLED)
+            return JobStatus.CANCELLED
+        if not result.position.finished:
+            return JobStatus.RUNNING  # asked to stop (shutdown): another coordinator resumes from the checkpoint
+        data_bytes = model_bytes(result.theta, config.model.arch, config.zoo_dataset, {"job": job.id})
+        extra: dict[str, Any] = {} if result.final is None else result.final.to_dict()
+        self.store.put_model(job.tenant, data_bytes, config.model.arch, config.zoo_dataset, trainer.spec.num_params,
+                             source=f"job {job.id}", model_id=job.id,
+                             extra={key: str(value) for key, value in extra.items()})
+        self.store.update_job(job.id, status=JobStatus.SUCCEEDED, model_id=job.id)
+        return JobStatus.SUCCEEDED
