@@ -1,0 +1,994 @@
+"""Static checks of the deployment files: docker-compose.yml, deploy/Dockerfile*, deploy/k8s, deploy/prometheus.yml.
+
+Nothing here builds or runs a container (there is no Docker engine on the development machines): the
+files are parsed and checked against the Compose Specification schema (shipped by the docker-compose
+1.29.2 wheel, installed by scripts/bootstrap), against Kubernetes' object structure, and against the
+code they start: modules, `gls` verbs, `Settings` fields and defaults, gateway routes and the
+distributions that `pip install .` brings into the image.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from services.settings import ENVIRONMENT_VARIABLES, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "cuda": DEPLOY / "Dockerfile.cuda"}
+ENTRYPOINT_SCRIPT = DEPLOY / "docker-entrypoint.sh"
+SERVICE_MODULES = {"services.gateway", "services.coordinator", "services.bound_worker"}
+NAMESPACE = "gls"
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+@functools.cache
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert match, f"unparsable requirement {requirement!r}"
+    return canonical(match.group(1))
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def torch_pin() -> str:
+    pins = [req.replace(" ", "") for req in pyproject()["project"]["dependencies"] if requirement_name(req) == "torch"]
+    assert len(pins) == 1 and "==" in pins[0], f"pyproject.toml must pin torch exactly, found {pins}"
+    return pins[0]
+
+
+def default_settings() -> Settings:
+    return settings_from({})
+
+
+def settings_from(environment: Mapping[str, str]) -> Settings:
+    """Settings as a process with exactly ``environment`` (for the GLS_* variables) would read them."""
+    unknown = sorted(name for name in environment if name.startswith("GLS_") and name not in ENVIRONMENT_VARIABLES)
+    assert not unknown, f"not fields of services.settings.Settings: {unknown}"
+    saved = {name: os.environ.pop(name) for name in ENVIRONMENT_VARIABLES if name in os.environ}
+    try:
+        os.environ.update({name: str(value) for name, value in environment.items() if name in ENVIRONMENT_VARIABLES})
+        return Settings()
+    finally:
+        for name in ENVIRONMENT_VARIABLES:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+
+
+def check_command(argv: list[str], where: str) -> None:
+    """``python -m MODULE`` must name a runnable module, ``gls VERB`` a command of the typer app in services.cli."""
+    assert argv, f"{where}: empty command"
+    if argv[0] in ("python", "python3") and argv[1:2] == ["-m"]:
+        module = argv[2]
+        spec = importlib.util.find_spec(module)
+        assert spec is not None, f"{where}: module {module} does not exist"
+        if spec.submodule_search_locations is not None:
+            assert importlib.util.find_spec(f"{module}.__main__") is not None, \
+                f"{where}: package {module} has no __main__.py, so `python -m {module}` cannot run"
+    elif argv[0] == "gls":
+        verbs = [arg for arg in argv[1:] if not arg.startswith("-")]
+        if verbs:
+            assert verbs[0] in gls_verbs(), f"{where}: `gls {verbs[0]}` is not a command of services.cli:app"
+    else:
+        raise AssertionError(f"{where}: command {argv} is neither `python -m services.<x>` nor `gls <verb>`")
+
+
+def gls_verbs() -> set[str]:
+    import typer
+
+    from services import cli
+
+    command = typer.main.get_command(cli.app)
+    commands = getattr(command, "commands", None)  # a click/typer group (typer may vendor its own click)
+    assert isinstance(commands, dict), "services.cli:app has a single command; expected verbs"
+    return set(commands)
+
+
+def python_c_source(argv: list[str]) -> str:
+    """The program of ``python -c PROGRAM`` (a healthcheck), compiled to catch syntax errors."""
+    assert argv[:2] in (["python", "-c"], ["python3", "-c"]), f"not a `python -c` command: {argv}"
+    compile(argv[2], "<healthcheck>", "exec")
+    return argv[2]
+
+
+# ---------------------------------------------------------------------------------------- docker-compose
+
+_INTERPOLATION = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*))")
+
+
+def interpolate(value: Any, environment: Mapping[str, str]) -> Any:
+    """Compose variable interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, environment) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, environment) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        if match.group("named"):
+            return environment.get(match.group("named"), "")
+        expression = match.group("braced")
+        parsed = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])(.*))?", expression, flags=re.S)
+        assert parsed, f"invalid interpolation ${{{expression}}}"
+        name, operator, argument = parsed.groups()
+        present = name in environment and (environment[name] != "" or operator not in (":-", ":?"))
+        if present or operator is None:
+            return environment.get(name, "")
+        if operator in (":-", "-"):
+            return interpolate(argument, environment)
+        raise AssertionError(f"required variable {name} is not set: {argument}")
+
+    return _INTERPOLATION.sub(substitute, value)
+
+
+@functools.cache
+def compose_raw() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as `docker compose config` sees it with no variables set (YAML merge keys resolved)."""
+    return interpolate(compose_raw(), {})
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    services = compose()["services"]
+    assert isinstance(services, dict)
+    return services
+
+
+def gls_compose_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run the GLS image (all but redis and third-party tools)."""
+    return {name: service for name, service in compose_services().items()
+            if str(service.get("image", "")).startswith("gls:")}
+
+
+def compose_environment(service: dict[str, Any]) -> dict[str, str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+    return {str(key): "" if value is None else str(value) for key, value in environment.items()}
+
+
+def compose_command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command")
+    assert command, "no command: the image's CMD is only `gls --help`"
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def container_port(spec: str | int) -> int:
+    """The container side of a compose port: '127.0.0.1:8000:8000/tcp' -> 8000."""
+    return int(str(spec).split("/")[0].rsplit(":", 1)[-1])
+
+
+_PORT_SPEC = re.compile(r"^(?:(?:\[[0-9a-fA-F:.]*\]|[0-9.]+|[A-Za-z0-9.-]+):)?"  # [host address:]
+                        r"(?:\d+(?:-\d+)?:)?\d+(?:-\d+)?(?:/(?:tcp|udp|sctp))?$")  # [published:]target[/protocol]
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+$")
+
+
+def compose_format_checker() -> jsonschema.FormatChecker:
+    """The formats the Compose schema uses and compose itself asserts (ports, expose, duration)."""
+    checker = jsonschema.FormatChecker()
+
+    @checker.checks("ports")
+    def ports(instance: object) -> bool:
+        return not isinstance(instance, str) or bool(_PORT_SPEC.match(instance))
+
+    @checker.checks("expose")
+    def expose(instance: object) -> bool:
+        return not isinstance(instance, str) or bool(re.match(r"^\d+(?:-\d+)?(?:/(?:tcp|udp|sctp))?$", instance))
+
+    @checker.checks("duration")
+    def duration(instance: object) -> bool:
+        return not isinstance(instance, str) or bool(_DURATION.match(instance))
+
+    return checker
+
+
+@functools.cache
+def compose_schema() -> dict[str, Any]:
+    # find_spec of the top-level package imports nothing (compose's own modules need docker-py, not installed).
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.submodule_search_locations, \
+        "the docker-compose 1.29.2 wheel (for its compose_spec.json) is not installed: run scripts/bootstrap"
+    path = Path(next(iter(spec.submodule_search_locations))) / "config" / "compose_spec.json"
+    assert path.is_file(), f"{path} is missing"
+    schema = json.loads(path.read_text())
+    assert isinstance(schema, dict)
+    return schema
+
+
+def compose_validator() -> jsonschema.Draft4Validator:
+    """Draft 4, as docker-compose 1.29.2 validates with it (the schema's `id` keywords are draft-4 style)."""
+    schema = compose_schema()
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema, format_checker=compose_format_checker())
+
+
+def test_compose_validates_against_compose_specification_schema() -> None:
+    validator = compose_validator()
+    errors = [f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+              for error in validator.iter_errors(compose())]
+    assert not errors, "docker-compose.yml is not a valid Compose file:\n" + "\n".join(errors)
+
+
+def test_compose_schema_catches_mistakes() -> None:
+    """The validation above has teeth: a misspelt key and a bad duration are rejected."""
+    validator = compose_validator()
+    broken = json.loads(json.dumps(compose()))
+    broken["services"]["gateway"]["helthcheck"] = broken["services"]["gateway"].pop("healthcheck")
+    broken["services"]["redis"]["healthcheck"]["interval"] = "5 seconds"
+    messages = [error.message for error in validator.iter_errors(broken)]
+    assert any("helthcheck" in message for message in messages), messages
+    assert any("5 seconds" in message for message in messages), messages
+
+
+def test_compose_references_resolve() -> None:
+    """What `docker compose config` would reject beyond the schema: undefined services, volumes, files."""
+    services = compose_services()
+    declared_volumes = set(compose().get("volumes") or {})
+    for name, service in services.items():
+        assert re.fullmatch(r"[a-zA-Z0-9._-]+", name), name
+        depends_on = service.get("depends_on") or {}
+        for dependency in depends_on:
+            assert dependency in services, f"{name} depends on undefined service {dependency}"
+            if isinstance(depends_on, dict) and depends_on[dependency]["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits for {dependency} to be healthy, " \
+                                                              f"but {dependency} has no healthcheck"
+            if not service.get("profiles"):
+                assert not services[dependency].get("profiles"), \
+                    f"{name} (always on) depends on {dependency}, which runs only in profiles"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name} mounts missing file {source}"
+            else:
+                assert source in declared_volumes, f"{name} mounts undeclared volume {source}"
+        build = service.get("build")
+        if build is not None:
+            context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = context / ("Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile"))
+            assert dockerfile.is_file(), f"{name} builds from missing {dockerfile}"
+
+
+def test_compose_has_the_cluster_services() -> None:
+    services = compose_services()
+    assert {"redis", "gateway", "coordinator", "worker", "worker-gpu"} <= set(services)
+    commands = {name: compose_command(service) for name, service in gls_compose_services().items()}
+    assert commands["gateway"] == ["python", "-m", "services.gateway"]
+    assert commands["coordinator"] == ["python", "-m", "services.coordinator"]
+    assert commands["worker"] == commands["worker-gpu"] == ["python", "-m", "services.bound_worker"]
+    cpu, cuda = (service["build"]["dockerfile"] for service in (services["gateway"], services["worker-gpu"]))
+    assert (cpu, cuda) == ("deploy/Dockerfile", "deploy/Dockerfile.cuda")
+    for name in ("gateway", "coordinator", "worker"):
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile", name
+
+
+def test_compose_commands_exist_in_the_code() -> None:
+    for name, service in gls_compose_services().items():
+        check_command(compose_command(service), f"docker-compose.yml service {name}")
+
+
+def test_compose_redis() -> None:
+    redis = compose_services()["redis"]
+    assert redis["image"] == "redis:7"
+    command = compose_command(redis)
+    assert command[0] == "redis-server"
+    assert "--appendonly" in command and command[command.index("--appendonly") + 1] == "yes"
+    assert any(isinstance(volume, str) and volume.endswith(":/data") and not volume.startswith((".", "/"))
+               for volume in redis["volumes"]), "redis data must live on a named volume at /data"
+    assert redis["healthcheck"]["test"] in (["CMD", "redis-cli", "ping"], ["CMD-SHELL", "redis-cli ping"])
+    assert not redis.get("ports"), "redis must not be published on the host"
+
+
+def test_compose_shared_environment_anchor() -> None:
+    raw = compose_raw()
+    shared = raw.get("x-gls-environment")
+    assert isinstance(shared, dict) and shared, "x-gls-environment (the shared environment) is missing"
+    assert COMPOSE_FILE.read_text().count("<<: *gls-environment") == len(gls_compose_services())
+    shared_environment = compose_environment({"environment": compose()["x-gls-environment"]})
+    for name, service in gls_compose_services().items():
+        environment = compose_environment(service)
+        assert shared_environment.items() <= environment.items(), f"{name} does not use x-gls-environment"
+    assert shared_environment["GLS_REDIS_URL"] == "redis://redis:6379/0"
+    assert shared_environment["GLS_DATA_DIR"] == "/data"
+    assert shared_environment["GLS_TOKENS"], "GLS_TOKENS must be set (a gateway without tokens admits no one)"
+
+
+def test_compose_environment_is_settings() -> None:
+    """Every GLS_* variable is a Settings field and every service's environment validates as Settings."""
+    redis_url = urlsplit(compose_environment(compose_services()["gateway"])["GLS_REDIS_URL"])
+    for name, service in gls_compose_services().items():
+        environment = compose_environment(service)
+        stray = sorted(key for key in environment if key not in ENVIRONMENT_VARIABLES)
+        assert not stray, f"{name}: {stray} are not GLS settings ({ENVIRONMENT_VARIABLES})"
+        settings = settings_from(environment)
+        assert str(settings.data_dir) in {target.split(":")[1] for target in service.get("volumes", [])}, \
+            f"{name}: GLS_DATA_DIR={settings.data_dir} is not a mounted volume"
+        assert urlsplit(settings.redis_url).hostname == "redis"
+    assert redis_url.port == 6379 and "redis" in compose_services()
+
+
+def test_compose_gateway() -> None:
+    gateway = compose_services()["gateway"]
+    settings = settings_from(compose_environment(gateway))
+    assert {container_port(port) for port in gateway["ports"]} == {settings.gateway_port, settings.certifier_port}
+    for port in gateway["ports"]:
+        published = str(port).split(":")
+        assert len(published) == 3 and published[0] == "127.0.0.1", \
+            f"gateway port {port}: publish on loopback by default (PUBLISH_ADDRESS widens it)"
+    program = python_c_source(gateway["healthcheck"]["test"][1:])
+    url = re.search(r"['\"](http://[^'\"]+)['\"]", program)
+    assert url and "urllib" in program, program
+    parts = urlsplit(url.group(1))
+    assert parts.port == settings.gateway_port and parts.path == "/healthz", url.group(1)
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_workers_scale() -> None:
+    services = compose_services()
+    for name in ("worker", "worker-gpu"):
+        worker = services[name]
+        settings = settings_from(compose_environment(worker))
+        assert "container_name" not in worker and "ports" not in worker, f"{name}: fixed names or host ports " \
+                                                                        "prevent --scale"
+        assert isinstance(worker["deploy"]["replicas"], int) and worker["deploy"]["replicas"] >= 1
+        assert {container_port(port) for port in worker.get("expose", [])} == {settings.worker_port}
+        assert "GLS_WORKER_ADVERTISE" not in compose_environment(worker), \
+            f"{name}: a fixed GLS_WORKER_ADVERTISE would be shared by all replicas (the entrypoint sets it)"
+        program = python_c_source(worker["healthcheck"]["test"][1:])
+        assert "grpc_health" in program and "HealthStub" in program and "SERVING" in program, program
+        target = re.search(r"insecure_channel\(['\"]([^'\"]+)['\"]\)", program)
+        assert target and int(target.group(1).rsplit(":", 1)[1]) == settings.worker_port, program
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert settings_from(compose_environment(services["worker"])).device == "cpu"
+
+
+def duration_seconds(value: str) -> float:
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", value)
+    assert parts and "".join(number + unit for number, unit in parts) == value, value
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_stop_grace_exceeds_worker_grace() -> None:
+    """docker stop / pod deletion must leave a bound worker its GLS_WORKER_GRACE_S to finish running requests."""
+    for name in ("worker", "worker-gpu", "coordinator"):
+        service = compose_services()[name]
+        grace = settings_from(compose_environment(service)).worker_grace_s
+        assert duration_seconds(service.get("stop_grace_period", "10s")) > grace, name
+    pod = k8s_objects("Deployment")["worker"]["spec"]["template"]["spec"]
+    grace = settings_from(k8s_environment(k8s_container("worker"))).worker_grace_s
+    assert pod.get("terminationGracePeriodSeconds", 30) > grace
+
+
+def test_compose_gpu_worker() -> None:
+    worker = compose_services()["worker-gpu"]
+    assert worker["profiles"] == ["gpu"]
+    assert worker["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    assert settings_from(compose_environment(worker)).device == "cuda"
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert any(device["driver"] == "nvidia" and "gpu" in device["capabilities"] for device in devices), devices
+
+
+def test_compose_coordinator() -> None:
+    coordinator = compose_services()["coordinator"]
+    assert coordinator["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "ports" not in coordinator
+
+
+def test_prometheus_scrapes_gateway_metrics() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    gateway_port = settings_from(compose_environment(compose_services()["gateway"])).gateway_port
+    jobs = [job for job in config["scrape_configs"] if job.get("metrics_path", "/metrics") == "/metrics"]
+    targets = {target for job in jobs for static in job.get("static_configs", []) for target in static["targets"]}
+    assert f"gateway:{gateway_port}" in targets, targets
+    assert "gateway" in compose_services()
+    prometheus = compose_services().get("prometheus")
+    if prometheus is not None:
+        assert any(str(volume).startswith("./deploy/prometheus.yml:") for volume in prometheus["volumes"])
+
+
+# ------------------------------------------------------------------------------------------ Dockerfiles
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        pending += " " + stripped.removesuffix("\\").strip()
+        if stripped.endswith("\\"):
+            continue
+        keyword, _, arguments = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    assert not pending, f"{path}: dangling line continuation"
+    return instructions
+
+
+def exec_form(arguments: str) -> list[str]:
+    value = json.loads(arguments)
+    assert isinstance(value, list) and all(isinstance(part, str) for part in value), arguments
+    return value
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def ignored_by_docker(relative: str) -> bool:
+    ignored = False
+    for pattern in dockerignore_patterns():
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        parts = relative.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if pattern.startswith("**/"):
+            hit = any(fnmatch(part, pattern[3:]) for part in parts)
+        else:
+            hit = any(fnmatch(prefix, pattern) for prefix in prefixes)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_dockerfile_installs_pinned_torch_then_project(variant: str) -> None:
+    instructions = dockerfile_instructions(DOCKERFILES[variant])
+    assert instructions[0][0] in ("FROM", "ARG"), "a Dockerfile starts with FROM"
+    base = next(arguments for keyword, arguments in instructions if keyword == "FROM")
+    assert re.match(r"python:3\.11[.-]", base) or "3.11" in base, f"base image {base} is not Python 3.11"
+    runs = [(index, arguments) for index, (keyword, arguments) in enumerate(instructions) if keyword == "RUN"]
+    torch_runs = [index for index, arguments in runs if re.search(r"pip install\b.*\btorch==", arguments)]
+    project_runs = [index for index, arguments in runs if re.search(r"pip install\b[^&;|]*\s\.(\s|$)", arguments)]
+    assert len(torch_runs) == 1 and len(project_runs) == 1, (torch_runs, project_runs)
+    torch_line = instructions[torch_runs[0]][1]
+    assert f'"{torch_pin()}"' in torch_line or f" {torch_pin()} " in f" {torch_line} ", \
+        f"{variant} image must install {torch_pin()} (the pin in pyproject.toml): {torch_line}"
+    assert torch_runs[0] < project_runs[0], "torch must be installed before the project"
+    first_source_copy = min(index for index, (keyword, arguments) in enumerate(instructions)
+                            if keyword == "COPY" and ("gls_core" in arguments or "services" in arguments))
+    assert torch_runs[0] < first_source_copy, "install torch before copying the sources, so its layer is cached"
+    index_args = {arguments.split("=", 1)[0]: arguments.split("=", 1)[1] for keyword, arguments in instructions
+                  if keyword == "ARG" and "=" in arguments}
+    index = index_args.get("TORCH_INDEX_URL", "")
+    assert "${TORCH_INDEX_URL}" in torch_line or "$TORCH_INDEX_URL" in torch_line
+    if variant == "cpu":
+        assert index == "https://download.pytorch.org/whl/cpu", index
+    else:
+        assert "whl/cpu" not in index, f"the CUDA image must not use the CPU wheel index: {index}"
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_dockerfile_runtime(variant: str) -> None:
+    instructions = dockerfile_instructions(DOCKERFILES[variant])
+    keywords = [keyword for keyword, _ in instructions]
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
+    last_run = max(index for index, keyword in enumerate(keywords) if keyword == "RUN")
+    last_user = max(index for index, keyword in enumerate(keywords) if keyword == "USER")
+    assert last_user > last_run, "switch to the non-root user after the last RUN"
+    environment = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
+    assert re.search(r"\bGLS_DATA_DIR=/data\b", environment), "ENV GLS_DATA_DIR=/data is missing"
+    stray = sorted(set(re.findall(r"\b(GLS_[A-Z_]+)=", environment)) - set(ENVIRONMENT_VARIABLES))
+    assert not stray, f"not Settings fields: {stray}"
+    assert "HEALTHCHECK" not in keywords, "one image serves three services: health checks belong in compose/k8s"
+    defaults = default_settings()
+    exposed = {int(port.split("/")[0]) for keyword, arguments in instructions if keyword == "EXPOSE"
+               for port in arguments.split()}
+    assert exposed == {defaults.gateway_port, defaults.worker_port, defaults.certifier_port}, exposed
+    # ENTRYPOINT runs tini and the entrypoint script, which execs CMD (or the command compose/k8s give).
+    entrypoint = exec_form(next(arguments for keyword, arguments in instructions if keyword == "ENTRYPOINT"))
+    command = exec_form(next(arguments for keyword, arguments in instructions if keyword == "CMD"))
+    copies = {arguments.split()[-1]: arguments.split()[-2] for keyword, arguments in instructions if keyword == "COPY"}
+    script = [part for part in entrypoint if part not in ("tini", "--")]
+    assert len(script) == 1, entrypoint
+    source = next(src for dest, src in copies.items() if Path(dest).name == script[0])
+    assert source == "deploy/docker-entrypoint.sh" and (ROOT / source).is_file()
+    assert any("--chmod=0755" in arguments for keyword, arguments in instructions
+               if keyword == "COPY" and source in arguments), "the entrypoint script must be executable"
+    assert re.search(r"apt-get install[^&]*\btini\b", " ".join(a for k, a in instructions if k == "RUN"))
+    check_command(command, f"{DOCKERFILES[variant].name} CMD")
+
+
+@pytest.mark.parametrize("variant", sorted(DOCKERFILES))
+def test_dockerfile_copies_exist_and_are_not_dockerignored(variant: str) -> None:
+    instructions = dockerfile_instructions(DOCKERFILES[variant])
+    copies = [arguments.split() for keyword, arguments in instructions if keyword in ("COPY", "ADD")]
+    sources = [source for parts in copies for source in [p for p in parts if not p.startswith("--")][:-1]]
+    assert {"pyproject.toml", "README.md", "gls_core", "services"} <= set(sources), sources
+    for source in sources:
+        assert (ROOT / source).exists(), f"{variant}: COPY {source} does not exist"
+        assert not ignored_by_docker(source), f"{variant}: COPY {source} is excluded by .dockerignore"
+    # the build context must not carry the virtualenv, git history or run outputs
+    for heavy in (".venv", ".git", "runs", "tests"):
+        assert ignored_by_docker(heavy), f".dockerignore should exclude {heavy}"
+
+
+def test_project_script_gls_exists() -> None:
+    target = pyproject()["project"]["scripts"]["gls"]
+    module, _, attribute = target.partition(":")
+    assert module == "services.cli" and attribute == "app"
+    from services import cli
+
+    assert hasattr(cli, attribute)
+
+
+def test_entrypoint_script_sets_worker_address() -> None:
+    """deploy/docker-entrypoint.sh: a worker without GLS_WORKER_ADVERTISE advertises its own IP and port."""
+    assert os.access(ENTRYPOINT_SCRIPT, os.X_OK), f"{ENTRYPOINT_SCRIPT} must be executable"
+    subprocess.run(["sh", "-n", str(ENTRYPOINT_SCRIPT)], check=True)
+    base = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+    def advertised(environment: dict[str, str], *service: str) -> str:
+        # The probe stands in for the service: the script decides on its arguments, then execs them.
+        probe = ["sh", "-c", 'printf %s "${GLS_WORKER_ADVERTISE:-}"', *service]
+        result = subprocess.run(["sh", str(ENTRYPOINT_SCRIPT), *probe], env={**base, **environment},
+                                capture_output=True, text=True, timeout=30, check=True)
+        return result.stdout
+
+    default_port = default_settings().worker_port
+    assert re.fullmatch(rf"[^\s:]+:{default_port}", advertised({}, "python", "-m", "services.bound_worker"))
+    assert advertised({"GLS_WORKER_PORT": "6000"}, "python", "-m", "services.bound_worker").endswith(":6000")
+    assert advertised({"GLS_WORKER_ADVERTISE": "w1:7"}, "python", "-m", "services.bound_worker") == "w1:7"
+    assert re.fullmatch(rf"[^\s:]+:{default_port}", advertised({}, "gls", "worker"))
+    assert advertised({}, "python", "-m", "services.gateway") == ""
+    assert advertised({}, "gls", "gateway") == ""
+
+
+def test_command_check_knows_gls_verbs() -> None:
+    """`gls worker|coordinator|gateway` are equivalent commands; the check rejects what does not exist."""
+    for argv in (["gls", "worker"], ["gls", "coordinator"], ["gls", "gateway"], ["gls", "--help"]):
+        check_command(argv, "self-test")
+    for argv in (["gls", "no-such-verb"], ["python", "-m", "services.no_such_service"], ["sleep", "1"]):
+        with pytest.raises(AssertionError):
+            check_command(argv, "self-test")
+
+
+def _declared_closure() -> set[str]:
+    """Distributions `pip install .` brings: the project's dependencies and theirs (from installed metadata)."""
+    pending = [requirement_name(req) for req in pyproject()["project"]["dependencies"]]
+    closure: set[str] = set()
+    while pending:
+        name = pending.pop()
+        if name in closure:
+            continue
+        closure.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pending.extend(requirement_name(req) for req in requires if "extra ==" not in req.replace('"', "'"))
+    return closure
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports, without `if TYPE_CHECKING:` blocks and `try/except ImportError` fallbacks."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt] | list[ast.AST]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                visit(node.orelse)
+                continue
+            if isinstance(node, ast.Try) and any(
+                    handler.type is not None and re.search(r"ImportError|ModuleNotFoundError",
+                                                           ast.unparse(handler.type))
+                    for handler in node.handlers):
+                visit(node.handlers)  # type: ignore[arg-type]
+                visit(node.orelse)
+                visit(node.finalbody)
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+            visit(list(ast.iter_child_nodes(node)))
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_pip_install_brings_every_import_of_the_services() -> None:
+    """The image runs `pip install .`: every third-party module gls_core and services import must come with it."""
+    first_party = {"gls_core", "services", "__future__"}
+    # services/protogen.py regenerates the committed stubs with grpcio-tools: a development tool, not run in images.
+    build_tools = {ROOT / "services" / "protogen.py"}
+    distributions = importlib.metadata.packages_distributions()
+    closure = _declared_closure()
+    missing: dict[str, set[str]] = {}
+    for package in ("gls_core", "services"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path in build_tools:
+                continue
+            for module in _runtime_imports(path) - first_party - set(sys.stdlib_module_names):
+                providers = {canonical(name) for name in distributions.get(module, [])}
+                if not providers & closure:
+                    label = "/".join(sorted(providers)) or f"<no installed distribution provides {module}>"
+                    missing.setdefault(label, set()).add(str(path.relative_to(ROOT)))
+    assert not missing, "imported but not in pyproject.toml [project].dependencies (nor required by one), so " \
+                        "missing from the image:\n" + "\n".join(f"  {name}: {sorted(files)}"
+                                                              for name, files in sorted(missing.items()))
+
+
+# ---------------------------------------------------------------------------------------------- gateway
+
+
+def _gateway_string_constants() -> set[str]:
+    spec = importlib.util.find_spec("services.gateway")
+    assert spec is not None and spec.submodule_search_locations is not None, \
+        "the services.gateway package does not exist yet"
+    strings: set[str] = set()
+    for location in spec.submodule_search_locations:
+        for path in Path(location).rglob("*.py"):
+            strings.update(node.value for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, ast.Constant) and isinstance(node.value, str))
+    return strings
+
+
+def deploy_http_paths() -> set[str]:
+    """Every gateway path a deployment file calls: compose healthcheck, k8s probes, Prometheus."""
+    paths = {"/metrics"} | {job.get("metrics_path", "/metrics") for job in
+                            yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
+    program = python_c_source(compose_services()["gateway"]["healthcheck"]["test"][1:])
+    paths.update(urlsplit(url).path for url in re.findall(r"http://[^'\"]+", program))
+    for container in k8s_containers():
+        for probe in _probes(container).values():
+            if "httpGet" in probe:
+                paths.add(probe["httpGet"]["path"])
+    return paths
+
+
+def test_deploy_files_call_only_gateway_routes() -> None:
+    paths = deploy_http_paths()
+    assert {"/healthz", "/readyz", "/metrics"} <= paths, paths
+    routes = _gateway_string_constants()
+    missing = sorted(path for path in paths if path not in routes)
+    assert not missing, f"the deployment files call {missing}, which services.gateway does not define"
+
+
+# ------------------------------------------------------------------------------------------- Kubernetes
+
+API_VERSIONS = {
+    "Namespace": "v1", "ConfigMap": "v1", "Secret": "v1", "Service": "v1", "PersistentVolumeClaim": "v1",
+    "ServiceAccount": "v1", "Deployment": "apps/v1", "StatefulSet": "apps/v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2", "PodDisruptionBudget": "policy/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
+WORKLOADS = ("Deployment", "StatefulSet")
+# Fields of the Kubernetes API objects used here; a misspelt key would be silently dropped by some tools.
+POD_SPEC_KEYS = {
+    "containers", "initContainers", "volumes", "nodeSelector", "tolerations", "affinity", "securityContext",
+    "serviceAccountName", "automountServiceAccountToken", "enableServiceLinks", "terminationGracePeriodSeconds",
+    "restartPolicy", "priorityClassName", "topologySpreadConstraints", "imagePullSecrets", "hostname", "subdomain",
+    "runtimeClassName", "dnsPolicy",
+}
+CONTAINER_KEYS = {
+    "name", "image", "imagePullPolicy", "command", "args", "workingDir", "ports", "env", "envFrom", "resources",
+    "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "securityContext",
+    "terminationMessagePath", "terminationMessagePolicy", "stdin", "tty", "resizePolicy", "restartPolicy",
+}
+PROBE_KEYS = {
+    "exec", "httpGet", "tcpSocket", "grpc", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
+    "successThreshold", "failureThreshold", "terminationGracePeriodSeconds",
+}
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+
+
+@functools.cache
+def k8s_documents() -> tuple[tuple[str, dict[str, Any]], ...]:
+    documents = []
+    for path in sorted(K8S.glob("*.y*ml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                documents.append((path.name, document))
+    return tuple(documents)
+
+
+def k8s_objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {document["metadata"]["name"]: document for _, document in k8s_documents() if document["kind"] == kind}
+
+
+def k8s_workloads() -> Iterator[tuple[str, dict[str, Any]]]:
+    for _, document in k8s_documents():
+        if document["kind"] in WORKLOADS:
+            yield f"{document['kind']}/{document['metadata']['name']}", document
+
+
+def k8s_containers() -> Iterator[dict[str, Any]]:
+    for _, workload in k8s_workloads():
+        yield from workload["spec"]["template"]["spec"]["containers"]
+
+
+def k8s_container(deployment: str) -> dict[str, Any]:
+    containers = k8s_objects("Deployment")[deployment]["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _probes(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: container[name] for name in PROBES if name in container}
+
+
+_K8S_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def k8s_environment(container: dict[str, Any]) -> dict[str, str]:
+    """A container's environment as the kubelet builds it: envFrom, then env with $(VAR) expanded."""
+    configmaps, secrets = k8s_objects("ConfigMap"), k8s_objects("Secret")
+    environment: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            assert name in configmaps, f"{container['name']}: envFrom ConfigMap {name} is not defined"
+            environment.update(configmaps[name]["data"])
+        else:
+            name = source["secretRef"]["name"]
+            assert name in secrets, f"{container['name']}: envFrom Secret {name} is not defined"
+            environment.update(secrets[name].get("stringData", {}))
+    fields = {"status.podIP": "10.1.2.3", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE,
+              "spec.nodeName": "node-0", "status.hostIP": "10.0.0.1"}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            value = str(variable["value"])
+            undefined = [name for name in _K8S_REFERENCE.findall(value) if name not in environment]
+            assert not undefined, f"{container['name']}: {variable['name']} uses $({undefined[0]}) before it is defined"
+            environment[variable["name"]] = _K8S_REFERENCE.sub(lambda match: environment[match.group(1)], value)
+        else:
+            reference = variable["valueFrom"]
+            if "fieldRef" in reference:
+                environment[variable["name"]] = fields[reference["fieldRef"]["fieldPath"]]
+            elif "configMapKeyRef" in reference:
+                key = reference["configMapKeyRef"]
+                environment[variable["name"]] = configmaps[key["name"]]["data"][key["key"]]
+            elif "secretKeyRef" in reference:
+                key = reference["secretKeyRef"]
+                environment[variable["name"]] = secrets[key["name"]]["stringData"][key["key"]]
+            else:
+                raise AssertionError(f"unsupported valueFrom {reference}")
+    return environment
+
+
+def declared_ports(container: dict[str, Any]) -> dict[str | int, int]:
+    """containerPort by name and by number."""
+    ports: dict[str | int, int] = {}
+    for port in container.get("ports", []):
+        ports[port["containerPort"]] = port["containerPort"]
+        if "name" in port:
+            assert len(port["name"]) <= 15 and re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", port["name"])
+            ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+def test_k8s_documents_are_well_formed() -> None:
+    documents = k8s_documents()
+    assert documents, "no manifests in deploy/k8s"
+    seen = set()
+    for filename, document in documents:
+        kind = document.get("kind")
+        metadata = document.get("metadata") or {}
+        where = f"{filename}: {kind}/{metadata.get('name')}"
+        assert document.get("apiVersion") and kind and metadata.get("name"), f"{where}: apiVersion/kind/name"
+        assert API_VERSIONS.get(kind) == document["apiVersion"], f"{where}: apiVersion {document['apiVersion']}"
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", metadata["name"]), where
+        if kind != "Namespace":
+            assert metadata.get("namespace") == NAMESPACE, f"{where}: namespace must be {NAMESPACE}"
+        assert (kind, metadata["name"]) not in seen, f"{where} is defined twice"
+        seen.add((kind, metadata["name"]))
+    assert NAMESPACE in k8s_objects("Namespace")
+
+
+def test_k8s_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization" and kustomization["namespace"] == NAMESPACE
+    files = {path.name for path in K8S.glob("*.y*ml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+
+
+def test_k8s_workloads_structure() -> None:
+    for where, workload in k8s_workloads():
+        spec = workload["spec"]
+        template = spec["template"]
+        labels = template["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items(), f"{where}: selector must match its pods"
+        pod = template["spec"]
+        assert set(pod) <= POD_SPEC_KEYS, f"{where}: unknown pod spec keys {set(pod) - POD_SPEC_KEYS}"
+        volumes = {volume["name"] for volume in pod.get("volumes", [])}
+        volumes |= {claim["metadata"]["name"] for claim in spec.get("volumeClaimTemplates", [])}
+        names = [container["name"] for container in pod["containers"]]
+        assert len(names) == len(set(names)), where
+        for container in pod["containers"]:
+            unknown = set(container) - CONTAINER_KEYS
+            assert not unknown, f"{where}: unknown container keys {unknown}"
+            assert container.get("image"), where
+            ports = declared_ports(container)
+            for mount in container.get("volumeMounts", []):
+                assert mount["name"] in volumes, f"{where}: volumeMount {mount['name']} has no volume"
+            for probe_name, probe in _probes(container).items():
+                assert set(probe) <= PROBE_KEYS, f"{where} {probe_name}: unknown keys {set(probe) - PROBE_KEYS}"
+                handlers = [key for key in ("exec", "httpGet", "tcpSocket", "grpc") if key in probe]
+                assert len(handlers) == 1, f"{where} {probe_name}: exactly one handler"
+                handler = probe[handlers[0]]
+                if handlers[0] == "grpc":
+                    assert isinstance(handler["port"], int), f"{where} {probe_name}: a grpc probe port is a number"
+                if handlers[0] != "exec":
+                    assert handler["port"] in ports, f"{where} {probe_name}: port {handler['port']} is not declared"
+        if workload["kind"] == "StatefulSet":
+            assert spec["serviceName"] in k8s_objects("Service"), f"{where}: serviceName has no Service"
+
+
+def test_k8s_services_select_pods_and_ports() -> None:
+    workloads = list(k8s_workloads())
+    services = k8s_objects("Service")
+    assert {"redis", "gateway"} <= set(services)
+    for name, service in services.items():
+        selector = service["spec"]["selector"]
+        matches = [(where, workload) for where, workload in workloads
+                   if selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {name} selects {[where for where, _ in matches]}"
+        containers = matches[0][1]["spec"]["template"]["spec"]["containers"]
+        ports: dict[str | int, int] = {}
+        for container in containers:
+            ports.update(declared_ports(container))
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert target in ports, f"Service {name} port {port.get('name')}: targetPort {target} is not declared"
+
+
+def test_k8s_commands_exist_in_the_code() -> None:
+    for where, workload in k8s_workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if container["image"].split(":")[0] != "gls":
+                continue
+            argv = [*container.get("command", []), *container.get("args", [])]
+            check_command(argv, f"deploy/k8s {where}")
+
+
+def test_k8s_environment_is_settings() -> None:
+    """Every GLS_* variable (ConfigMap, Secret, env) is a Settings field and validates; ports agree with it."""
+    for kind in ("ConfigMap", "Secret"):
+        for name, document in k8s_objects(kind).items():
+            keys = set(document.get("data", {})) | set(document.get("stringData", {}))
+            stray = sorted(keys - set(ENVIRONMENT_VARIABLES))
+            assert not stray, f"{kind} {name}: {stray} are not GLS settings"
+    for where, workload in k8s_workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if container["image"].split(":")[0] != "gls":
+                continue
+            environment = k8s_environment(container)
+            stray = sorted(key for key in environment if key.startswith("GLS_") and key not in ENVIRONMENT_VARIABLES)
+            assert not stray, f"{where}: {stray} are not GLS settings"
+            settings = settings_from(environment)
+            assert settings.data_dir is not None
+            assert str(settings.data_dir) in {mount["mountPath"] for mount in container.get("volumeMounts", [])}, \
+                f"{where}: GLS_DATA_DIR is not a mounted volume"
+            redis = urlsplit(settings.redis_url)
+            assert redis.hostname in k8s_objects("Service"), f"{where}: Redis host {redis.hostname} is no Service"
+            redis_ports = [port["port"] for port in k8s_objects("Service")[str(redis.hostname)]["spec"]["ports"]]
+            assert (redis.port or 6379) in redis_ports
+
+
+def test_k8s_gateway() -> None:
+    container = k8s_container("gateway")
+    settings = settings_from(k8s_environment(container))
+    ports = declared_ports(container)
+    assert ports["http"] == settings.gateway_port and ports["grpc"] == settings.certifier_port
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        assert ports[probe["httpGet"]["port"]] == settings.gateway_port
+    service_ports = {port["name"]: port for port in k8s_objects("Service")["gateway"]["spec"]["ports"]}
+    assert service_ports["http"]["port"] == settings.gateway_port
+    assert service_ports["grpc"]["port"] == settings.certifier_port
+    assert "GLS_TOKENS" in k8s_environment(container) and settings.tenants_by_token, "the gateway needs GLS_TOKENS"
+    annotations = k8s_objects("Deployment")["gateway"]["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/port") == str(settings.gateway_port)
+    assert annotations.get("prometheus.io/path") == "/metrics"
+
+
+def test_k8s_workers() -> None:
+    deployment = k8s_objects("Deployment")["worker"]
+    container = k8s_container("worker")
+    environment = k8s_environment(container)
+    settings = settings_from(environment)
+    assert isinstance(deployment["spec"]["replicas"], int) and deployment["spec"]["replicas"] >= 1
+    assert settings.device == "cuda" and container["image"].endswith("-cuda")
+    assert declared_ports(container)[settings.worker_port] == settings.worker_port
+    for name in ("livenessProbe", "readinessProbe"):
+        assert container[name]["grpc"]["port"] == settings.worker_port, name
+    assert str(container["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod.get("nodeSelector"), "GPU workers need a nodeSelector for GPU nodes"
+    assert any(toleration.get("key") == "nvidia.com/gpu" for toleration in pod.get("tolerations", []))
+    advertise = next(variable for variable in container["env"] if variable["name"] == "GLS_WORKER_ADVERTISE")
+    pod_ip = next(variable for variable in container["env"]
+                  if variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.podIP")
+    assert advertise["value"] == f"$({pod_ip['name']}):{settings.worker_port}"
+    assert settings.advertised_worker_address == f"10.1.2.3:{settings.worker_port}"
+
+
+def test_k8s_redis() -> None:
+    statefulset = k8s_objects("StatefulSet")["redis"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    argv = [*container.get("command", []), *container.get("args", [])]
+    assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
+    directory = argv[argv.index("--dir") + 1] if "--dir" in argv else "/data"
+    claims = {claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]}
+    assert any(mount["mountPath"] == directory and mount["name"] in claims for mount in container["volumeMounts"]), \
+        "the append-only file must be on the persistent volume"
+
+
+def test_k8s_coordinator() -> None:
+    container = k8s_container("coordinator")
+    assert container["args"] == ["python", "-m", "services.coordinator"]
+    assert "ports" not in container
+
+
+def test_k8s_autoscaler_targets_workers() -> None:
+    for name, autoscaler in k8s_objects("HorizontalPodAutoscaler").items():
+        target = autoscaler["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment" and target["name"] in k8s_objects("Deployment"), name
+        assert 1 <= autoscaler["spec"]["minReplicas"] <= autoscaler["spec"]["maxReplicas"]
+        resources = {metric["resource"]["name"] for metric in autoscaler["spec"].get("metrics", [])
+                     if metric["type"] == "Resource"}
+        requests = k8s_container(target["name"])["resources"]["requests"]
+        for resource in resources:
+            assert resource in requests, f"HPA {name} scales on {resource}, which {target['name']} does not request"
+
+
+def test_k8s_secret_holds_tokens() -> None:
+    secret = k8s_objects("Secret")["gls-tokens"]
+    assert set(secret["stringData"]) == {"GLS_TOKENS"}
+    assert settings_from(secret["stringData"]).tenants_by_token
+    configmap_keys = {key for configmap in k8s_objects("ConfigMap").values() for key in configmap["data"]}
+    assert "GLS_TOKENS" not in configmap_keys, "tokens belong in the Secret, not a ConfigMap"
+    assert all(isinstance(value, str) for configmap in k8s_objects("ConfigMap").values()
+               for value in configmap["data"].values()), "ConfigMap values must be strings"
+
+
+def test_images_match_project_version() -> None:
+    version = pyproject()["project"]["version"]
+    images = {str(service["image"]) for service in gls_compose_services().values()}
+    images |= {container["image"] for container in k8s_containers() if container["image"].startswith("gls:")}
+    assert images == {f"gls:{version}", f"gls:{version}-cuda"}, images
