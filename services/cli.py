@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .client_cli import register as register_client_verbs
+
 app = typer.Typer(help="GLS: certified training with Gaussian Loss Smoothing.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console(stderr=True, soft_wrap=True)
@@ -121,6 +123,7 @@ def _register_operator_verbs() -> None:
 
 
 _register_operator_verbs()
+register_client_verbs(app)
 
 
 def main() -> None:

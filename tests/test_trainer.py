@@ -112,3 +112,10 @@ def test_noise_and_batches_depend_on_the_seed(digits: TrainData, tmp_path: Path)
                     data=digits).run(stop_after_steps=2) for seed in (1, 1, 2)]
     assert torch.equal(runs[0].theta, runs[1].theta)
     assert not torch.equal(runs[0].theta, runs[2].theta)
+
+
+def test_corrupt_model_bytes_get_a_clear_error() -> None:
+    from gls_core.training.checkpoint import model_from_bytes
+
+    with pytest.raises(ValueError, match="upload.safetensors: not a readable safetensors file"):
+        model_from_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}", "upload.safetensors")

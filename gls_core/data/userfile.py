@@ -29,7 +29,7 @@ def _read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         with safe_open(str(path), framework="pt") as tensors:
             names = list(tensors.keys())
             return {key: tensors.get_tensor(key) for key in KEYS if key in names}, names
-    except (ValueError, TypeError, OSError, zipfile.BadZipFile, RuntimeError, SafetensorError) as error:
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, SafetensorError) as error:
         raise ValueError(f"{path}: cannot read it as {path.suffix} ({error})") from error
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
@@ -92,7 +92,7 @@ def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]
             if "theta" not in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
                 raise ValueError(f"{path}: not a GLS model file (no 'theta' tensor)")
             theta = handle.get_tensor("theta")
-    except (OSError, RuntimeError) as error:  # safetensors reports a corrupt header as either
+    except (OSError, RuntimeError, SafetensorError) as error:  # a corrupt header surfaces as any of these
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if metadata.get("format") != FORMAT or "arch" not in metadata or "dataset" not in metadata:
         raise ValueError(f"{path}: missing GLS metadata (format {FORMAT!r}, arch, dataset)")

@@ -1,0 +1,59 @@
+"""Assemble the FastAPI app: routers, exception handlers, metrics middleware, OpenAPI details."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from gls_core.training.config import TrainConfig
+
+from . import certify_rest, datasets, health, jobs, models
+from .context import Gateway
+from .errors import BodySizeLimit, install_handlers
+from .events import STREAM_THREADS
+from .metrics import MetricsMiddleware
+
+TAGS = [
+    {"name": "jobs", "description": "training jobs: submit, follow, cancel, fetch the trained model"},
+    {"name": "datasets", "description": "a tenant's own training data (.npz / .safetensors with x and y)"},
+    {"name": "models", "description": "GLS model files, uploaded or trained"},
+    {"name": "certify", "description": "certify inputs with a convex relaxation (also gRPC gls.v1.Certifier)"},
+    {"name": "operations", "description": "health, readiness and Prometheus metrics (no token needed)"},
+]
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus TrainConfig (the job body is read raw, so FastAPI does not see its model)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                             tags=app.openapi_tags)
+        config = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(config.pop("$defs", {}))
+        components["TrainConfig"] = config
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.stream_limiter = anyio.CapacityLimiter(STREAM_THREADS)  # belongs to this app's event loop
+        yield
+
+    app = FastAPI(title="GLS gateway", version="1", lifespan=lifespan, openapi_tags=TAGS,
+                  description="Certified training with Gaussian Loss Smoothing. Every /v1 route needs "
+                              "'Authorization: Bearer <token>'; a tenant sees only its own jobs, models and datasets.")
+    app.state.gateway = gateway
+    install_handlers(app)
+    for module in (jobs, datasets, models, certify_rest, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_upload_mb=gateway.settings.max_upload_mb)
+    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)  # outermost: counts every answer
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,226 @@
+"""Certification, shared by ``POST /v1/certify`` and the gRPC Certifier: validate, bound remotely, judge.
+
+The verdict is the one ``gls_core.evaluation.certify`` gives: an input is certified when it is
+correctly classified (its target logit beats every other one, strictly) and every upper bound of
+the margins y_i - y_t over the input region is below 0. The clean forward pass runs here (it is
+cheap); the bounds are computed by the bound workers through ``WorkerPool.bounds``. alpha-CROWN
+options left out take evaluation's defaults (``gls_core.evaluation.bound_options``: 20 steps of
+0.1 from DeepPoly's slopes), so a bare "alpha-crown" certifies what ``gls evaluate`` certifies.
+
+Every check raises :class:`InvalidRequest` naming the field (``inputs``, ``labels.3``, ...), so the
+REST and gRPC edges report the same problems in their own way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load as load_tensors
+
+from gls_core.attacks import logit_margin, predict_logits
+from gls_core.bounds.api import METHODS
+from gls_core.bounds.layerwise import check_supported
+from gls_core.evaluation import bound_options
+from gls_core.nets.spec import NetSpec
+from gls_core.nets.zoo import network
+from gls_core.training.config import ModelConfig
+
+from ..store import NotFound, Store
+from ..worker_client import NoWorkersError, WorkerPool, WorkerRejectedError
+from .errors import ApiError, InvalidRequest, NotFoundError, Unavailable
+
+CHUNK = 1024
+"""Inputs per call to the workers (each call is split across all of them): bounds request sizes and memory."""
+ALPHA_KEYS = ("steps", "step_size", "init")
+NO_WORKERS = "no bound worker is live: certification needs at least one (start services.bound_worker)"
+
+
+@dataclass(frozen=True)
+class CertifyTask:
+    spec: NetSpec
+    theta: torch.Tensor  # [D] float32
+    x: torch.Tensor  # [B, *input_shape] float32 in [0, 1]
+    y: torch.Tensor  # [B] int64
+    eps: float | torch.Tensor  # a radius, or one per input [B]
+    method: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    index: int
+    predicted: int
+    correct: bool
+    certified: bool
+    worst_margin: float  # max_i upper(y_i - y_t)
+    margin_upper: list[float]  # upper(y_i - y_t), i != t in class order
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+def relaxation(method: str, options: dict[str, Any], field: str = "relaxation") -> tuple[str, dict[str, Any]]:
+    """The method and its complete options; alpha-CROWN's missing options come from evaluation's defaults."""
+    if method not in METHODS:
+        raise InvalidRequest.one(f"{field}.method", f"unknown relaxation {method!r}; expected one of "
+                                                    f"{', '.join(sorted(METHODS))}")
+    if method != "alpha-crown":
+        if options:
+            raise InvalidRequest.one(field, f"{sorted(options)} only apply to alpha-crown, not {method}")
+        return method, {}
+    errors = []
+    steps, step_size, init = (options.get(key) for key in ALPHA_KEYS)
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= 1000):
+        errors.append((f"{field}.steps", f"must be an integer in [0, 1000], got {steps!r}"))
+    if step_size is not None and not (isinstance(step_size, int | float) and math.isfinite(step_size)
+                                      and step_size >= 0):
+        errors.append((f"{field}.step_size", f"must be a finite number >= 0, got {step_size!r}"))
+    if init is not None and init != "deeppoly" and not (isinstance(init, int | float) and 0 <= init <= 1):
+        errors.append((f"{field}.init", f"must be 'deeppoly' or a number in [0, 1], got {init!r}"))
+    if errors:
+        raise InvalidRequest(errors)
+    given = {key: value for key, value in options.items() if value is not None}
+    merged = {**bound_options(method), **given}
+    if merged["steps"] == 0 and merged["step_size"] == 0 and merged["init"] == 0:
+        raise InvalidRequest.one(field, "steps=0, step_size=0 and init=0 cannot be sent to the bound workers (the "
+                                        "wire reads all-zero alpha options as the defaults); use init > 0")
+    return method, merged
+
+
+def check_spec(spec: NetSpec, field: str) -> None:
+    try:
+        check_supported(spec)
+    except ValueError as error:
+        raise InvalidRequest.one(field, f"not a network the relaxations support: {error}") from None
+    if spec.num_outputs < 2:
+        raise InvalidRequest.one(field, f"the network has {spec.num_outputs} output; certification needs >= 2 classes")
+
+
+def check_theta(spec: NetSpec, theta: torch.Tensor, field: str) -> torch.Tensor:
+    if theta.dim() != 1 or theta.numel() != spec.num_params:
+        raise InvalidRequest.one(field, f"{spec.name} has {spec.num_params} parameters, got shape "
+                                        f"{list(theta.shape)}")
+    if not bool(torch.isfinite(theta).all()):
+        raise InvalidRequest.one(field, "contains NaN or inf")
+    return theta.to(torch.float32).contiguous()
+
+
+def check_inputs(spec: NetSpec, x: torch.Tensor, limit: int, field: str = "inputs") -> torch.Tensor:
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise InvalidRequest.one(field, "no inputs")
+    if tuple(x.shape[1:]) != tuple(spec.input_shape) or x.dim() != len(spec.input_shape) + 1:
+        shape = ", ".join(str(size) for size in spec.input_shape)
+        raise InvalidRequest.one(field, f"{spec.name} takes inputs of shape [B, {shape}], got {list(x.shape)}")
+    if x.shape[0] > limit:
+        raise InvalidRequest.one(field, f"{x.shape[0]} inputs, more than the limit of {limit} per request "
+                                        "(GLS_CERTIFY_MAX_INPUTS; stream larger sets with CertifyStream)", status=413)
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidRequest.one(field, "contains NaN or inf")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise InvalidRequest.one(field, f"pixels must lie in [0, 1] (before normalisation), found values in "
+                                        f"[{low:g}, {high:g}]")
+    return x.to(torch.float32).contiguous()
+
+
+def check_labels(y: torch.Tensor, batch: int, classes: int, field: str = "labels") -> torch.Tensor:
+    if y.dim() != 1 or y.shape[0] != batch:
+        raise InvalidRequest.one(field, f"need one label per input ({batch}), got shape {list(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise InvalidRequest.one(field, f"must be integers, got {y.dtype}")
+    y = y.to(torch.int64)
+    bad = ((y < 0) | (y >= classes)).nonzero().flatten()
+    if bad.numel():
+        index = int(bad[0])
+        raise InvalidRequest.one(f"{field}.{index}", f"label {int(y[index])} is not a class of the model "
+                                                     f"(0..{classes - 1})")
+    return y
+
+
+def check_eps(eps: float, field: str = "eps") -> float:
+    if not math.isfinite(eps) or eps < 0:
+        raise InvalidRequest.one(field, f"must be a finite radius >= 0, got {eps!r}")
+    return float(eps)
+
+
+def check_eps_per_input(eps: torch.Tensor, batch: int, field: str) -> torch.Tensor:
+    if eps.dim() != 1 or eps.shape[0] != batch or not eps.is_floating_point():
+        raise InvalidRequest.one(field, f"need one float radius per input ({batch}), got {eps.dtype} of shape "
+                                        f"{list(eps.shape)}")
+    if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+        raise InvalidRequest.one(field, "radii must be finite and >= 0")
+    return eps.to(torch.float32)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+def zoo_model(arch: str, dataset: str, field: str) -> NetSpec:
+    try:
+        ModelConfig(arch=arch)  # the names a training config accepts (fc-WxW with digits only)
+    except ValidationError as error:
+        raise InvalidRequest.one(f"{field}.arch", error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    try:
+        return network(arch, dataset)
+    except (ValueError, TypeError) as error:
+        key = "dataset" if "dataset" in str(error) else "arch"
+        raise InvalidRequest.one(f"{field}.{key}", str(error)) from None
+
+
+def stored_model(store: Store, tenant: str, model_id: str) -> tuple[NetSpec, torch.Tensor]:
+    """A model of this tenant; another tenant's id is reported exactly like a missing one."""
+    try:
+        info = store.model_info(model_id, tenant)
+        data = store.model_data(model_id, tenant)
+    except NotFound:
+        raise NotFoundError("model", model_id) from None
+    spec = network(info.arch, info.dataset)
+    theta = load_tensors(data)["theta"].to(torch.float32)
+    return spec, check_theta(spec, theta, "model_id")
+
+
+# ---------------------------------------------------------------------------------------- computing
+
+def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
+    eps = task.eps[part] if isinstance(task.eps, torch.Tensor) else task.eps
+    try:
+        _, upper = pool.bounds(task.spec, task.theta, task.x[part], task.y[part], eps, task.method, task.options)
+    except NoWorkersError as error:
+        raise Unavailable(f"{NO_WORKERS}; {error}") from None
+    except WorkerRejectedError as error:
+        if error.code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidRequest.one("body", f"rejected by the bound worker: {error.details}") from None
+        if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise Unavailable(f"the bound workers are busy, retry later ({error.details})") from None
+        raise
+    if upper.shape != (part.stop - part.start, task.spec.num_outputs - 1):
+        raise ApiError(502, f"a bound worker answered bounds of shape {list(upper.shape)}")
+    return upper
+
+
+def certify(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> list[Verdict]:
+    """Verdicts for every input of ``task``, indexed from ``offset`` (a stream's position)."""
+    if not pool.addresses():
+        raise Unavailable(NO_WORKERS)
+    verdicts: list[Verdict] = []
+    batch = task.x.shape[0]
+    for start in range(0, batch, CHUNK):
+        part = slice(start, min(start + CHUNK, batch))
+        x, y = task.x[part], task.y[part]
+        with torch.no_grad():
+            logits = predict_logits(task.spec, task.theta, x)  # [b, classes]
+        correct = logit_margin(logits, y) < 0
+        predicted = logits.argmax(dim=-1)
+        upper = _bounds(pool, task, part)  # [b, classes - 1]
+        certified = correct & (upper < 0).all(dim=-1)
+        worst = upper.max(dim=-1).values
+        for i, row in enumerate(upper.tolist()):
+            verdicts.append(Verdict(offset + start + i, int(predicted[i]), bool(correct[i]), bool(certified[i]),
+                                    float(worst[i]), row))
+    return verdicts

@@ -1,0 +1,91 @@
+"""``/v1/datasets``: a tenant's own training data, uploaded as .npz or .safetensors holding x and y.
+
+The file is validated by the same reader ``gls train`` uses for ``dataset: file`` (shape N x C x H x W,
+pixels as uint8 or floats in [0, 1], integer labels), then stored in Redis in chunks. Pixels that
+are exactly k/255 are stored as uint8 (a quarter of the memory; the coordinator divides by 255
+again and gets the very same floats).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, File, Form, UploadFile
+
+from gls_core.data.userfile import read_user_file
+
+from ..store import NotFound
+from .context import Gateway
+from .deps import GatewayDep, Tenant
+from .errors import InvalidRequest, NotFoundError
+from .schemas import DatasetOut
+from .uploads import check_suffix, client_name, reader_error, spooled
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def compact(x: torch.Tensor) -> torch.Tensor:
+    """uint8 when every pixel is k/255 exactly (what a uint8 file decodes to), else float32 unchanged."""
+    pixels = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels if torch.equal(pixels.to(torch.float32).div_(255), x) else x
+
+
+def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
+    try:
+        return gateway.store.dataset_info(dataset_id, tenant).public()
+    except NotFound:
+        raise NotFoundError("dataset", dataset_id) from None
+
+
+@router.post("", status_code=201, response_model=DatasetOut,
+             responses={413: {"description": "larger than GLS_MAX_UPLOAD_MB"},
+                        422: {"description": "not a readable dataset; detail says why"}})
+def upload_dataset(gateway: GatewayDep, tenant: Tenant,
+                   file: Annotated[UploadFile, File(description=".npz or .safetensors with x (N x C x H x W, uint8 "
+                                                                "or float in [0, 1]) and y (integer labels)")],
+                   name: Annotated[str | None, Form(max_length=200, description="default: the file name")] = None,
+                   num_classes: Annotated[int | None, Form(ge=2, le=100000, description="default: largest "
+                                                                                        "label + 1")] = None
+                   ) -> dict[str, Any]:
+    suffix = check_suffix(file, (".npz", ".safetensors"))
+    filename = client_name(file)
+    with spooled(file, suffix) as path:
+        size = path.stat().st_size
+        if size == 0:
+            raise InvalidRequest.one("file", f"{filename}: the file is empty")
+        try:
+            x, y, classes = read_user_file(path, num_classes)
+        except ValueError as error:
+            raise reader_error(error, path, filename) from None
+        except EOFError:  # numpy's answer to a truncated .npy inside the archive (read_user_file lets it through)
+            raise InvalidRequest.one("file", f"{filename}: cannot read it as .npz (truncated)") from None
+    if classes < 2:
+        raise InvalidRequest.one("file", f"{filename}: 'y' holds a single class; certification needs at least 2 "
+                                         "(pass num_classes if some classes are absent)")
+    info = gateway.store.put_dataset(tenant, name or filename, compact(x), y, classes, source=filename)
+    gateway.metrics.upload_bytes.labels("dataset").inc(size)
+    return info.public()
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
+    return [info.public() for info in gateway.store.list_datasets(tenant)]
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {"description": "no such dataset"}})
+def get_dataset(dataset_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    return _dataset(gateway, tenant, dataset_id)
+
+
+@router.delete("/{dataset_id}", response_model=DatasetOut, responses={404: {"description": "no such dataset"}})
+def delete_dataset(dataset_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    """Delete the dataset (jobs already queued on it will fail when they start); returns what was deleted."""
+    info = _dataset(gateway, tenant, dataset_id)
+    if info["tenant"] != tenant:  # a shared dataset (tenant "") is visible but not the caller's to delete
+        raise NotFoundError("dataset", dataset_id)
+    try:
+        gateway.store.delete_dataset(dataset_id, tenant)
+    except NotFound:
+        raise NotFoundError("dataset", dataset_id) from None
+    return info

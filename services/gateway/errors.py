@@ -1,0 +1,162 @@
+"""Request errors shared by the REST and gRPC edges, and the REST exception handlers.
+
+Validation code raises :class:`InvalidRequest` (a list of ``(field, reason)``) or :class:`ApiError`;
+each edge maps them to its own status in one place: REST answers 4xx with a JSON ``detail``,
+gRPC answers INVALID_ARGUMENT / NOT_FOUND / UNAVAILABLE with ``field: reason`` text. Anything
+else is a bug: it is logged with an id and answered with a JSON 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("services.gateway")
+
+MAX_REPORTED_ERRORS = 20
+"""A body with a million NaNs gets the first 20 errors named, not a million-line answer."""
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status plus a message (e.g. 404, 409, 413, 503)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class NotFoundError(ApiError):
+    def __init__(self, kind: str, item_id: str) -> None:
+        super().__init__(404, f"{kind} {item_id!r} not found")
+
+
+class Unavailable(ApiError):
+    """A dependency (Redis, the bound workers) cannot serve the request now: 503 / UNAVAILABLE."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, message)
+
+
+class InvalidRequest(ValueError):
+    """One or more fields are wrong; each entry is (dotted field path, reason)."""
+
+    def __init__(self, errors: Sequence[tuple[str, str]], status: int = 422) -> None:
+        self.errors = list(errors)[:MAX_REPORTED_ERRORS]
+        self.status = status
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in self.errors))
+
+    @classmethod
+    def one(cls, field: str, reason: str, status: int = 422) -> InvalidRequest:
+        return cls([(field, reason)], status)
+
+    def detail(self) -> list[dict[str, Any]]:
+        return [{"loc": ["body"] if field == "body" else ["body", *field.split(".")], "field": field, "msg": reason,
+                 "type": "value_error"} for field, reason in self.errors]
+
+
+def dotted(loc: Iterable[Any]) -> str:
+    """('body', 'inputs', 0, 3) -> 'inputs.0.3' (the request part is implied by the route)."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _validation_detail(error: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's errors without ``input``/``ctx`` (they may hold NaN or whole bodies), plus a dotted ``field``."""
+    detail = []
+    for item in list(error.errors())[:MAX_REPORTED_ERRORS]:
+        loc = [part if isinstance(part, int | str) else str(part) for part in item.get("loc", ())]
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if item.get("type") == "extra_forbidden":
+            message = "unknown field"
+        elif item.get("type") == "json_invalid":
+            reason = (item.get("ctx") or {}).get("error", "")
+            message = f"malformed JSON at character {loc[-1]}: {reason}" if reason else "malformed JSON"
+            loc = ["body"]
+        detail.append({"loc": loc, "field": dotted(loc), "msg": message, "type": str(item.get("type", ""))})
+    return detail
+
+
+def too_large_message(max_upload_mb: int) -> str:
+    return f"request body larger than the limit of {max_upload_mb} MiB (GLS_MAX_UPLOAD_MB)"
+
+
+class BodySizeLimit:
+    """413 (JSON) for a body over the limit: at once when Content-Length says so, else when the bytes exceed it.
+
+    (FastAPI's own ``max_body_size`` answers a declared oversize body in plain text, whatever the app says.)
+    """
+
+    def __init__(self, app: ASGIApp, max_upload_mb: int) -> None:
+        self.app = app
+        self.limit = max_upload_mb * 1024 * 1024
+        self.message = too_large_message(max_upload_mb)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # reaches the exception handlers like any HTTPException
+                    raise StarletteHTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every error to JSON; unexpected ones are logged with an id and answered without internals."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(error)}, status_code=422)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_field(request: Request, error: InvalidRequest) -> JSONResponse:
+        return JSONResponse({"detail": error.detail()}, status_code=error.status)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(request: Request, error: redis.RedisError) -> JSONResponse:
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse({"detail": "storage (Redis) unavailable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.error("unhandled error %s on %s %s", incident, request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": f"internal error (incident {incident}; the server log has the details)"},
+                            status_code=500)

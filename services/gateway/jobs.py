@@ -1,0 +1,150 @@
+"""``/v1/jobs``: submit, list, inspect and cancel training jobs; their metrics, live events and model.
+
+The coordinator fills in ``total_steps``, advances ``step`` and stores the final model under
+``Job.model_id``. ``GET /v1/jobs/{id}/model`` serves that final model; while a job runs (or after
+it failed), ``?latest=true`` serves the weights of its latest acknowledged checkpoint instead, as
+the same GLS model file with the checkpoint's step in the metadata. Without either: 409.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from starlette.concurrency import run_in_threadpool
+
+from gls_core.training.checkpoint import FORMAT
+from gls_core.training.config import TrainConfig
+
+from ..store import Job, NotFound
+from .context import Gateway
+from .deps import GatewayDep, Tenant
+from .errors import ApiError, InvalidRequest, NotFoundError
+from .events import EVENT_ID, finite, job_events
+from .jobcheck import validate_job
+from .schemas import JobOut
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+SAFETENSORS = "application/octet-stream"
+CONFIG_SCHEMA = {"$ref": "#/components/schemas/TrainConfig"}
+CONFIG_BODY = {"requestBody": {"required": True, "description": "a training config (the YAML schema, as JSON)",
+                               "content": {"application/json": {"schema": CONFIG_SCHEMA}}}}
+
+
+def _job(gateway: Gateway, tenant: str, job_id: str) -> Job:
+    try:
+        return gateway.store.get_job(job_id, tenant)
+    except NotFound:
+        raise NotFoundError("job", job_id) from None
+
+
+def _submit(gateway: Gateway, tenant: str, body: Any) -> dict[str, Any]:
+    config = validate_job(gateway.store, tenant, body)
+    job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "")
+    gateway.metrics.jobs_submitted.labels(tenant).inc()
+    return job.public()
+
+
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=CONFIG_BODY,
+             responses={422: {"description": "the config is invalid; detail names each field and reason"}})
+async def submit_job(request: Request, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    """Queue a training job. ``total_steps`` stays 0 until a coordinator claims the job."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidRequest.one("body", f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequest.one("body", "JSON nested too deeply") from None
+    return await run_in_threadpool(_submit, gateway, tenant, body)
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
+    """This tenant's jobs, oldest first."""
+    return [job.public() for job in gateway.store.list_jobs(tenant)]
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job for this tenant"}})
+def get_job(job_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    return _job(gateway, tenant, job_id).public()
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job for this tenant"}})
+def cancel_job(job_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    """Cancel: a queued job is cancelled at once, a running one after its current step; a finished one is unchanged."""
+    try:
+        return gateway.store.request_cancel(job_id, tenant).public()
+    except NotFound:
+        raise NotFoundError("job", job_id) from None
+
+
+@router.get("/{job_id}/metrics", response_model=list[dict[str, Any]])
+def job_metrics(job_id: str, gateway: GatewayDep, tenant: Tenant,
+                start: Annotated[int, Query(ge=0, description="skip the first rows (poll with the count seen)")] = 0
+                ) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl acknowledged so far (non-finite values as null)."""
+    _job(gateway, tenant, job_id)
+    return [finite(row) for row in gateway.store.metrics(job_id, start)]
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "events (metrics, status, ...) with Redis stream ids; a final 'end'"}})
+async def job_event_stream(job_id: str, request: Request, gateway: GatewayDep, tenant: Tenant,
+                           last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
+                           after: Annotated[str | None, Query(description="resume after this id (for EventSource "
+                                                                          "clients that cannot set headers)")] = None
+                           ) -> StreamingResponse:
+    """Server-sent events: the job's history, then live progress; ends when the job has finished."""
+    resume = last_event_id or after or "0-0"
+    if not EVENT_ID.match(resume):
+        field = "Last-Event-ID" if last_event_id else "after"
+        raise InvalidRequest.one(field, f"not an event id like 1700000000000-0: {resume[:40]!r}")
+    job = await run_in_threadpool(_job, gateway, tenant, job_id)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(job_events(gateway, job, resume, request.app.state.stream_limiter),
+                             media_type="text/event-stream", headers=headers)
+
+
+def _checkpoint_model(gateway: Gateway, job: Job) -> bytes | None:
+    """The latest checkpoint's theta as a GLS model file, or None when there is none (or it holds no theta)."""
+    stored = gateway.store.checkpoint(job.id)
+    if stored is None:
+        return None
+    state, position = stored
+    try:
+        theta = load_tensors(state)["theta"]
+        config = TrainConfig.model_validate(job.config)
+    except Exception:  # a coordinator's private state format we cannot read: nothing to serve
+        return None
+    metadata = {"format": FORMAT, "arch": config.model.arch, "dataset": config.zoo_dataset,
+                "num_params": str(theta.numel()), "step": str(position.get("step", "")), "job": job.id}
+    return save_tensors({"theta": theta.contiguous()}, metadata)
+
+
+@router.get("/{job_id}/model", response_class=Response,
+            responses={200: {"content": {SAFETENSORS: {}}, "description": "model.safetensors (theta + metadata)"},
+                       409: {"description": "the job has no model yet"}})
+def job_model(job_id: str, gateway: GatewayDep, tenant: Tenant,
+              latest: Annotated[bool, Query(description="while no final model exists, serve the latest "
+                                                        "checkpoint's weights")] = False) -> Response:
+    """The trained model (a GLS model.safetensors), once the job has stored it."""
+    job = _job(gateway, tenant, job_id)
+    data: bytes | None = None
+    if job.model_id:
+        try:
+            data = gateway.store.model_data(job.model_id, tenant)
+        except NotFound:
+            data = None
+    if data is None and latest:
+        data = _checkpoint_model(gateway, job)
+    if data is None:
+        hint = "" if latest else "; ?latest=true serves the latest checkpoint while it runs"
+        raise ApiError(409, f"job {job_id!r} has no model yet (status {job.status.value}{hint})")
+    disposition = f'attachment; filename="{job_id}.safetensors"'
+    return Response(data, media_type=SAFETENSORS, headers={"Content-Disposition": disposition})

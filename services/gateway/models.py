@@ -1,0 +1,93 @@
+"""``/v1/models``: GLS model files (theta + metadata naming the architecture and dataset).
+
+An upload is validated with ``gls_core.training.load_model`` (format, known arch and dataset,
+theta length) and stored in canonical form: float32 theta and its metadata only, so any other
+tensors a file carried are dropped. Trained models appear here too (the coordinator stores them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, File, Response, UploadFile
+from safetensors import SafetensorError
+from safetensors.torch import save as save_tensors
+
+from gls_core.training.checkpoint import load_model
+
+from ..store import NotFound
+from .context import Gateway
+from .deps import GatewayDep, Tenant
+from .errors import InvalidRequest, NotFoundError
+from .schemas import ModelOut
+from .uploads import check_suffix, client_name, reader_error, spooled
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+STANDARD_KEYS = ("format", "arch", "dataset", "num_params")
+
+
+def _model(gateway: Gateway, tenant: str, model_id: str) -> dict[str, Any]:
+    try:
+        return gateway.store.model_info(model_id, tenant).public()
+    except NotFound:
+        raise NotFoundError("model", model_id) from None
+
+
+@router.post("", status_code=201, response_model=ModelOut,
+             responses={413: {"description": "larger than GLS_MAX_UPLOAD_MB"},
+                        422: {"description": "not a GLS model file; detail says why"}})
+def upload_model(gateway: GatewayDep, tenant: Tenant,
+                 file: Annotated[UploadFile, File(description="a GLS model.safetensors (as written by gls train)")]
+                 ) -> dict[str, Any]:
+    suffix = check_suffix(file, (".safetensors",))
+    filename = client_name(file)
+    with spooled(file, suffix) as path:
+        try:
+            spec, theta, metadata = load_model(path)
+            if not bool(torch.isfinite(theta).all()):
+                raise ValueError(f"{path}: theta contains NaN or inf")
+        except (ValueError, FileNotFoundError) as error:
+            raise reader_error(error, path, filename) from None
+        except SafetensorError as error:  # load_model lets this one through (gls_core catches OSError/RuntimeError)
+            raise InvalidRequest.one("file", f"{filename}: not a readable safetensors file ({error})") from None
+        size = path.stat().st_size
+    data = save_tensors({"theta": theta.contiguous()}, {**metadata, "num_params": str(spec.num_params)})
+    extra = {key: value for key, value in metadata.items() if key not in STANDARD_KEYS}
+    info = gateway.store.put_model(tenant, data, metadata["arch"], metadata["dataset"], spec.num_params,
+                                   source=filename, extra=extra)
+    gateway.metrics.upload_bytes.labels("model").inc(size)
+    return info.public()
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
+    """Uploaded and trained models of this tenant, oldest first."""
+    return [info.public() for info in gateway.store.list_models(tenant)]
+
+
+@router.get("/{model_id}", response_model=ModelOut, responses={404: {"description": "no such model"}})
+def get_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    return _model(gateway, tenant, model_id)
+
+
+@router.get("/{model_id}/download", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "model.safetensors"},
+                       404: {"description": "no such model"}})
+def download_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> Response:
+    try:
+        data = gateway.store.model_data(model_id, tenant)
+    except NotFound:
+        raise NotFoundError("model", model_id) from None
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{model_id}.safetensors"'})
+
+
+@router.delete("/{model_id}", response_model=ModelOut, responses={404: {"description": "no such model"}})
+def delete_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    info = _model(gateway, tenant, model_id)
+    try:
+        gateway.store.delete_model(model_id, tenant)
+    except NotFound:
+        raise NotFoundError("model", model_id) from None
+    return info
