@@ -133,7 +133,8 @@ def _start_redis(run_dir: Path) -> tuple[Child, str]:
 
 
 def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str | None = None,
-       threads: int | None = None, gateway_port: int = 0, certifier_port: int = 0, timeout: float = 90.0) -> Cluster:
+       threads: int | None = None, gateway_port: int = 0, certifier_port: int = 0, timeout: float = 90.0,
+       tokens: str | None = None) -> Cluster:
     """Start everything, wait until it serves, write ``run_dir/cluster.json``; the caller stops it."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,7 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
     if not redis_url:
         redis_child, redis_url = _start_redis(run_dir)
     token = token or secrets.token_urlsafe(18)
-    tokens = os.environ.get("GLS_TOKENS") or f"{token}=default"
+    tokens = tokens or os.environ.get("GLS_TOKENS") or f"{token}=default"
     env = _base_env(redis_url, tokens, threads)
     python = sys.executable
     gateway_port = gateway_port or free_port()
