@@ -79,3 +79,11 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url)
+
+
+def shared_data_dir() -> Path:
+    """The offline datasets: $GLS_DATA_DIR (scripts/test sets it), else ../shared/data beside the checkout."""
+    import os
+
+    configured = os.environ.get("GLS_DATA_DIR")
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"

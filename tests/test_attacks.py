@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from servers import shared_data_dir
 
 import gls_core
 from gls_core.attacks import attack_loss, logit_margin, pgd_attack
 from gls_core.data import load_mnist
 from gls_core.nets import NetSpec, fully_connected
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_dir()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from servers import shared_data_dir
 
 from gls_core.data import (
     DATASET_NAMES,
@@ -32,7 +33,7 @@ from gls_core.data import download as download_module
 from gls_core.data import mnist as mnist_module
 from gls_core.nets.zoo import DATASETS
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 UNREACHABLE = ("http://127.0.0.1:9/",)  # the discard port: connection refused at once
 
