@@ -81,7 +81,10 @@ class Cluster:
     def info(self) -> dict[str, object]:
         return {"gateway_url": self.gateway_url, "certifier_address": self.certifier_address, "token": self.token,
                 "redis_url": self.redis_url, "run_dir": str(self.run_dir),
-                "pids": {name: child.process.pid for name, child in self.children.items() if child.process}}
+                "pids": {name: child.process.pid for name, child in self.all_children().items() if child.process}}
+
+    def all_children(self) -> dict[str, Child]:
+        return {**self.children, **({"redis": self.redis_child} if self.redis_child else {})}
 
     def stop(self) -> None:
         """Gateway first (no new work), then the coordinator (finishes its step), workers, Redis last."""

@@ -1,0 +1,59 @@
+"""`gls cluster up` as an operator runs it: cluster.json appears, everything serves, SIGTERM stops it all."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.client import GlsClient
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie of an already-stopped child is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cluster"
+    env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "GLS_REDIS_URL", "GLS_TOKENS")}
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "cluster", "up", "--workers", "1",
+                                "--run-dir", str(run_dir), "--threads", "1"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "cluster.json").exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "cluster.json never appeared"
+            time.sleep(0.2)
+        info = json.loads((run_dir / "cluster.json").read_text())
+        assert {"gateway_url", "certifier_address", "token"} <= info.keys()
+        assert httpx.get(f"{info['gateway_url']}/readyz", timeout=10).status_code == 200
+        with GlsClient(info["gateway_url"], info["token"]) as client:
+            assert client.jobs() == []
+        pids = list(info["pids"].values())
+        assert len(pids) == 4 and "redis" in info["pids"] and all(alive(pid) for pid in pids)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "gateway_url" in out and info["token"] in out
+    assert not any(alive(pid) for pid in pids)
+    logs = {path.name for path in (run_dir / "logs").iterdir()}
+    assert {"gateway.log", "coordinator.log", "worker-0.log", "redis.log"} <= logs
