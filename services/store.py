@@ -110,6 +110,12 @@ def _decode(raw: dict[Any, Any]) -> dict[str, str]:
     return {_text(key): _text(value) for key, value in raw.items()}
 
 
+def compact_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 when every pixel is k/255 exactly (what a uint8 file decodes to), else float32 unchanged."""
+    pixels = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return pixels if torch.equal(pixels.to(torch.float32).div_(255), x) else x
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
 
@@ -291,9 +297,15 @@ class Store:
     # datasets ----------------------------------------------------------------------------------
     def put_dataset(self, tenant: str, name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                     source: str = "", dataset_id: str | None = None) -> DatasetInfo:
-        """Store x (uint8 or float32, N x C x H x W) and y (int64) in chunks of about 8 MiB."""
+        """Store x (uint8 or float32, N x C x H x W) and y (int64) in chunks of about 8 MiB.
+
+        Float pixels that are all exactly k/255 are stored as uint8: 4x smaller, and they read back
+        as the same floats.
+        """
         if x.dtype not in (torch.uint8, torch.float32):
             raise ValueError(f"dataset x must be uint8 or float32, got {x.dtype}")
+        if x.dtype == torch.float32:
+            x = compact_pixels(x)
         pixels = x.contiguous().numpy().tobytes()
         per_example = max(1, pixels.__len__() // max(1, x.shape[0]))
         per_chunk = max(1, DATASET_CHUNK_BYTES // per_example) * per_example

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from gls_core.data import Dataset, load_dataset
 from gls_core.data.registry import default_augmentation
 from gls_core.training.config import TrainConfig
@@ -16,15 +14,6 @@ def builtin_id(name: str, split: str) -> str:
     return f"builtin-{name}-{split}"
 
 
-def _as_stored_pixels(x: torch.Tensor) -> torch.Tensor:
-    """uint8 when that is exact (x = k / 255), so staging is 4x smaller and reads back bit-identical."""
-    scaled = x * 255
-    as_bytes = scaled.round()
-    if bool((as_bytes == scaled).all()) and torch.equal(as_bytes.to(torch.uint8).to(torch.float32).div(255), x):
-        return as_bytes.to(torch.uint8)
-    return x.contiguous()
-
-
 def stage_builtin(store: Store, name: str, split: str, data_dir: object | None) -> str:
     """Copy a built-in dataset split into Redis unless it is already there; returns its dataset id."""
     dataset_id = builtin_id(name, split)
@@ -34,7 +23,7 @@ def stage_builtin(store: Store, name: str, split: str, data_dir: object | None) 
     except NotFound:
         pass
     local = load_dataset(name, split, data_dir if data_dir is None else str(data_dir))
-    store.put_dataset("", name, _as_stored_pixels(local.x), local.y, local.num_classes, source=local.source,
+    store.put_dataset("", name, local.x, local.y, local.num_classes, source=local.source,
                       dataset_id=dataset_id)
     return dataset_id
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, File, Form, UploadFile
 
 from gls_core.data.userfile import read_user_file
@@ -23,12 +22,6 @@ from .schemas import DatasetOut
 from .uploads import check_suffix, client_name, reader_error, spooled
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-
-
-def compact(x: torch.Tensor) -> torch.Tensor:
-    """uint8 when every pixel is k/255 exactly (what a uint8 file decodes to), else float32 unchanged."""
-    pixels = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-    return pixels if torch.equal(pixels.to(torch.float32).div_(255), x) else x
 
 
 def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
@@ -63,7 +56,7 @@ def upload_dataset(gateway: GatewayDep, tenant: Tenant,
     if classes < 2:
         raise InvalidRequest.one("file", f"{filename}: 'y' holds a single class; certification needs at least 2 "
                                          "(pass num_classes if some classes are absent)")
-    info = gateway.store.put_dataset(tenant, name or filename, compact(x), y, classes, source=filename)
+    info = gateway.store.put_dataset(tenant, name or filename, x, y, classes, source=filename)
     gateway.metrics.upload_bytes.labels("dataset").inc(size)
     return info.public()
 
