@@ -30,7 +30,7 @@ from gls_core.training.init import ibp_init
 from gls_core.training.objective import Objective
 from gls_core.training.points import evaluate_members
 from gls_core.training.schedules import StepHyper
-from services.cluster import free_port
+from services.cluster import free_port, wait_for_port
 from services.settings import Settings
 from services.worker_client import WorkerPool
 
@@ -62,20 +62,9 @@ def start_workers(count: int, threads: int) -> tuple[list[subprocess.Popen[bytes
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         addresses.append(f"127.0.0.1:{port}")
     for address in addresses:
-        wait_port(int(address.rsplit(":", 1)[1]))
+        wait_for_port(int(address.rsplit(":", 1)[1]), timeout=60)
     return processes, addresses
 
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"worker on port {port} did not start")
 
 
 def main() -> None:

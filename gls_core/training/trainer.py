@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data import Dataset, epoch_batches, load_dataset
+from ..data import Dataset, batch_generator, epoch_batches, load_dataset
 from ..evaluation import EvalResult, evaluate
 from ..nets.spec import NetSpec
 from ..nets.zoo import network
@@ -102,10 +102,7 @@ def local_evaluator(spec: NetSpec, seed: int, block: int) -> Evaluator:
 
 def training_batch(config: TrainConfig, train: Dataset, epoch: int, batch: int, indices: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = train.x[indices], train.y[indices]
-    if config.data.augment:
-        x = train.augmentation.apply(x, generator(config.seed, "augment", epoch, batch))
-    return x, y
+    return train.batch(indices, batch_generator(config.seed, epoch, batch) if config.data.augment else None)
 
 
 def steps_per_epoch(config: TrainConfig, train_size: int) -> int:
@@ -193,6 +190,7 @@ class Trainer:
             batches = epoch_batches(len(train), self.config.data.batch_size, self.config.seed, global_epoch,
                                     drop_last=True)[:self.steps_per_epoch]
             epoch_start = time.perf_counter()
+            losses = self._logged_losses(stage.name, global_epoch + 1) if position.batch else []
             for batch in range(position.batch, len(batches)):
                 if (stop_after_steps is not None and done_here >= stop_after_steps) or (should_stop and should_stop()):
                     self.storage.commit(state, position)
@@ -205,6 +203,7 @@ class Trainer:
                 done_here += 1
                 row = {"kind": "step", "stage": stage.name, "epoch": global_epoch + 1, **metrics, "step": position.step}
                 self.storage.log(row)
+                losses.append(metrics["loss"])
                 if self.progress:
                     self.progress(position.step, self.total_steps, row)
                 every = self.commit_every
@@ -216,17 +215,16 @@ class Trainer:
                 state = self.stages[position.stage].estimator.init_state(state["theta"])
             if position.finished or (global_epoch + 1) % self.config.evaluation.every_epochs == 0:
                 row = self._eval_row(state["theta"], stage.name, global_epoch + 1, position.step)
-                row.update(train_loss=self._epoch_loss(stage.name, global_epoch + 1),
+                row.update(train_loss=sum(losses) / max(len(losses), 1),
                            epoch_time_s=time.perf_counter() - epoch_start)
                 self.storage.log(row)
             self.storage.commit(state, position)
         return TrainResult(state["theta"], position, self.last_eval)
 
-    def _epoch_loss(self, stage: str, epoch: int) -> float:
-        """Mean step loss of an epoch, read back from the log so that a resumed epoch counts every step."""
-        losses = [row["loss"] for row in self.storage.rows()
-                  if row["kind"] == "step" and row["stage"] == stage and row["epoch"] == epoch]
-        return sum(losses) / max(len(losses), 1)
+    def _logged_losses(self, stage: str, epoch: int) -> list[float]:
+        """Step losses an interrupted epoch logged before the checkpoint, so a resumed epoch counts every step."""
+        return [row["loss"] for row in self.storage.rows()
+                if row["kind"] == "step" and row["stage"] == stage and row["epoch"] == epoch]
 
     def _next_epoch(self, position: Position, stage: Stage) -> Position:
         if position.epoch + 1 < stage.epochs:

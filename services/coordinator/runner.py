@@ -54,8 +54,7 @@ class JobRunner:
         data = job_data(self.store, config, job.tenant, self.settings.data_dir)
         storage = RedisStorage(self.store, job.id)
         resume = storage.has_checkpoint()
-        trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps,
-                          evaluator=None, initial_theta=None)
+        trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps)
         trainer.evaluator = remote_evaluator(self.pool, trainer.spec, config.seed, config.block_members)
         if not resume:
             trainer.initial_theta = warm_start(self.store, config, job.tenant, trainer.spec)
