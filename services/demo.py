@@ -34,14 +34,16 @@ def watch(client: GlsClient, job_id: str, console: Console) -> dict:
         task = bar.add_task(job_id, total=None, status="queued")
         for event in client.events(job_id):
             if event.get("type") == "metrics" and event.get("kind") == "step":
-                total = client.job(job_id).get("total_steps") or None
-                bar.update(task, completed=event["step"], total=total,
+                bar.update(task, completed=event["step"],
                            status=f"{event['stage']} loss {event['loss']:.3f} eps {event['eps']:.3f}")
             elif event.get("type") == "metrics" and event.get("kind") == "epoch":
                 console.print(f"  {event['stage']:>7} epoch {event['epoch']}: natural {event['natural_acc']:.1%}, "
                               f"PGD {event['adversarial_acc']:.1%}, DeepPoly-certified {event['certified_acc']:.1%}")
-            elif event.get("type") == "status":
-                bar.update(task, status=str(event.get("status", "")))
+            elif event.get("type") == "status":  # the coordinator announces total_steps when it starts the job
+                if str(event.get("total_steps", "0")).isdigit() and int(event.get("total_steps", 0)):
+                    bar.update(task, total=int(event["total_steps"]))
+                if "status" in event:
+                    bar.update(task, status=str(event["status"]))
     return client.job(job_id)
 
 
