@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from ..nets.spec import NetSpec
+from .backsub import Sides
 from .layerwise import final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
 from .types import Box, ReluRelaxation
@@ -29,7 +30,7 @@ def _alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> ReluRelaxation:
 
 def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
                        steps: int = 1, step_size: float = 0.5,
-                       init: float | Literal["deeppoly"] = 0.5) -> Box:
+                       init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both") -> Box:
     if steps < 0 or step_size < 0:
         raise ValueError(f"alpha-crown needs steps >= 0 and step_size >= 0, got steps={steps}, step_size={step_size}")
     if init != "deeppoly":
@@ -42,7 +43,7 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, "backsub-intersect")
-    rows = 2 * (C.shape[1] if C is not None else spec.num_outputs)
+    rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
     for index, bounds in state.pre_relu.items():
         shape = (*bounds.lower.shape[:2], rows, 1, *bounds.lower.shape[2:])
@@ -55,13 +56,18 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
         steps = 0
     best: Box | None = None
     for step in range(steps + 1):
-        with torch.enable_grad():
+        optimising = step < steps  # the last evaluation needs no gradients (and runs on the native kernels)
+        with torch.set_grad_enabled(optimising):
             for alpha in alphas.values():
-                alpha.requires_grad_(True)
+                alpha.requires_grad_(optimising)
             relaxations = {i: _alpha_relaxation(state.pre_relu[i], a) for i, a in alphas.items()}
-            bounds = final_bounds(spec, params, state, C, relaxations)
+            bounds = final_bounds(spec, params, state, C, relaxations, sides)
             if step < steps:
-                objective = bounds.lower.sum() - bounds.upper.sum()
+                objective = torch.zeros((), dtype=bounds.upper.dtype, device=bounds.upper.device)
+                if sides != "upper":
+                    objective = objective + bounds.lower.sum()
+                if sides != "lower":
+                    objective = objective - bounds.upper.sum()
                 grads = torch.autograd.grad(objective, list(alphas.values()), allow_unused=True)
         lower, upper = bounds.lower.detach(), bounds.upper.detach()
         best = Box(lower, upper) if best is None else Box(torch.maximum(best.lower, lower),

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
-from ..population import conv_transpose_cost, conv_transpose_matrix, conv_transpose_polyphase
+from ..population import conv_transpose_cost, conv_transpose_matrix
+from . import kernels
 from .types import Box, ReluRelaxation
 
+Sides = Literal["both", "lower", "upper"]
 SELECT_BELOW = 0.5  # largest share of unstable neurons for which selected rows pay off (measured)
 
 
@@ -127,35 +130,15 @@ def _through_linear(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tens
     return coeffs.replace(new_A, new_bias, None)
 
 
-def _transpose_conv(images: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
-    """Full transposed convolution, choosing the dense-matrix or polyphase kernel by estimated cost."""
-    members, rows, out_ch, height, width = images.shape
-    dense, poly = conv_transpose_cost(out_ch, height, width, weight.shape[1:], stride)
-    if dense <= poly and out_ch * height * width <= 4096:
-        matrix = conv_transpose_matrix(weight, stride, height, width)  # [P, O*h*w, C*h'*w']
-        full = torch.bmm(images.reshape(members, rows, -1), matrix)
-        size_h, size_w = (height - 1) * stride + weight.shape[3], (width - 1) * stride + weight.shape[3]
-        return full.view(members, rows, weight.shape[2], size_h, size_w)
-    return conv_transpose_polyphase(images, weight, stride)
+def _full_size(height: int, width: int, conv: Conv2d) -> tuple[int, int]:
+    return (height - 1) * conv.stride + conv.kernel, (width - 1) * conv.stride + conv.kernel
 
 
-def _transpose_conv_image(A: torch.Tensor, weight: torch.Tensor, conv: Conv2d,
-                          input_hw: tuple[int, int]) -> torch.Tensor:
-    """Transposed convolution of whole-map coefficients [P, Bx, R, 1, O, h, w] -> [P, Bx, R, 1, C, H, W].
-
-    Members become groups of one grouped ``conv_transpose2d``: measured on a 2-core CPU it beats
-    both the polyphase matmul and a dense matrix for these shapes (see docs/relaxations.md).
-    """
-    members, bx, rows, _, out_ch, height, width = A.shape
-    in_ch = weight.shape[2]
-    grouped = A.permute(1, 2, 3, 0, 4, 5, 6).reshape(bx * rows, members * out_ch, height, width)
-    natural_h = (height - 1) * conv.stride - 2 * conv.padding + conv.kernel
-    natural_w = (width - 1) * conv.stride - 2 * conv.padding + conv.kernel
-    extra = (input_hw[0] - natural_h, input_hw[1] - natural_w)
-    out = F.conv_transpose2d(grouped, weight.reshape(members * out_ch, in_ch, conv.kernel, conv.kernel),
-                             stride=conv.stride, padding=conv.padding, output_padding=extra, groups=members)
-    out = out.view(bx, rows, 1, members, in_ch, *input_hw)
-    return out.permute(3, 0, 1, 2, 4, 5, 6)
+def _conv_bias(coeffs: Coefficients, bias: torch.Tensor) -> torch.Tensor:
+    """The rows' bias after passing a convolution with per-member ``bias`` [P, O]: sum of A per channel * b."""
+    A = coeffs.A
+    per_channel = A.sum(dim=(-1, -2))  # [P, Bx, R, L, O]
+    return coeffs.bias + torch.matmul(per_channel, bias.view(A.shape[0], 1, 1, A.shape[4], 1)).squeeze(-1)
 
 
 def _through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
@@ -163,11 +146,12 @@ def _through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
     members, bx, rows, count = A.shape[:4]
     out_ch, height, width = A.shape[4:]
-    per_channel = A.sum(dim=(-1, -2))  # [P, Bx, R, L, O]
-    new_bias = coeffs.bias + torch.matmul(per_channel, bias.view(members, 1, 1, out_ch, 1)).squeeze(-1)
+    new_bias = _conv_bias(coeffs, bias)
+    flat = A.reshape(members, bx * rows * count, out_ch, height, width)
     if coeffs.windows is None:
-        return coeffs.replace(_transpose_conv_image(A, weight, conv, input_hw), new_bias, None)
-    full = _transpose_conv(A.reshape(members, bx * rows * count, out_ch, height, width), weight, conv.stride)
+        image = kernels.conv_transpose(flat, weight, conv.stride, (conv.padding, conv.padding), input_hw)
+        return coeffs.replace(image.view(members, bx, rows, 1, *image.shape[2:]), new_bias, None)
+    full = kernels.conv_transpose(flat, weight, conv.stride, (0, 0), _full_size(height, width, conv))
     full = full.view(members, bx, rows, count, *full.shape[2:])
     windows = Windows(coeffs.windows.grid, coeffs.windows.stride * conv.stride,
                       coeffs.windows.offset * conv.stride + conv.padding, (full.shape[-2], full.shape[-1]))
@@ -240,28 +224,32 @@ def _concretize(coeffs: Coefficients, box: Box) -> torch.Tensor:
     return coeffs.bias + (A * c).sum(window_dims) - (A.abs() * r).sum(window_dims)
 
 
-def start_rows(spec: NetSpec, params: torch.Tensor, target: int, C: torch.Tensor | None) -> Coefficients:
+def start_rows(spec: NetSpec, params: torch.Tensor, target: int, C: torch.Tensor | None,
+               sides: Sides = "both") -> Coefficients:
     """Every row for the output of affine layer ``target``: through C for the last layer, else every neuron.
 
-    Rows are stacked [rows; -rows] so one lower-bound pass yields both sides.
+    Upper bounds are lower bounds of the negated rows: ``sides`` "both" stacks [rows; -rows] so one
+    lower-bound pass yields both, "lower" keeps rows, "upper" keeps -rows.
     """
     layer = spec.layers[target]
     weight, bias = spec.weight(params, target), spec.bias(params, target)
+    signs = {"both": (1.0, -1.0), "lower": (1.0,), "upper": (-1.0,)}[sides]
     if isinstance(layer, Linear):
         if C is not None:
             A = torch.einsum("bkc,pci->pbki", C, weight)
             b = torch.einsum("bkc,pc->pbk", C, bias)
         else:
             A, b = weight.unsqueeze(1), bias.unsqueeze(1)
-        A = torch.cat([A, -A], dim=2).unsqueeze(3)
-        b = torch.cat([b, -b], dim=2).unsqueeze(3)
+        A = torch.cat([sign * A for sign in signs], dim=2).unsqueeze(3)
+        b = torch.cat([sign * b for sign in signs], dim=2).unsqueeze(3)
         return Coefficients(A, b, None)
     if not isinstance(layer, Conv2d):
         raise TypeError(f"layer {target} is not affine")
     windows = _target_windows(spec, target)
-    stacked_w = torch.cat([weight, -weight], dim=1)  # [P, 2O, C, k, k]
+    stacked_w = torch.cat([sign * weight for sign in signs], dim=1)  # [P, sides*O, C, k, k]
     A = stacked_w.unsqueeze(1).unsqueeze(3).expand(-1, 1, -1, windows.count, -1, -1, -1)
-    b = torch.cat([bias, -bias], dim=1).view(params.shape[0], 1, -1, 1).expand(-1, 1, -1, windows.count)
+    b = torch.cat([sign * bias for sign in signs], dim=1).view(params.shape[0], 1, -1, 1)
+    b = b.expand(-1, 1, -1, windows.count)
     return Coefficients(A, b, windows)
 
 
@@ -274,10 +262,10 @@ def _target_windows(spec: NetSpec, target: int) -> Windows:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which (input, side, neuron, position) rows of a target were chosen, padded to U per member."""
+    """Which (input, side, neuron, position) rows of a target were chosen: U rows shared by all members."""
 
-    order: torch.Tensor  # [P, U] flat index into B * 2 * O * L
-    valid: torch.Tensor  # [P, U] False on padding rows
+    order: torch.Tensor  # [P, U] flat index into B * 2 * O * L, the same for every member
+    valid: torch.Tensor  # [P, U] False on rows this member did not choose
     shape: tuple[int, int, int, int]  # (B, 2, O, L)
 
 
@@ -290,16 +278,18 @@ def select_rows(spec: NetSpec, params: torch.Tensor, target: int, mask: torch.Te
     out_ch = weight.shape[1]
     count = mask[0, 0].numel() // out_ch
     chosen = mask.reshape(members, batch, 1, out_ch * count).expand(-1, -1, 2, -1).reshape(members, -1)
-    counts = chosen.sum(1)
-    size = int(counts.max())
+    # The rows chosen by any member, shared by all: members are nearby weight sets with nearly the same
+    # unstable neurons, and shared rows keep one geometry per row for the member-vectorised kernels.
+    union = chosen.any(0)
+    size = int(union.sum())
     if size == 0:
         return None
-    order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :size]
-    valid = torch.arange(size, device=mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    order = torch.nonzero(union).squeeze(1).unsqueeze(0).expand(members, -1)
+    valid = chosen.gather(1, order)
     sample, rest = order // (2 * out_ch * count), order % (2 * out_ch * count)
     side, neuron = rest // (out_ch * count), rest % (out_ch * count)
     channel, position = neuron // count, neuron % count
-    sign = (1 - 2 * side).to(weight.dtype) * valid.to(weight.dtype)  # zero on padding rows
+    sign = (1 - 2 * side).to(weight.dtype) * valid.to(weight.dtype)  # zero on rows not chosen by the member
     member = torch.arange(members, device=mask.device).unsqueeze(1)
     flat_w = weight.reshape(members * out_ch, -1)
     rows_w = flat_w.index_select(0, (member * out_ch + channel).reshape(-1)).view(members, size, -1)
@@ -312,26 +302,47 @@ def select_rows(spec: NetSpec, params: torch.Tensor, target: int, mask: torch.Te
 
 def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int, target: int,
                    relaxations: dict[int, ReluRelaxation], C: torch.Tensor | None = None,
-                   mask: torch.Tensor | None = None) -> Box:
+                   mask: torch.Tensor | None = None, sides: Sides = "both") -> Box:
     """Bounds on the output of affine layer ``target`` (or on C @ logits when ``target`` is the last layer).
 
     ``box`` is the input of layer ``first_affine`` ([B, *shape]); ``relaxations`` has an entry for
     every ReLU layer below ``target``. ``mask`` ([P, B, *shape]) restricts the work to the chosen
-    neurons; the others get (-inf, inf). Returns bounds [P, B, K] for rows of C, else [P, B, *shape].
+    neurons; the others get (-inf, inf). ``sides`` computes only the lower or the upper bound (the
+    other side is returned as -inf or inf), which halves the rows. Returns bounds [P, B, K] for rows
+    of C, else [P, B, *shape].
     """
     last = C is not None and target == len(spec.layers) - 1
     shape: tuple[int, ...] = (C.shape[1],) if C is not None and last else spec.shapes[target + 1]
     members, batch = params.shape[0], box.lower.shape[0]
     selection: Selection | None = None
     # Selected rows pay an index gather per ReLU; with most neurons chosen, all rows are cheaper.
-    if mask is not None and not last and float(mask.float().mean()) <= SELECT_BELOW:
+    if mask is not None and not last and sides == "both" and float(mask.float().mean()) <= SELECT_BELOW:
         picked = select_rows(spec, params, target, mask)
         if picked is None:
             infinite = torch.full((members, batch, *shape), math.inf, dtype=params.dtype, device=params.device)
             return Box(-infinite, infinite)
         coeffs, selection = picked
     else:
-        coeffs = start_rows(spec, params, target, C)
+        coeffs = start_rows(spec, params, target, C, sides)
+    lower = _propagate(spec, params, box, first_affine, target, relaxations, coeffs)
+    if selection is not None:
+        values = torch.where(selection.valid, lower.reshape(members, -1), -math.inf)
+        full = torch.full((members, math.prod(selection.shape)), -math.inf, dtype=values.dtype, device=values.device)
+        full = full.scatter(1, selection.order, values).view(members, *selection.shape)
+        return Box(full[:, :, 0].reshape(members, batch, *shape), -full[:, :, 1].reshape(members, batch, *shape))
+    lower = lower.expand(members, batch, *lower.shape[2:])
+    if sides != "both":
+        value = lower.reshape(members, batch, *shape)
+        unbounded = torch.full_like(value, math.inf)
+        return Box(value, unbounded) if sides == "lower" else Box(-unbounded, -value)
+    rows = lower.shape[2] // 2
+    low, neg_up = lower[:, :, :rows], lower[:, :, rows:]
+    return Box(low.reshape(members, batch, *shape), -neg_up.reshape(members, batch, *shape))
+
+
+def _propagate(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int, target: int,
+               relaxations: dict[int, ReluRelaxation], coeffs: Coefficients) -> torch.Tensor:
+    """Push the rows down to the input box and concretise: [P, B, R, L], or [P, 1, U, 1] on selected rows."""
     index = target - 1
     while index >= first_affine:
         layer = spec.layers[index]
@@ -349,6 +360,8 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
             coeffs = coeffs.replace(A.reshape(*A.shape[:4], *spec.shapes[index]), coeffs.bias, None)
         elif isinstance(layer, Linear):
             coeffs = _through_linear(coeffs, spec.weight(params, index), spec.bias(params, index))
+        elif isinstance(layer, Conv2d) and index == first_affine:
+            return _concretize_through_conv(coeffs, spec.weight(params, index), spec.bias(params, index), layer, box)
         elif isinstance(layer, Conv2d):
             in_shape = spec.shapes[index]
             coeffs = _through_conv(coeffs, spec.weight(params, index), spec.bias(params, index), layer,
@@ -356,21 +369,74 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
         else:
             raise TypeError(f"layer {index}: {layer!r} cannot be back-substituted")
         index -= 1
-    lower = _concretize(coeffs, box)  # [P, B, 2R, L], or [P, 1, U, 1] on selected rows
-    if selection is not None:
-        values = torch.where(selection.valid, lower.reshape(members, -1), -math.inf)
-        full = torch.full((members, math.prod(selection.shape)), -math.inf, dtype=values.dtype, device=values.device)
-        full = full.scatter(1, selection.order, values).view(members, *selection.shape)
-        return Box(full[:, :, 0].reshape(members, batch, *shape), -full[:, :, 1].reshape(members, batch, *shape))
-    rows = lower.shape[2] // 2
-    low, neg_up = lower[:, :, :rows], lower[:, :, rows:]
-    return Box(low.reshape(members, batch, *shape), -neg_up.reshape(members, batch, *shape))
+    return _concretize(coeffs, box)
 
 
-def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = None) -> int:
+def _concretize_through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
+                             box: Box) -> torch.Tensor:
+    """The last step: rows on the first convolution's output, through it, concretised over the input box.
+
+    Two candidates, chosen by measurement: the fused native kernel, which never stores the rows'
+    coefficients on the input, and the transposed convolution followed by the concretisation.
+    """
+    A = coeffs.A
+    key = ("concretize", kernels.Geometry.of(A.flatten(0, 3).unsqueeze(0), weight, conv.stride), conv.padding,
+           coeffs.windows is not None, coeffs.rows is not None, tuple(box.lower.shape[1:]),
+           *kernels.size_key(A.shape[0], math.prod(A.shape[1:4])), *kernels.tensor_key(A, weight, box.lower))
+    name = kernels.choose("concretize", key, CONCRETIZE, (coeffs, weight, bias, conv, box))
+    return CONCRETIZE[name][0](coeffs, weight, bias, conv, box)
+
+
+def _concretize_materialized(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
+                             box: Box) -> torch.Tensor:
+    height, width = box.lower.shape[-2:]
+    return _concretize(_through_conv(coeffs, weight, bias, conv, (height, width)), box)
+
+
+def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
+                       box: Box) -> torch.Tensor:
+    A = coeffs.A  # [P, Bx, R, L, O, h, w]
+    members, bx, rows, count = A.shape[:4]
+    batch = box.lower.shape[0]
+    new_bias = _conv_bias(coeffs, bias)
+    device = A.device
+    if coeffs.rows is not None:  # selected rows, shared by all members
+        index = coeffs.rows[0]
+        grid_count = coeffs.windows.count if coeffs.windows is not None else 1
+        sample, position = index // grid_count, index % grid_count
+    else:
+        if bx != batch:
+            A = A.expand(members, batch, *A.shape[2:])
+            new_bias = new_bias.expand(members, batch, *new_bias.shape[2:])
+        sample = torch.arange(batch, device=device).repeat_interleave(rows * count)
+        position = torch.arange(count, device=device).repeat(batch * rows)
+    if coeffs.windows is None:
+        origin_y = origin_x = torch.full_like(sample, -conv.padding)
+    else:
+        windows = coeffs.windows
+        grid_y, grid_x = position // windows.grid[1], position % windows.grid[1]
+        origin_y = (grid_y * windows.stride - windows.offset) * conv.stride - conv.padding
+        origin_x = (grid_x * windows.stride - windows.offset) * conv.stride - conv.padding
+    values = kernels.concretize_native(A.reshape(members, -1, *A.shape[4:]), weight, conv.stride, box.center,
+                                       box.radius, kernels.RowPlacement(sample, origin_y, origin_x))
+    return new_bias + values.view(new_bias.shape)
+
+
+CONCRETIZE: kernels.Table = {
+    "native": (_concretize_native,
+               lambda coeffs, weight, bias, conv, box: kernels.concretize_applies(coeffs.A, weight, conv.stride,
+                                                                                  box.lower, box.upper)),
+    "materialize": (_concretize_materialized, lambda *_: True),
+}
+kernels.OPERATIONS["concretize"] = CONCRETIZE
+
+
+def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = None,
+              fused_input: bool = False) -> int:
     """Largest coefficient tensor, in floats per (member, input), of back-substituting from ``target``.
 
-    Used to chunk populations and batches so that CNN5-L and CNN7 fit in memory.
+    Used to chunk populations and batches so that CNN5-L and CNN7 fit in memory. ``fused_input``:
+    the step through a first convolution into the input box stores nothing (the native kernel).
     """
     layer = spec.layers[target]
     if isinstance(layer, Linear):
@@ -383,7 +449,8 @@ def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = 
         window = (layer.in_channels, layer.kernel, layer.kernel)
         windows = (layer.kernel, layer.kernel)
     largest = count * math.prod(window)
-    for index in range(target - 1, first_affine - 1, -1):
+    last_stored = first_affine + 1 if fused_input and isinstance(spec.layers[first_affine], Conv2d) else first_affine
+    for index in range(target - 1, last_stored - 1, -1):
         below = spec.layers[index]
         if isinstance(below, Flatten):
             window = spec.shapes[index]

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU
-from .backsub import backsubstitute
+from .backsub import Sides, backsubstitute
 from .ibp import interval_affine
 from .region import network_input
 from .types import Box, ReluRelaxation
@@ -87,7 +87,7 @@ def walk(spec: NetSpec, params: torch.Tensor, input_box: Box, relax: Relax, inte
 
 
 def final_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None,
-                 relaxations: dict[int, ReluRelaxation] | None = None) -> Box:
+                 relaxations: dict[int, ReluRelaxation] | None = None, sides: Sides = "both") -> Box:
     """Back-substitute C @ logits (or the logits) with the walk's relaxations or given ones."""
     chosen = state.relaxations if relaxations is None else relaxations
-    return backsubstitute(spec, params, state.box, state.first, len(spec.layers) - 1, chosen, C)
+    return backsubstitute(spec, params, state.box, state.first, len(spec.layers) - 1, chosen, C, sides=sides)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..nets.spec import NetSpec
+from .backsub import Sides
 from .ibp import ibp
 from .layerwise import check_supported, final_bounds, walk
 from .region import network_input
@@ -20,23 +21,28 @@ from .relu import box_relaxation, deeppoly_relaxation
 from .types import Box
 
 
-def ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None) -> Box:
+def ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
+               sides: Sides = "both") -> Box:
+    # Both sides cost the same as one: centre and radius are propagated together.
     check_supported(spec)
     box, first = network_input(spec, input_box)
     return ibp(spec, params, box, first, C)
 
 
-def hbox_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None) -> Box:
+def hbox_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
+             sides: Sides = "both") -> Box:
     # No intersection with intervals: that keeps HBox provably never looser than IBP.
     state = walk(spec, params, input_box, box_relaxation, "backsub")
-    return final_bounds(spec, params, state, C)
+    return final_bounds(spec, params, state, C, sides=sides)
 
 
-def crown_ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None) -> Box:
+def crown_ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
+             sides: Sides = "both") -> Box:
     state = walk(spec, params, input_box, deeppoly_relaxation, "interval")
-    return final_bounds(spec, params, state, C)
+    return final_bounds(spec, params, state, C, sides=sides)
 
 
-def deeppoly_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None) -> Box:
+def deeppoly_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
+             sides: Sides = "both") -> Box:
     state = walk(spec, params, input_box, deeppoly_relaxation, "backsub-intersect")
-    return final_bounds(spec, params, state, C)
+    return final_bounds(spec, params, state, C, sides=sides)

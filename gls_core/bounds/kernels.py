@@ -1,0 +1,269 @@
+"""Kernels chosen by measurement: each operation has candidate formulations, timed on first use.
+
+The back-substitution's two heaviest operations are the transposed convolution of coefficient rows
+with a weight set per member, and the last step into the input box through the first convolution,
+where the coefficients on the input are only needed as their concretisation. Which formulation is
+fastest depends on channels, map sizes, population and batch chunk and device, so, as cuDNN's
+benchmark mode does, every applicable candidate is timed once per (operation, geometry, size
+bucket, device, dtype, gradients) and the winner is cached for the process.
+
+``GLS_KERNELS="transpose=native,concretize=reference"`` pins choices (``pin`` does the same in
+code); ``GLS_KERNEL_TUNING=0`` takes the first applicable candidate in the default order instead of
+timing. ``choices()`` reports what was chosen, for benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..population import conv_transpose_matrix, conv_transpose_polyphase
+from . import native
+
+DENSE_MATRIX_FLOATS = 1 << 24  # largest per-chunk dense composition matrix (64 MiB of float32)
+TIMING_FLOATS = 1 << 21  # coefficient floats a candidate is timed on (a slice of the rows)
+UNTIMED_NATIVE_CHANNELS = 16  # without timing, native for out_ch * in_ch up to this (CNN3-tiny, CNN3 conv1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A convolution seen backwards: rows [P, N, O, h, w] through weights [P, O, C, k, k] at stride s."""
+
+    out_ch: int
+    height: int
+    width: int
+    in_ch: int
+    kernel: int
+    stride: int
+
+    @property
+    def full(self) -> tuple[int, int]:
+        """Size of the full transposed convolution (no padding, no crop)."""
+        return (self.height - 1) * self.stride + self.kernel, (self.width - 1) * self.stride + self.kernel
+
+    @staticmethod
+    def of(A: torch.Tensor, weight: torch.Tensor, stride: int) -> Geometry:
+        return Geometry(A.shape[2], A.shape[3], A.shape[4], weight.shape[2], weight.shape[3], stride)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _crop(full: torch.Tensor, crop: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Window ``size`` from ``crop`` of the last two axes, zero where it leaves the map (F.pad crops when negative)."""
+    height, width = full.shape[-2:]
+    return F.pad(full, (-crop[1], size[1] - (width - crop[1]), -crop[0], size[0] - (height - crop[0])))
+
+
+# --- transposed convolution of coefficient rows: [P, N, O, h, w] -> [P, N, C, *size] ---------------------------
+
+def transpose_grouped(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                      size: tuple[int, int]) -> torch.Tensor:
+    """Members as the groups of one grouped ``conv_transpose2d``."""
+    members, rows, out_ch, height, width = A.shape
+    in_ch, kernel = weight.shape[2], weight.shape[3]
+    grouped = A.transpose(0, 1).reshape(rows, members * out_ch, height, width)
+    full = F.conv_transpose2d(grouped, weight.reshape(members * out_ch, in_ch, kernel, kernel), stride=stride,
+                              groups=members)
+    full = full.view(rows, members, in_ch, *full.shape[-2:]).transpose(0, 1)
+    return _crop(full, crop, size)
+
+
+def transpose_polyphase(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                        size: tuple[int, int]) -> torch.Tensor:
+    """The s*s stride phases as one batched matmul of a windowed input."""
+    return _crop(conv_transpose_polyphase(A, weight, stride), crop, size)
+
+
+def transpose_dense(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                    size: tuple[int, int]) -> torch.Tensor:
+    """A per-member dense matrix of the cropped transposed convolution, then one ``bmm``."""
+    members, rows, out_ch, height, width = A.shape
+    in_ch = weight.shape[2]
+    matrix = conv_transpose_matrix(weight, stride, height, width)
+    matrix = _crop(matrix.view(members, -1, in_ch, *Geometry.of(A, weight, stride).full), crop, size)
+    out = torch.bmm(A.reshape(members, rows, -1), matrix.reshape(members, out_ch * height * width, -1))
+    return out.view(members, rows, in_ch, *size)
+
+
+def transpose_native(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                     size: tuple[int, int]) -> torch.Tensor:
+    """The C kernel, vectorised over members (no gradients)."""
+    return native.conv_rows_transpose(A, weight, stride, crop, size)
+
+
+def _dense_fits(A: torch.Tensor, weight: torch.Tensor, stride: int, *_: object) -> bool:
+    geometry = Geometry.of(A, weight, stride)
+    matrix = A.shape[0] * geometry.out_ch * geometry.height * geometry.width * geometry.in_ch * math.prod(geometry.full)
+    return matrix <= DENSE_MATRIX_FLOATS
+
+
+TransposeFn = Callable[[torch.Tensor, torch.Tensor, int, tuple[int, int], tuple[int, int]], torch.Tensor]
+TRANSPOSE: dict[str, tuple[TransposeFn, Callable[..., bool]]] = {
+    "native": (transpose_native, lambda A, weight, stride, *_: not _needs_grad(A, weight)
+               and native.usable(A, weight) and native.supports(weight.shape[3], stride)),
+    "grouped": (transpose_grouped, lambda *_: True),
+    "dense": (transpose_dense, _dense_fits),
+    "polyphase": (transpose_polyphase, lambda *_: True),
+}
+
+
+def conv_transpose(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                   size: tuple[int, int]) -> torch.Tensor:
+    """Rows [P, N, O, h, w] through per-member weights [P, O, C, k, k]: the full transposed convolution,
+    cropped to ``size`` pixels from ``crop`` (zeros past its edge) -> [P, N, C, *size]."""
+    key = ("transpose", Geometry.of(A, weight, stride), crop, size, *size_key(A.shape[0], A.shape[1]),
+           *tensor_key(A, weight))
+    name = choose("transpose", key, TRANSPOSE, (A, weight, stride, crop, size), _timing_slice)
+    return TRANSPOSE[name][0](A, weight, stride, crop, size)
+
+
+# --- the last step: rows on the first convolution's output, concretised over the input box -> [P, N] ----------
+
+@dataclass(frozen=True)
+class RowPlacement:
+    """Where each of N rows (shared by all members) reads the input box: its sample and window origin."""
+
+    sample: torch.Tensor  # [N] int64
+    origin_y: torch.Tensor  # [N] input row of the window's top-left pixel (may be negative: zero padding)
+    origin_x: torch.Tensor
+
+
+def concretize_native(A: torch.Tensor, weight: torch.Tensor, stride: int, box_centre: torch.Tensor,
+                      box_radius: torch.Tensor, placement: RowPlacement) -> torch.Tensor:
+    """The C kernel: never stores the coefficients on the input (no gradients)."""
+    return native.conv_rows_concretize(A, weight, stride, box_centre, box_radius, placement.sample,
+                                       placement.origin_y, placement.origin_x)
+
+
+def concretize_applies(A: torch.Tensor, weight: torch.Tensor, stride: int, box_centre: torch.Tensor,
+                       box_radius: torch.Tensor) -> bool:
+    """Whether the fused native concretisation can run on these tensors (CPU float32, no gradients)."""
+    return (not _needs_grad(A, weight, box_centre, box_radius) and native.usable(A, weight, box_centre, box_radius)
+            and native.supports(weight.shape[3], stride))
+
+
+# --- selection ---------------------------------------------------------------------------------------------------
+
+_chosen: dict[tuple[Any, ...], str] = {}
+_timings: dict[tuple[Any, ...], dict[str, float]] = {}
+_pins: dict[str, str] = {}
+
+
+def pin(operation: str, candidate: str | None) -> None:
+    """Force a candidate for an operation (None: measure again); overrides ``GLS_KERNELS``."""
+    table = OPERATIONS.get(operation)
+    if table is None:
+        raise ValueError(f"unknown kernel operation {operation!r}; expected one of {sorted(OPERATIONS)}")
+    if candidate is None:
+        _pins.pop(operation, None)
+        return
+    if candidate not in table:
+        raise ValueError(f"unknown {operation} kernel {candidate!r}; expected one of {sorted(table)}")
+    _pins[operation] = candidate
+
+
+def choices() -> list[dict[str, Any]]:
+    """Every choice made in this process: operation, key, candidate and the measured seconds per candidate."""
+    return [{"operation": key[0], "key": repr(key[1:]), "chosen": name, "seconds": _timings.get(key, {})}
+            for key, name in _chosen.items()]
+
+
+def reset() -> None:
+    """Forget the measured choices (the next call of each operation measures again)."""
+    _chosen.clear()
+    _timings.clear()
+
+
+def _env_pins() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for item in filter(None, os.environ.get("GLS_KERNELS", "").split(",")):
+        operation, _, candidate = item.partition("=")
+        pins[operation.strip()] = candidate.strip()
+    return pins
+
+
+def size_key(members: int, rows: int) -> tuple[int, int]:
+    """Members and rows rounded up to powers of two, so chunk remainders reuse a measurement."""
+    return 1 << max(0, members - 1).bit_length(), 1 << max(0, rows - 1).bit_length()
+
+
+def tensor_key(*tensors: torch.Tensor) -> tuple[str, str, bool]:
+    return str(tensors[0].device), str(tensors[0].dtype), _needs_grad(*tensors)
+
+
+Table = dict[str, tuple[Callable[..., Any], Callable[..., bool]]]
+OPERATIONS: dict[str, Table] = {"transpose": TRANSPOSE}
+
+
+def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, ...],
+           slicer: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None) -> str:
+    """The candidate of ``table`` to run on ``args``: pinned, cached for ``key``, or measured now.
+
+    ``slicer`` restricts the arguments to a bounded amount of work for timing (None: time on ``args``).
+    """
+    OPERATIONS.setdefault(operation, table)
+    applicable = [name for name, (_, applies) in table.items() if applies(*args)]
+    pinned = _pins.get(operation) or _env_pins().get(operation)
+    if pinned:
+        if pinned not in table:
+            raise ValueError(f"GLS_KERNELS: unknown {operation} kernel {pinned!r}; expected one of {sorted(table)}")
+        if pinned in applicable:
+            return pinned
+    if key in _chosen:
+        return _chosen[key]
+    if len(applicable) == 1 or os.environ.get("GLS_KERNEL_TUNING", "1") == "0":
+        untimed = untimed_order(args, applicable)
+        _chosen[key] = untimed
+        return untimed
+    sample = args if slicer is None else slicer(args)
+    seconds = {name: _seconds(table[name][0], sample) for name in applicable}
+    _chosen[key] = min(seconds, key=seconds.__getitem__)
+    _timings[key] = seconds
+    return _chosen[key]
+
+
+def untimed_order(args: tuple[Any, ...], applicable: list[str]) -> str:
+    """The choice without timing: the member-vectorised native kernel for few channels (where it was
+    measured fastest on CPUs), else the first applicable torch candidate in the table's order."""
+    A = args[0].A if hasattr(args[0], "A") else args[0]
+    weight = args[1]
+    few_channels = A.shape[-3] * weight.shape[2] <= UNTIMED_NATIVE_CHANNELS
+    torch_candidates = [name for name in applicable if name != "native"]
+    if "native" in applicable and (few_channels or not torch_candidates):
+        return "native"
+    return torch_candidates[0]
+
+
+def _timing_slice(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments restricted to the first rows, so timing costs a bounded amount of work."""
+    A = args[0]
+    rows = max(1, min(A.shape[1], TIMING_FLOATS // max(1, A[:, :1].numel())))
+    return (A[:, :rows], *args[1:])
+
+
+def _seconds(fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> float:
+    """Best of two timed runs after one warm-up run."""
+    with torch.no_grad():
+        fn(*args)
+        best = math.inf
+        for _ in range(2):
+            _synchronize()
+            start = time.perf_counter()
+            fn(*args)
+            _synchronize()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

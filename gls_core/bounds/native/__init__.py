@@ -1,0 +1,150 @@
+"""Native CPU kernels, compiled from C on first use with the machine's C compiler and loaded with ctypes.
+
+They are candidates of the kernel selection, never requirements: when no compiler is found, the
+build fails or the tensors are not contiguous float32 CPU tensors, the engine uses its torch
+kernels. The shared library is cached per source, compiler flags and CPU in ``$GLS_KERNEL_CACHE``
+(default ``~/.cache/gls/kernels``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("conv_rows.c")
+SOURCES = (SOURCE, SOURCE.with_name("conv_rows_lanes.h"))
+MAX_TAPS = 16  # kernel taps per axis that reach one output pixel, ceil(k / s) (conv_rows.c)
+WIDTHS = (8, 32)  # members per vector block, one compiled variant each
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+_int64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GLS_KERNEL_CACHE", Path.home() / ".cache" / "gls" / "kernels"))
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when they cannot be built here (the torch kernels are used).
+
+    The build is written to a temporary file and renamed, so concurrent processes never load half a library.
+    """
+    if os.environ.get("GLS_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        return None
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    digest = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_id())).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"conv_rows-{digest}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                built = Path(scratch) / target.name
+                subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True,
+                               capture_output=True, timeout=120)
+                os.replace(built, target)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError:
+        return None
+    for width in WIDTHS:
+        transpose = getattr(lib, f"gls_conv_rows_transpose{width}")
+        concretize = getattr(lib, f"gls_conv_rows_concretize{width}")
+        transpose.argtypes, transpose.restype = [_ptr, _ptr, _ptr, *([_int64] * 12), _int], None
+        concretize.argtypes, concretize.restype = [_ptr] * 8 + [_int64] * 10 + [_int], None
+    return lib
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """True when the native kernels exist and can read these tensors directly."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
+
+
+def supports(kernel: int, stride: int) -> bool:
+    """Whether a convolution's geometry fits the kernels' tap tables."""
+    return -(-kernel // stride) <= MAX_TAPS
+
+
+def _width(members: int) -> int:
+    """The vector block for a population: 8 members for small ones (less padding), else 32."""
+    return WIDTHS[0] if members < 24 else WIDTHS[1]
+
+
+def conv_rows_transpose(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                        size: tuple[int, int]) -> torch.Tensor:
+    """[P, N, O, h, w] rows through per-member weights [P, O, C, k, k] -> [P, N, C, *size].
+
+    The full transposed convolution (no padding) cropped to ``size`` pixels from ``crop``.
+    """
+    lib = library()
+    assert lib is not None
+    members, rows, out_ch, height, width = A.shape
+    in_ch, kernel = weight.shape[2], weight.shape[3]
+    A, weight = _members_last(A), _members_last(weight)
+    lanes = A.shape[-1]
+    out = torch.empty(rows, in_ch, *size, lanes, dtype=A.dtype)
+    kernel_fn = getattr(lib, f"gls_conv_rows_transpose{_width(members)}")
+    kernel_fn(A.data_ptr(), weight.data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch, kernel,
+              stride, crop[0], crop[1], size[0], size[1], torch.get_num_threads())
+    return out[..., :members].permute(4, 0, 1, 2, 3).contiguous()
+
+
+def conv_rows_concretize(A: torch.Tensor, weight: torch.Tensor, stride: int, centre: torch.Tensor,
+                         radius: torch.Tensor, sample: torch.Tensor, origin_y: torch.Tensor,
+                         origin_x: torch.Tensor) -> torch.Tensor:
+    """min over the box of (rows through the layer) . x, per row: [P, N].
+
+    ``centre``/``radius`` are the input box [B, C, H, W]; ``sample``, ``origin_y``, ``origin_x``
+    ([N] int64, shared by all members) give each row's input and the input position of its
+    window's top-left pixel.
+    """
+    lib = library()
+    assert lib is not None
+    members, rows, out_ch, height, width = A.shape
+    in_ch, kernel = weight.shape[2], weight.shape[3]
+    A, weight = _members_last(A), _members_last(weight)
+    centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
+    index = [t.to(torch.int64).contiguous() for t in (sample, origin_y, origin_x)]
+    lanes = A.shape[-1]
+    out = torch.empty(rows, lanes, dtype=A.dtype)
+    kernel_fn = getattr(lib, f"gls_conv_rows_concretize{_width(members)}")
+    kernel_fn(A.data_ptr(), weight.data_ptr(), centre.data_ptr(), radius.data_ptr(), index[0].data_ptr(),
+              index[1].data_ptr(), index[2].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch,
+              kernel, stride, centre.shape[2], centre.shape[3], torch.get_num_threads())
+    return out[:, :members].t()
+
+
+LANES = WIDTHS[-1]  # the widest vector block: populations are chunked in multiples of it
+
+
+def _members_last(t: torch.Tensor) -> torch.Tensor:
+    """[P, ...] -> contiguous [..., P'], padded with zero members to whole vector blocks (the kernels vectorise
+    over members)."""
+    width = _width(t.shape[0])
+    padded = -(-t.shape[0] // width) * width
+    out = t.new_zeros(*t.shape[1:], padded)
+    out[..., : t.shape[0]] = t.detach().movedim(0, -1)
+    return out

@@ -1,0 +1,56 @@
+/* Transposed convolutions of coefficient rows with a weight set per population member.
+ *
+ * Layout: members are the innermost axis of every array, padded to a multiple of LANES (8 or 32), so each
+ * multiply-add runs over a block of members at once and vectorises whatever the layer's channel
+ * count; a row's geometry is shared by all members, its coefficients are not.
+ *   A[N][O][h][w][P]   coefficients of N rows on a convolution's output (O channels, h x w)
+ *   Wt[O][C][k][k][P]  the convolution's weights, stride s
+ * A row's image through the layer is the full transposed convolution g[C][Hf][Wf],
+ * Hf = (h-1)*s + k, g(Y, X) = sum over o, ky, kx with Y = i*s + ky, X = j*s + kx of a(o, i, j) w(o, ky, kx).
+ *
+ * gls_conv_rows_transpose stores g cropped to [y0, y0 + H) x [x0, x0 + W) (zero beyond Hf, Wf).
+ * gls_conv_rows_concretize never stores g: per row and member it returns the minimum over the input
+ * box of sum g * x = sum g * centre - |g| * radius, pixel (Y, X) sitting at input position
+ * (oy + Y, ox + X) of the row's sample; pixels outside the input map (zero padding) contribute 0.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_TAPS 16
+
+typedef float vec __attribute__((vector_size(32), aligned(4)));  /* 8 floats, unaligned loads */
+
+typedef struct {
+    int64_t P, O, h, w, C, k;
+    const int *ny, *nx;
+    const int64_t (*iy)[MAX_TAPS], (*ky)[MAX_TAPS], (*jx)[MAX_TAPS], (*kx)[MAX_TAPS];
+} plan;
+
+/* The (input index, kernel index) pairs that reach full-output coordinate Y = i*s + ky. */
+static int taps_of(int64_t Y, int64_t s, int64_t k, int64_t h, int64_t *index, int64_t *kernel) {
+    int count = 0;
+    for (int64_t ky = Y % s; ky < k && count < MAX_TAPS; ky += s) {
+        const int64_t i = (Y - ky) / s;
+        if (i >= 0 && i < h) {
+            index[count] = i;
+            kernel[count] = ky;
+            ++count;
+        }
+    }
+    return count;
+}
+
+#define PLAN(name)                                                                          \
+    const int64_t Hf = (h - 1) * s + k, Wf = (w - 1) * s + k;                               \
+    int ny_[Hf], nx_[Wf];                                                                   \
+    int64_t iy_[Hf][MAX_TAPS], ky_[Hf][MAX_TAPS], jx_[Wf][MAX_TAPS], kx_[Wf][MAX_TAPS];     \
+    for (int64_t Y = 0; Y < Hf; ++Y) ny_[Y] = taps_of(Y, s, k, h, iy_[Y], ky_[Y]);          \
+    for (int64_t X = 0; X < Wf; ++X) nx_[X] = taps_of(X, s, k, w, jx_[X], kx_[X]);          \
+    const plan name = {P, O, h, w, C, k, ny_, nx_, iy_, ky_, jx_, kx_}
+
+#define LANES 8
+#include "conv_rows_lanes.h"
+#undef LANES
+#define LANES 32
+#include "conv_rows_lanes.h"
+#undef LANES

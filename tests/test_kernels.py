@@ -1,0 +1,193 @@
+"""Every kernel candidate equals one plain reference, on CPU and (when present) CUDA; selection and pinning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gls_core
+from gls_core.bounds import kernels, native
+from gls_core.bounds.backsub import CONCRETIZE
+from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# (out_ch, in_ch, h, w, kernel, stride): CNN3-tiny and CNN3 shapes, stride 1 and 3, a kernel smaller than the stride.
+GEOMETRIES = [(2, 1, 14, 14, 5, 2), (2, 2, 7, 7, 4, 2), (8, 1, 4, 4, 5, 2), (3, 2, 5, 6, 3, 1), (2, 3, 4, 3, 2, 3),
+              (4, 2, 3, 3, 1, 2)]
+
+
+def reference_transpose(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tuple[int, int],
+                        size: tuple[int, int]) -> torch.Tensor:
+    """One plain conv_transpose2d per member, cropped (zeros beyond the full output)."""
+    full = torch.stack([F.conv_transpose2d(A[p], weight[p], stride=stride) for p in range(A.shape[0])])
+    out = torch.zeros(*full.shape[:3], *size, dtype=A.dtype, device=A.device)
+    height, width = min(size[0], full.shape[3] - crop[0]), min(size[1], full.shape[4] - crop[1])
+    out[..., :height, :width] = full[..., crop[0] : crop[0] + height, crop[1] : crop[1] + width]
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("members", [1, 3, 33])
+def test_transpose_candidates_equal_reference(device: str, geometry: tuple[int, ...], members: int) -> None:
+    out_ch, in_ch, height, width, kernel, stride = geometry
+    generator = torch.Generator().manual_seed(members * 31 + kernel)
+    A = torch.randn(members, 5, out_ch, height, width, generator=generator).to(device)
+    A[:, 1] = 0  # an all-zero row
+    weight = torch.randn(members, out_ch, in_ch, kernel, kernel, generator=generator).to(device)
+    full = ((height - 1) * stride + kernel, (width - 1) * stride + kernel)
+    for crop, size in [((0, 0), full), ((1, 2), (full[0] - 1, full[1] + 2)), ((kernel // 2,) * 2, (height, width))]:
+        expected = reference_transpose(A, weight, stride, crop, size)
+        for name, (fn, applies) in kernels.TRANSPOSE.items():
+            if not applies(A, weight, stride, crop, size):
+                assert name == "native" and device != "cpu"
+                continue
+            got = fn(A, weight, stride, crop, size)
+            assert got.shape == expected.shape, name
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {geometry} {crop} {size}")
+
+
+def test_native_kernels_build_here() -> None:
+    """The machine's C compiler builds the kernels (the engine falls back to torch where none exists)."""
+    assert native.library() is not None
+    assert native.usable(torch.zeros(1))
+    assert not native.usable(torch.zeros(1, dtype=torch.float64))
+
+
+def test_native_concretize_equals_materialised() -> None:
+    """Rows at arbitrary window origins, partly outside the map (zero padding), against an explicit sum."""
+    generator = torch.Generator().manual_seed(3)
+    members, rows, out_ch, in_ch, height, kernel, stride = 35, 7, 3, 2, 4, 3, 2
+    A = torch.randn(members, rows, out_ch, height, height, generator=generator)
+    weight = torch.randn(members, out_ch, in_ch, kernel, kernel, generator=generator)
+    centre = torch.randn(4, in_ch, 9, 8, generator=generator)
+    radius = torch.rand(4, in_ch, 9, 8, generator=generator)
+    sample = torch.tensor([0, 3, 1, 2, 2, 0, 3])
+    origin_y = torch.tensor([-2, 0, 3, -5, 1, 8, -20])
+    origin_x = torch.tensor([0, -1, 2, 4, -3, 0, 1])
+    got = kernels.concretize_native(A, weight, stride, centre, radius,
+                                    kernels.RowPlacement(sample, origin_y, origin_x))
+    g = reference_transpose(A, weight, stride, (0, 0), ((height - 1) * stride + kernel,) * 2)
+    expected = torch.zeros(members, rows)
+    for n in range(rows):
+        for y in range(g.shape[3]):
+            for x in range(g.shape[4]):
+                iy, ix = int(origin_y[n]) + y, int(origin_x[n]) + x
+                if 0 <= iy < 9 and 0 <= ix < 8:
+                    v = g[:, n, :, y, x]
+                    c, r = centre[sample[n], :, iy, ix], radius[sample[n], :, iy, ix]
+                    expected[:, n] += (v * c - v.abs() * r).sum(-1)
+    assert bool((got[:, 6] == 0).all())  # entirely outside the map
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def small_cnn(stride: int) -> NetSpec:
+    return NetSpec((1, 9, 9), (Conv2d(1, 3, 3, stride, 1), ReLU(), Conv2d(3, 2, 3, stride, 0), ReLU(), Flatten(),
+                               Linear(8 if stride == 2 else 98, 4)), name="small")
+
+
+NETWORKS = [
+    ("cnn3-tiny", lambda: gls_core.network("cnn3-tiny", "mnist")),
+    ("cnn3", lambda: gls_core.network("cnn3", "mnist")),
+    ("stride-1", lambda: small_cnn(1)),
+    ("stride-2", lambda: small_cnn(2)),
+]
+
+
+def bounds_with(pins: dict[str, str], spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, C: torch.Tensor,
+                method: str, sides: str = "both") -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        for operation, candidate in pins.items():
+            kernels.pin(operation, candidate)
+        with torch.no_grad():
+            return gls_core.compute_bounds(spec, x, 0.1, method, C=C, params=theta, sides=sides)  # type: ignore[arg-type]
+    finally:
+        for operation in pins:
+            kernels.pin(operation, None)
+
+
+@pytest.mark.parametrize("name,make", NETWORKS)
+@pytest.mark.parametrize("method", ["crown-ibp", "deeppoly", "hbox"])
+def test_bounds_equal_under_every_kernel_choice(name: str, make, method: str) -> None:  # type: ignore[no-untyped-def]
+    """Whole relaxations agree whichever candidate each operation runs (selected and all rows included)."""
+    spec = make()
+    generator = torch.Generator().manual_seed(7)
+    theta = gls_core.kaiming_uniform(spec, generator) + 1e-3 * torch.randn(34, spec.num_params, generator=generator)
+    x = torch.rand(3, *spec.input_shape, generator=generator)
+    C = gls_core.margin_spec(torch.tensor([0, 1, 2]), spec.num_outputs)
+    expected = bounds_with({"transpose": "grouped", "concretize": "materialize"}, spec, theta, x, C, method)
+    assert bool(torch.isfinite(expected[0]).all()) and bool((expected[0] <= expected[1]).all())
+    for transpose in kernels.TRANSPOSE:
+        for concretize in CONCRETIZE:
+            got = bounds_with({"transpose": transpose, "concretize": concretize}, spec, theta, x, C, method)
+            for side in range(2):
+                torch.testing.assert_close(got[side], expected[side], rtol=1e-5, atol=1e-5,
+                                           msg=f"{transpose}/{concretize}")
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "deeppoly", "alpha-crown"])
+def test_one_side_equals_that_side_of_both(method: str) -> None:
+    spec = gls_core.network("cnn3-tiny", "mnist")
+    generator = torch.Generator().manual_seed(11)
+    theta = gls_core.kaiming_uniform(spec, generator) + 1e-3 * torch.randn(4, spec.num_params, generator=generator)
+    x = torch.rand(5, 1, 28, 28, generator=generator)
+    C = gls_core.margin_spec(torch.arange(5), 10)
+    with torch.no_grad():
+        lower, upper = gls_core.compute_bounds(spec, x, 0.05, method, C=C, params=theta)
+        only_lower = gls_core.compute_bounds(spec, x, 0.05, method, C=C, params=theta, sides="lower")
+        only_upper = gls_core.compute_bounds(spec, x, 0.05, method, C=C, params=theta, sides="upper")
+    torch.testing.assert_close(only_lower[0], lower, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(only_upper[1], upper, rtol=1e-5, atol=1e-5)
+    assert bool((only_lower[1] == math.inf).all()) and bool((only_upper[0] == -math.inf).all())
+
+
+def test_one_side_keeps_gradients() -> None:
+    spec = gls_core.network("cnn3-tiny", "mnist")
+    theta = gls_core.kaiming_uniform(spec, torch.Generator().manual_seed(0)).unsqueeze(0).requires_grad_(True)
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    _, upper = gls_core.compute_bounds(spec, x, 0.05, "deeppoly", C=gls_core.margin_spec(torch.tensor([3, 4]), 10),
+                                       params=theta, sides="upper")
+    (gradient,) = torch.autograd.grad(gls_core.robust_loss(upper).sum(), theta)
+    assert bool(torch.isfinite(gradient).all()) and float(gradient.abs().sum()) > 0
+
+
+def test_invalid_sides_named() -> None:
+    spec = gls_core.network("cnn3-tiny", "mnist")
+    with pytest.raises(ValueError, match="sides"):
+        gls_core.compute_bounds(spec, torch.rand(1, 1, 28, 28), 0.1, params=torch.zeros(spec.num_params),
+                                sides="top")  # type: ignore[arg-type]
+
+
+def test_selection_measures_caches_and_pins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLS_KERNEL_TUNING", "1")
+    kernels.reset()
+    A, weight = torch.randn(33, 40, 2, 7, 7), torch.randn(33, 2, 2, 4, 4)
+    expected = reference_transpose(A, weight, 2, (1, 1), (14, 14))
+    torch.testing.assert_close(kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14)), expected, rtol=1e-5, atol=1e-5)
+    (choice,) = [c for c in kernels.choices() if c["operation"] == "transpose"]
+    assert choice["chosen"] in kernels.TRANSPOSE
+    assert set(choice["seconds"]) == {"native", "grouped", "dense", "polyphase"}
+    assert choice["seconds"][choice["chosen"]] == min(choice["seconds"].values())
+    kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    assert len(kernels.choices()) == 1  # cached: measured once per key
+    monkeypatch.setenv("GLS_KERNELS", "transpose=polyphase")
+    kernels.reset()
+    kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    assert kernels.choices() == []  # pinned: nothing measured
+    monkeypatch.setenv("GLS_KERNELS", "transpose=fast")
+    with pytest.raises(ValueError, match="unknown transpose kernel 'fast'"):
+        kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    with pytest.raises(ValueError, match="unknown kernel operation"):
+        kernels.pin("gemm", "native")
+
+
+def test_gradients_never_take_the_native_kernels() -> None:
+    A = torch.randn(2, 3, 2, 4, 4, requires_grad=True)
+    weight = torch.randn(2, 2, 1, 3, 3)
+    applies = kernels.TRANSPOSE["native"][1]
+    assert not applies(A, weight, 2, (0, 0), (9, 9))
+    with torch.no_grad():
+        assert applies(A, weight, 2, (0, 0), (9, 9))
