@@ -99,7 +99,8 @@ def _certified_batch(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: tor
                      method: str, options: dict[str, Any]) -> torch.Tensor:
     """Where the relaxation proves every y_i - y_t < 0 on the region: [B] bool."""
     with torch.no_grad():
-        _, upper = compute_bounds(spec, x, eps, method, C=margin_spec(y, spec.num_outputs), params=theta, **options)
+        _, upper = compute_bounds(spec, x, eps, method, C=margin_spec(y, spec.num_outputs), params=theta,
+                                  sides="upper", **options)
     return certified(upper)
 
 

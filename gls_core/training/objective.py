@@ -56,7 +56,7 @@ class Objective:
             return torch.cat(losses)
         assert self.method is not None
         _, upper = compute_bounds(spec, x, eps, self.method, C=margin_spec(y, spec.num_outputs), params=points,
-                                  **self.options)
+                                  sides="upper", **self.options)
         return robust_loss(upper).mean(dim=1)
 
     def losses(self, spec: NetSpec, points: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,

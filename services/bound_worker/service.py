@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import grpc
 import torch
@@ -109,11 +109,13 @@ class BoundWorkerService:
         with self._compute_slot(context):
             started = time.perf_counter()
             spec_matrix = None
-            if job.labels is not None:
+            sides: Literal["both", "upper"] = "both"
+            if job.labels is not None:  # margins: the robust loss and certification read only their upper bounds
                 spec_matrix = margin_spec(job.labels.cpu(), job.spec.num_outputs).to(job.x.device)
+                sides = "upper"
             with torch.no_grad():
                 lower, upper = compute_bounds(job.spec, job.x, job.eps, job.method, C=spec_matrix, params=job.params,
-                                              **job.options)
+                                              sides=sides, **job.options)
             seconds = time.perf_counter() - started
         response = bound_worker_pb2.BoundsResponse(compute_seconds=seconds)
         tensor_to_proto(lower, out=response.lower)
