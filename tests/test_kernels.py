@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import gls_core
 from gls_core.bounds import kernels, native
-from gls_core.bounds.backsub import CONCRETIZE
+from gls_core.bounds.backsub import CONCRETIZE, LAST_RELU_STEP
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -48,6 +48,23 @@ def test_transpose_candidates_equal_reference(device: str, geometry: tuple[int, 
             got = fn(A, weight, stride, crop, size)
             assert got.shape == expected.shape, name
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{name} {geometry} {crop} {size}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("conv", [Conv2d(2, 2, 4, 2, 1), Conv2d(3, 4, 3, 1, 0), Conv2d(2, 1, 5, 3, 2)])
+def test_forward_candidates_equal_reference(device: str, conv: Conv2d) -> None:
+    generator = torch.Generator().manual_seed(conv.kernel)
+    x = torch.randn(5, 3, conv.in_channels, 9, 8, generator=generator).to(device)
+    weight = torch.randn(5, conv.out_channels, conv.in_channels, conv.kernel, conv.kernel, generator=generator)
+    bias = torch.randn(5, conv.out_channels, generator=generator).to(device)
+    weight = weight.to(device)
+    expected = torch.stack([F.conv2d(x[p], weight[p], bias[p], stride=conv.stride, padding=conv.padding)
+                            for p in range(5)])
+    for name, (fn, applies) in kernels.FORWARD.items():
+        assert applies(x, weight, bias, conv), name
+        torch.testing.assert_close(fn(x, weight, bias, conv), expected, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(fn(x, weight, None, conv), expected - bias.view(5, 1, -1, 1, 1), rtol=1e-5,
+                                   atol=1e-5, msg=name)
 
 
 def test_native_kernels_build_here() -> None:
@@ -110,7 +127,7 @@ def bounds_with(pins: dict[str, str], spec: NetSpec, theta: torch.Tensor, x: tor
 
 
 @pytest.mark.parametrize("name,make", NETWORKS)
-@pytest.mark.parametrize("method", ["crown-ibp", "deeppoly", "hbox"])
+@pytest.mark.parametrize("method", ["crown-ibp", "deeppoly", "hbox", "alpha-crown"])
 def test_bounds_equal_under_every_kernel_choice(name: str, make, method: str) -> None:  # type: ignore[no-untyped-def]
     """Whole relaxations agree whichever candidate each operation runs (selected and all rows included)."""
     spec = make()
@@ -118,14 +135,16 @@ def test_bounds_equal_under_every_kernel_choice(name: str, make, method: str) ->
     theta = gls_core.kaiming_uniform(spec, generator) + 1e-3 * torch.randn(34, spec.num_params, generator=generator)
     x = torch.rand(3, *spec.input_shape, generator=generator)
     C = gls_core.margin_spec(torch.tensor([0, 1, 2]), spec.num_outputs)
-    expected = bounds_with({"transpose": "grouped", "concretize": "materialize"}, spec, theta, x, C, method)
+    plain = {"transpose": "grouped", "concretize": "materialize", "relax-concretize": "stepwise", "forward": "grouped"}
+    expected = bounds_with(plain, spec, theta, x, C, method)
     assert bool(torch.isfinite(expected[0]).all()) and bool((expected[0] <= expected[1]).all())
     for transpose in kernels.TRANSPOSE:
         for concretize in CONCRETIZE:
-            got = bounds_with({"transpose": transpose, "concretize": concretize}, spec, theta, x, C, method)
-            for side in range(2):
-                torch.testing.assert_close(got[side], expected[side], rtol=1e-5, atol=1e-5,
-                                           msg=f"{transpose}/{concretize}")
+            for last, forward in zip(LAST_RELU_STEP, ("dense", "grouped", "dense")):
+                pins = {"transpose": transpose, "concretize": concretize, "relax-concretize": last, "forward": forward}
+                got = bounds_with(pins, spec, theta, x, C, method)
+                for side in range(2):
+                    torch.testing.assert_close(got[side], expected[side], rtol=1e-5, atol=1e-5, msg=str(pins))
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp", "deeppoly", "alpha-crown"])

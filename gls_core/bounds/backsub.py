@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 from ..population import conv_transpose_cost, conv_transpose_matrix
-from . import kernels
+from . import kernels, native
 from .types import Box, ReluRelaxation
 
 Sides = Literal["both", "lower", "upper"]
@@ -347,6 +347,9 @@ def _propagate(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int,
     while index >= first_affine:
         layer = spec.layers[index]
         below = spec.layers[index - 1] if index > first_affine else None
+        if isinstance(layer, ReLU) and isinstance(below, Conv2d) and index - 1 == first_affine:
+            return _last_relu_step(coeffs, relaxations[index], spec.weight(params, index - 1),
+                                   spec.bias(params, index - 1), below, box)
         if (isinstance(layer, ReLU) and isinstance(below, Conv2d)
                 and _fusable(coeffs, relaxations[index], spec.weight(params, index - 1), below)):
             coeffs = _relax_then_conv(coeffs, relaxations[index], spec.weight(params, index - 1),
@@ -372,6 +375,91 @@ def _propagate(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int,
     return _concretize(coeffs, box)
 
 
+def _last_relu_step(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
+                    conv: Conv2d, box: Box) -> torch.Tensor:
+    """Rows on the output of the ReLU over the first convolution: relax, pass the convolution, concretise.
+
+    Candidates, chosen by measurement: the native kernel that relaxes each row on the fly and never
+    stores it below the ReLU, the dense fused ReLU-and-convolution matmul, and the step-by-step path.
+    """
+    A = coeffs.A
+    form = "selected" if coeffs.rows is not None else "image" if coeffs.windows is None else "patch"
+    shared = A.stride(1) == 0 or A.shape[1] == 1
+    key = ("relax-concretize", kernels.Geometry.of(A, weight, conv.stride), conv.padding,
+           form, shared, relaxation.lower_slope.dim() == A.dim(), tuple(box.lower.shape[1:]),
+           *kernels.size_key(A.shape[0], math.prod(A.shape[1:4])), *kernels.tensor_key(A, weight, box.lower))
+    args = (coeffs, relaxation, weight, bias, conv, box)
+    name = kernels.choose("relax-concretize", key, LAST_RELU_STEP, args)
+    return LAST_RELU_STEP[name][0](*args)
+
+
+def _last_step_stepwise(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
+                        conv: Conv2d, box: Box) -> torch.Tensor:
+    return _concretize_through_conv(_relax(coeffs, relaxation), weight, bias, conv, box)
+
+
+def _last_step_fused_dense(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
+                           bias: torch.Tensor, conv: Conv2d, box: Box) -> torch.Tensor:
+    return _concretize(_relax_then_conv(coeffs, relaxation, weight, bias, conv), box)
+
+
+def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
+                      conv: Conv2d, box: Box) -> torch.Tensor:
+    A = coeffs.A  # [P, Bx, R, L, O, h, w]
+    members, bx, rows, count = A.shape[:4]
+    batch = box.lower.shape[0]
+    device = A.device
+    per_row = relaxation.lower_slope.dim() == A.dim()
+    if coeffs.rows is not None:  # selected rows, shared by all members: [P, 1, U, 1, ...]
+        index = coeffs.rows[0]
+        grid_count = coeffs.windows.count if coeffs.windows is not None else 1
+        sample, position = index // grid_count, index % grid_count
+        distinct = A.reshape(members, -1, *A.shape[4:])
+        arow = torch.arange(distinct.shape[1], device=device)
+        lmap = sample
+        bias_total = coeffs.bias
+    else:  # row n = (input b, row r, window position l)
+        sample = torch.arange(batch, device=device).repeat_interleave(rows * count)
+        row = torch.arange(rows, device=device).repeat_interleave(count).repeat(batch)
+        position = torch.arange(count, device=device).repeat(batch * rows)
+        if (bx == 1 or A.stride(1) == 0) and (count == 1 or A.stride(3) == 0):
+            distinct, arow = A[:, 0, :, 0], row  # the same rows at every input and position (a target's weights)
+        elif bx == 1 or A.stride(1) == 0:
+            distinct, arow = A[:, 0].reshape(members, rows * count, *A.shape[4:]), row * count + position
+        else:
+            distinct, arow = A.reshape(members, -1, *A.shape[4:]), torch.arange(batch * rows * count, device=device)
+        lmap = sample * rows + row if per_row else sample
+        bias_total = coeffs.bias.expand(members, batch, rows, count)
+    if coeffs.windows is None:
+        origin_y = origin_x = torch.zeros_like(sample)
+    else:
+        windows = coeffs.windows
+        origin_y = (position // windows.grid[1]) * windows.stride - windows.offset
+        origin_x = (position % windows.grid[1]) * windows.stride - windows.offset
+    values = native.relax_concretize(distinct, arow, relaxation.lower_slope, lmap, relaxation.upper_slope,
+                                     relaxation.upper_offset, sample, origin_y, origin_x, weight, bias, conv.padding,
+                                     conv.stride, box.center, box.radius, sample)
+    return bias_total + values.view(bias_total.shape)
+
+
+def _native_last_step_applies(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
+                              bias: torch.Tensor, conv: Conv2d, box: Box) -> bool:
+    tensors = [coeffs.A, relaxation.lower_slope, relaxation.upper_slope, weight, bias, box.lower, box.upper]
+    if relaxation.upper_offset is not None:
+        tensors.append(relaxation.upper_offset)
+    per_row = relaxation.lower_slope.dim() == coeffs.A.dim()
+    return (relaxation.lower_offset is None and not (per_row and coeffs.rows is not None)
+            and kernels.native_applies(conv.kernel, conv.stride, *tensors))
+
+
+LAST_RELU_STEP: kernels.Table = {
+    "native": (_last_step_native, _native_last_step_applies),
+    "fused-dense": (_last_step_fused_dense,
+                    lambda coeffs, relaxation, weight, bias, conv, box: _fusable(coeffs, relaxation, weight, conv)),
+    "stepwise": (_last_step_stepwise, lambda *_: True),
+}
+
+
 def _concretize_through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
                              box: Box) -> torch.Tensor:
     """The last step: rows on the first convolution's output, through it, concretised over the input box.
@@ -380,7 +468,7 @@ def _concretize_through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: t
     coefficients on the input, and the transposed convolution followed by the concretisation.
     """
     A = coeffs.A
-    key = ("concretize", kernels.Geometry.of(A.flatten(0, 3).unsqueeze(0), weight, conv.stride), conv.padding,
+    key = ("concretize", kernels.Geometry.of(A, weight, conv.stride), conv.padding,
            coeffs.windows is not None, coeffs.rows is not None, tuple(box.lower.shape[1:]),
            *kernels.size_key(A.shape[0], math.prod(A.shape[1:4])), *kernels.tensor_key(A, weight, box.lower))
     name = kernels.choose("concretize", key, CONCRETIZE, (coeffs, weight, bias, conv, box))
@@ -429,6 +517,7 @@ CONCRETIZE: kernels.Table = {
     "materialize": (_concretize_materialized, lambda *_: True),
 }
 kernels.OPERATIONS["concretize"] = CONCRETIZE
+kernels.OPERATIONS["relax-concretize"] = LAST_RELU_STEP
 
 
 def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = None,

@@ -9,6 +9,7 @@ import torch
 
 from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU
 from ..population import conv_forward, linear_forward
+from . import kernels
 from .types import Box
 
 
@@ -17,9 +18,12 @@ def interval_affine(spec: NetSpec, params: torch.Tensor, index: int, box: Box, s
     layer = spec.layers[index]
     weight, bias = spec.weight(params, index), spec.bias(params, index)
     center, radius = box.center, box.radius
-    if isinstance(layer, Conv2d):
+    if isinstance(layer, Conv2d) and shared:  # one convolution with P x O output channels
         mid = conv_forward(center, weight, bias, layer, shared)
         rad = conv_forward(radius, weight.abs(), None, layer, shared)
+    elif isinstance(layer, Conv2d):
+        mid = kernels.conv_members(center, weight, bias, layer)
+        rad = kernels.conv_members(radius, weight.abs(), None, layer)
     elif isinstance(layer, Linear):
         mid = linear_forward(center, weight, bias, shared)
         rad = linear_forward(radius, weight.abs(), None, shared)

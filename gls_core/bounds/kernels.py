@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..population import conv_transpose_matrix, conv_transpose_polyphase
+from ..nets.spec import Conv2d, conv_output_size
+from ..population import conv_forward, conv_transpose_matrix, conv_transpose_polyphase
 from . import native
 
 DENSE_MATRIX_FLOATS = 1 << 24  # largest per-chunk dense composition matrix (64 MiB of float32)
@@ -50,7 +51,8 @@ class Geometry:
 
     @staticmethod
     def of(A: torch.Tensor, weight: torch.Tensor, stride: int) -> Geometry:
-        return Geometry(A.shape[2], A.shape[3], A.shape[4], weight.shape[2], weight.shape[3], stride)
+        """From rows whose last three axes are (O, h, w)."""
+        return Geometry(A.shape[-3], A.shape[-2], A.shape[-1], weight.shape[2], weight.shape[3], stride)
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -126,6 +128,54 @@ def conv_transpose(A: torch.Tensor, weight: torch.Tensor, stride: int, crop: tup
     return TRANSPOSE[name][0](A, weight, stride, crop, size)
 
 
+# --- convolution of per-member activations (interval steps): [P, B, C, H, W] -> [P, B, O, Ho, Wo] ----------------
+
+def forward_grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> torch.Tensor:
+    """Members as the groups of one grouped ``conv2d``."""
+    return conv_forward(x, weight, bias, conv)
+
+
+def forward_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> torch.Tensor:
+    """A per-member dense matrix of the convolution (the identity basis convolved), then one ``bmm``."""
+    members, batch = x.shape[:2]
+    size = math.prod(x.shape[2:])
+    basis = torch.eye(size, dtype=x.dtype, device=x.device).view(size, *x.shape[2:])
+    matrix = conv_forward(basis, weight, None, conv, shared_input=True)  # [P, CHW, O, Ho, Wo]
+    out_shape = matrix.shape[2:]
+    flat = x.reshape(members, batch, size)
+    matrix = matrix.reshape(members, size, -1)
+    if bias is None:
+        out = torch.bmm(flat, matrix)
+    else:
+        spread = bias.view(members, 1, -1, 1).expand(members, 1, out_shape[0], math.prod(out_shape[1:]))
+        out = torch.baddbmm(spread.reshape(members, 1, -1), flat, matrix)
+    return out.view(members, batch, *out_shape)
+
+
+def _forward_dense_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> bool:
+    outputs = conv.out_channels * conv_output_size(x.shape[3], conv) * conv_output_size(x.shape[4], conv)
+    return x.shape[0] * math.prod(x.shape[2:]) * outputs <= DENSE_MATRIX_FLOATS
+
+
+FORWARD: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., bool]]] = {
+    "grouped": (forward_grouped, lambda *_: True),
+    "dense": (forward_dense, _forward_dense_fits),
+}
+
+
+def conv_members(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> torch.Tensor:
+    """Per-member activations [P, B, C, H, W] through per-member weights [P, O, C, k, k] (and bias [P, O])."""
+    key = ("forward", conv, tuple(x.shape[2:]), *size_key(x.shape[0], x.shape[1]), *tensor_key(x, weight))
+    name = choose("forward", key, FORWARD, (x, weight, bias, conv), _timing_slice_batch)
+    return FORWARD[name][0](x, weight, bias, conv)
+
+
+def _timing_slice_batch(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    x = args[0]
+    batch = max(1, min(x.shape[1], TIMING_FLOATS // max(1, x[:, :1].numel())))
+    return (x[:, :batch], *args[1:])
+
+
 # --- the last step: rows on the first convolution's output, concretised over the input box -> [P, N] ----------
 
 @dataclass(frozen=True)
@@ -144,11 +194,15 @@ def concretize_native(A: torch.Tensor, weight: torch.Tensor, stride: int, box_ce
                                        placement.origin_y, placement.origin_x)
 
 
+def native_applies(kernel: int, stride: int, *tensors: torch.Tensor) -> bool:
+    """Whether the native kernels can run on these tensors and this geometry (CPU float32, no gradients)."""
+    return not _needs_grad(*tensors) and native.usable(*tensors) and native.supports(kernel, stride)
+
+
 def concretize_applies(A: torch.Tensor, weight: torch.Tensor, stride: int, box_centre: torch.Tensor,
                        box_radius: torch.Tensor) -> bool:
     """Whether the fused native concretisation can run on these tensors (CPU float32, no gradients)."""
-    return (not _needs_grad(A, weight, box_centre, box_radius) and native.usable(A, weight, box_centre, box_radius)
-            and native.supports(weight.shape[3], stride))
+    return native_applies(weight.shape[3], stride, A, weight, box_centre, box_radius)
 
 
 # --- selection ---------------------------------------------------------------------------------------------------
@@ -201,7 +255,7 @@ def tensor_key(*tensors: torch.Tensor) -> tuple[str, str, bool]:
 
 
 Table = dict[str, tuple[Callable[..., Any], Callable[..., bool]]]
-OPERATIONS: dict[str, Table] = {"transpose": TRANSPOSE}
+OPERATIONS: dict[str, Table] = {"transpose": TRANSPOSE, "forward": FORWARD}
 
 
 def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, ...],
@@ -234,9 +288,8 @@ def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, 
 def untimed_order(args: tuple[Any, ...], applicable: list[str]) -> str:
     """The choice without timing: the member-vectorised native kernel for few channels (where it was
     measured fastest on CPUs), else the first applicable torch candidate in the table's order."""
-    A = args[0].A if hasattr(args[0], "A") else args[0]
-    weight = args[1]
-    few_channels = A.shape[-3] * weight.shape[2] <= UNTIMED_NATIVE_CHANNELS
+    weight = next(arg for arg in args[1:] if isinstance(arg, torch.Tensor) and arg.dim() == 5)  # [P, O, C, k, k]
+    few_channels = weight.shape[1] * weight.shape[2] <= UNTIMED_NATIVE_CHANNELS
     torch_candidates = [name for name in applicable if name != "native"]
     if "native" in applicable and (few_channels or not torch_candidates):
         return "native"

@@ -75,6 +75,8 @@ def library() -> ctypes.CDLL | None:
         concretize = getattr(lib, f"gls_conv_rows_concretize{width}")
         transpose.argtypes, transpose.restype = [_ptr, _ptr, _ptr, *([_int64] * 12), _int], None
         concretize.argtypes, concretize.restype = [_ptr] * 8 + [_int64] * 10 + [_int], None
+        relax = getattr(lib, f"gls_relax_concretize{width}")
+        relax.argtypes, relax.restype = [_ptr] * 15 + [_int64] * 13 + [_int], None
     return lib
 
 
@@ -109,7 +111,8 @@ def conv_rows_transpose(A: torch.Tensor, weight: torch.Tensor, stride: int, crop
     kernel_fn = getattr(lib, f"gls_conv_rows_transpose{_width(members)}")
     kernel_fn(A.data_ptr(), weight.data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch, kernel,
               stride, crop[0], crop[1], size[0], size[1], torch.get_num_threads())
-    return out[..., :members].permute(4, 0, 1, 2, 3).contiguous()
+    # A members-last view: the next native kernel reads it without a copy (torch ops accept any strides).
+    return out[..., :members].permute(4, 0, 1, 2, 3)
 
 
 def conv_rows_concretize(A: torch.Tensor, weight: torch.Tensor, stride: int, centre: torch.Tensor,
@@ -137,6 +140,41 @@ def conv_rows_concretize(A: torch.Tensor, weight: torch.Tensor, stride: int, cen
     return out[:, :members].t()
 
 
+def relax_concretize(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Tensor, lmap: torch.Tensor,
+                     upper_slope: torch.Tensor, upper_offset: torch.Tensor | None, umap: torch.Tensor,
+                     origin_y: torch.Tensor, origin_x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     padding: int, stride: int, centre: torch.Tensor, radius: torch.Tensor,
+                     sample: torch.Tensor) -> torch.Tensor:
+    """Rows on a ReLU's output, through its relaxation and the first convolution below it, concretised: [P, N].
+
+    ``A`` [P, M, O, h, w] holds M distinct rows, row n reading ``A[:, arow[n]]``; the relaxation's
+    maps are [P, *, O, H1, W1] (lower slopes indexed by ``lmap``, upper slope and offset by ``umap``);
+    row n's window starts at (origin_y[n], origin_x[n]) of those maps. ``weight`` [P, O, C, k, k]
+    and ``bias`` [P, O] are the convolution's; ``centre``/``radius`` the input box [B, C, H, W].
+    """
+    lib = library()
+    assert lib is not None
+    members, _, out_ch, height, width = A.shape
+    in_ch, kernel = weight.shape[2], weight.shape[3]
+    rows = arow.shape[0]
+    maps_h, maps_w = lower_slope.shape[-2:]
+    A, weight, bias = _members_last(A), _members_last(weight), _members_last(bias)
+    lower = _members_last(lower_slope.reshape(members, -1, out_ch, maps_h, maps_w))
+    upper = _members_last(upper_slope.reshape(members, -1, out_ch, maps_h, maps_w))
+    offset = None if upper_offset is None else _members_last(upper_offset.reshape(members, -1, out_ch, maps_h, maps_w))
+    centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
+    index = [t.to(torch.int64).contiguous() for t in (arow, lmap, umap, origin_y, origin_x, sample)]
+    lanes = A.shape[-1]
+    out = torch.empty(rows, lanes, dtype=A.dtype)
+    kernel_fn = getattr(lib, f"gls_relax_concretize{_width(members)}")
+    kernel_fn(A.data_ptr(), index[0].data_ptr(), lower.data_ptr(), index[1].data_ptr(), upper.data_ptr(),
+              None if offset is None else offset.data_ptr(), index[2].data_ptr(), index[3].data_ptr(),
+              index[4].data_ptr(), weight.data_ptr(), bias.data_ptr(), centre.data_ptr(), radius.data_ptr(),
+              index[5].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch, kernel, stride, padding,
+              maps_h, maps_w, centre.shape[2], centre.shape[3], torch.get_num_threads())
+    return out[:, :members].t()
+
+
 LANES = WIDTHS[-1]  # the widest vector block: populations are chunked in multiples of it
 
 
@@ -144,7 +182,10 @@ def _members_last(t: torch.Tensor) -> torch.Tensor:
     """[P, ...] -> contiguous [..., P'], padded with zero members to whole vector blocks (the kernels vectorise
     over members)."""
     width = _width(t.shape[0])
+    view = t.detach().movedim(0, -1)
+    if t.shape[0] % width == 0 and view.is_contiguous():
+        return view  # already members-last (the output of conv_rows_transpose)
     padded = -(-t.shape[0] // width) * width
     out = t.new_zeros(*t.shape[1:], padded)
-    out[..., : t.shape[0]] = t.detach().movedim(0, -1)
+    out[..., : t.shape[0]] = view
     return out

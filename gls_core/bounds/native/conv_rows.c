@@ -9,11 +9,13 @@
  * Hf = (h-1)*s + k, g(Y, X) = sum over o, ky, kx with Y = i*s + ky, X = j*s + kx of a(o, i, j) w(o, ky, kx).
  *
  * gls_conv_rows_transpose stores g cropped to [y0, y0 + H) x [x0, x0 + W) (zero beyond Hf, Wf).
+ * gls_relax_concretize does the same for rows one ReLU higher, relaxing them on the fly.
  * gls_conv_rows_concretize never stores g: per row and member it returns the minimum over the input
  * box of sum g * x = sum g * centre - |g| * radius, pixel (Y, X) sitting at input position
  * (oy + Y, ox + X) of the row's sample; pixels outside the input map (zero padding) contribute 0.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_TAPS 16

@@ -3,18 +3,19 @@
 #define CAT(a, b) a##b
 #define NAME(a, b) CAT(a, b)
 
-/* acc = g(c, Y, X) of one row for the LANES members from p0. */
-static inline void NAME(pixel, LANES)(const float *a, const float *wt, const plan *pl, int64_t p0, int64_t c, int64_t Y,
-                         int64_t X, vec acc[VECS]) {
+/* acc = g(c, Y, X) of one row for the LANES members from p0; the row's coefficients ``a`` start at
+ * member p0 and step ``stride`` floats from one coefficient to the next (P, or LANES in a row buffer). */
+static inline void NAME(pixel, LANES)(const float *a, int64_t stride, const float *wt, const plan *pl, int64_t p0,
+                                      int64_t c, int64_t Y, int64_t X, vec acc[VECS]) {
     const int64_t P = pl->P, h = pl->h, w = pl->w, C = pl->C, k = pl->k;
     for (int v = 0; v < VECS; ++v) acc[v] = (vec){0};
     const int ny = pl->ny[Y], nx = pl->nx[X];
     for (int64_t o = 0; o < pl->O; ++o) {
         for (int ty = 0; ty < ny; ++ty) {
-            const float *arow = a + ((o * h + pl->iy[Y][ty]) * w) * P + p0;
+            const float *arow = a + ((o * h + pl->iy[Y][ty]) * w) * stride;
             const float *wrow = wt + (((o * C + c) * k + pl->ky[Y][ty]) * k) * P + p0;
             for (int tx = 0; tx < nx; ++tx) {
-                const vec *av = (const vec *)(arow + pl->jx[X][tx] * P);
+                const vec *av = (const vec *)(arow + pl->jx[X][tx] * stride);
                 const vec *wv = (const vec *)(wrow + pl->kx[X][tx] * P);
                 for (int v = 0; v < VECS; ++v) acc[v] += av[v] * wv[v];
             }
@@ -43,7 +44,7 @@ void NAME(gls_conv_rows_transpose, LANES)(const float *A, const float *Wt, float
                             for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
                             continue;
                         }
-                        NAME(pixel, LANES)(a, Wt, &pl, p0, c, Y, X, acc);
+                        NAME(pixel, LANES)(a + p0, P, Wt, &pl, p0, c, Y, X, acc);
                         for (int v = 0; v < VECS; ++v) dst[v] = acc[v];
                     }
                 }
@@ -76,7 +77,7 @@ void NAME(gls_conv_rows_concretize, LANES)(const float *A, const float *Wt, cons
                         const int64_t col = origin_x[n] + X;
                         if (col < 0 || col >= Win) continue;
                         const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
-                        NAME(pixel, LANES)(a, Wt, &pl, p0, c, Y, X, acc);
+                        NAME(pixel, LANES)(a + p0, P, Wt, &pl, p0, c, Y, X, acc);
                         for (int v = 0; v < VECS; ++v) {
                             const vec magnitude = (vec)((ivec)acc[v] & mask);
 
@@ -88,6 +89,88 @@ void NAME(gls_conv_rows_concretize, LANES)(const float *A, const float *Wt, cons
             float *dst = out + n * P + p0;
             memcpy(dst, total, sizeof(float) * LANES);
         }
+    }
+}
+
+/* Rows on the output of a ReLU over the first convolution's output, through the ReLU's relaxation and
+ * the convolution, concretised over the input box: per row and member,
+ *   sum_q a'_q (b1_q + [conv1 . x]_q) + sum_q min(a_q, 0) uo_q,  a' = max(a, 0) ls + min(a, 0) us,
+ * minimised over the box. Row n reads coefficients A[arow[n]] ([O][h][w][P], shared by rows that
+ * share weights), lower slopes from map lmap[n] and upper slope / offset from map umap[n] of the
+ * relaxation ([*][O][H1][W1][P], zero outside the map), its window starting at (oy[n], ox[n]) of
+ * that map; the input box is the sample's. The relaxed row lives only in a per-thread buffer. */
+void NAME(gls_relax_concretize, LANES)(const float *A, const int64_t *arow, const float *ls, const int64_t *lmap,
+                                       const float *us, const float *uo, const int64_t *umap, const int64_t *oy,
+                                       const int64_t *ox, const float *Wt, const float *bias, const float *centre,
+                                       const float *radius, const int64_t *sample, float *out, int64_t P, int64_t N,
+                                       int64_t O, int64_t h, int64_t w, int64_t C, int64_t k, int64_t s,
+                                       int64_t pad, int64_t H1, int64_t W1, int64_t Hin, int64_t Win, int threads) {
+    PLAN(pl);
+    const int64_t blocks = P / LANES, in_size = O * h * w * P, map_size = O * H1 * W1 * P;
+    const int64_t box_size = C * Hin * Win, row_floats = O * h * w * LANES;
+    typedef int ivec __attribute__((vector_size(32)));
+    const ivec mask = (ivec){0} + 0x7fffffff;
+#pragma omp parallel num_threads(threads)
+    {
+        float *relaxed = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                const float *a = A + arow[n] * in_size + p0;
+                const float *lmaps = ls + lmap[n] * map_size + p0, *umaps = us + umap[n] * map_size + p0;
+                const float *omaps = uo ? uo + umap[n] * map_size + p0 : 0;
+                vec offset[VECS];
+                for (int v = 0; v < VECS; ++v) offset[v] = (vec){0};
+                for (int64_t o = 0; o < O; ++o) {
+                    const vec *bv = (const vec *)(bias + o * P + p0);
+                    for (int64_t i = 0; i < h; ++i) {
+                        const int64_t y = oy[n] + i;
+                        for (int64_t j = 0; j < w; ++j) {
+                            const int64_t x = ox[n] + j, q = (o * h + i) * w + j;
+                            vec *dst = (vec *)(relaxed + q * LANES);
+                            if (y < 0 || y >= H1 || x < 0 || x >= W1) {
+                                for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
+                                continue;
+                            }
+                            const int64_t at = ((o * H1 + y) * W1 + x) * P;
+                            const vec *av = (const vec *)(a + q * P);
+                            const vec *lv = (const vec *)(lmaps + at), *uv = (const vec *)(umaps + at);
+                            for (int v = 0; v < VECS; ++v) {
+                                const vec zero = (vec){0};
+                                const vec positive = (vec)((ivec)av[v] & (av[v] > zero));
+                                const vec negative = av[v] - positive;
+                                dst[v] = positive * lv[v] + negative * uv[v];
+                                offset[v] += dst[v] * bv[v];
+                                if (omaps) offset[v] += negative * ((const vec *)(omaps + at))[v];
+                            }
+                        }
+                    }
+                }
+                const float *cen = centre + sample[n] * box_size, *rad = radius + sample[n] * box_size;
+                const int64_t origin_y = oy[n] * s - pad, origin_x = ox[n] * s - pad;
+                vec acc[VECS], total[VECS];
+                for (int v = 0; v < VECS; ++v) total[v] = offset[v];
+                for (int64_t c = 0; c < C; ++c) {
+                    for (int64_t Y = 0; Y < Hf; ++Y) {
+                        const int64_t row = origin_y + Y;
+                        if (row < 0 || row >= Hin) continue;
+                        for (int64_t X = 0; X < Wf; ++X) {
+                            const int64_t col = origin_x + X;
+                            if (col < 0 || col >= Win) continue;
+                            const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
+                            NAME(pixel, LANES)(relaxed, LANES, Wt, &pl, p0, c, Y, X, acc);
+                            for (int v = 0; v < VECS; ++v) {
+                                const vec magnitude = (vec)((ivec)acc[v] & mask);
+                                total[v] += acc[v] * cv - magnitude * rv;
+                            }
+                        }
+                    }
+                }
+                memcpy(out + n * P + p0, total, sizeof(float) * LANES);
+            }
+        }
+        free(relaxed);
     }
 }
 
