@@ -5,8 +5,8 @@
 Grid: for each (method, net, P, B) with kaiming weights, member-samples per second of the population
 call (upper bounds of the margins, as the robust loss and certification ask), the same for our own
 per-member loop (each member's weights loaded into an ``nn.Sequential`` and bounded alone, timed on a
-few members), the ratio, peak resident memory (CPU) and the achieved matmul/convolution GFLOP/s
-(``torch.utils.flop_counter``) against this machine's float32 matmul rate measured in the same run.
+few members), the ratio and peak resident memory (CPU) or allocated memory (CUDA). The float32 matmul
+rate of the device, measured at the start, says how fast the machine was during the run.
 
 Step: the bounds time of one PGPE step on PGD-trained weights (the workload the paper trains with:
 P = 256, B = 512 on CNN3-tiny and CNN3), and the RGS case on CNN5 (P = 2) and one network. The PGD
@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from gls_core import compute_bounds, kaiming_uniform, margin_spec, network, to_sequential
 from gls_core.bounds import kernels
@@ -69,7 +68,6 @@ class Record:
     loop_member_samples_per_s: float | None
     speedup: float | None
     peak_mem_mb: float
-    gflops_achieved: float | None
     matmul_gflops: float
     mean_upper: float
 
@@ -125,7 +123,7 @@ def pgd_weights(net: str) -> torch.Tensor:
         print(f"training the PGD warm start {preset.name} (3 epochs) into {cache} ...", flush=True)
         gls = str(Path(sys.executable).with_name("gls"))
         subprocess.run([gls, "train", str(preset), "--out", str(cache), "--force", "--set", "schedule.epochs=3",
-                        "--set", "schedule.lr_milestones=[]", "--set", "evaluation.test_subset=100"],
+                        "--set", "schedule.lr_milestones=[]", "--set", "data.test_subset=100"],
                        check=True, stdout=subprocess.DEVNULL)
     _, theta, _ = load_model(model)
     return theta
@@ -152,11 +150,6 @@ def run(net: str, members: int, batch: int, method: str, eps: float, loop_member
         synchronize(device)
         seconds = time.perf_counter() - start
         peak = peak_memory_mb(device)
-        flops = None
-        if not trained:
-            with FlopCounterMode(display=False) as counter:
-                bound(spec, x, eps, method, C, population[: min(members, 4)])
-            flops = counter.get_total_flops() * members / min(members, 4)
         loop_throughput = None
         if loop_members > 0:
             looped = min(members, loop_members)
@@ -168,8 +161,8 @@ def run(net: str, members: int, batch: int, method: str, eps: float, loop_member
             loop_throughput = looped * batch / (time.perf_counter() - start)
     throughput = members * batch / seconds
     return Record(method, net, "pgd" if trained else "kaiming", members, batch, eps, seconds, throughput,
-                  loop_throughput, None if loop_throughput is None else throughput / loop_throughput, peak,
-                  None if flops is None else flops / seconds / 1e9, rate, float(upper.mean()))
+                  loop_throughput, None if loop_throughput is None else throughput / loop_throughput, peak, rate,
+                  float(upper.mean()))
 
 
 def main() -> None:
@@ -194,14 +187,14 @@ def main() -> None:
     records: list[Record] = []
     if not args.skip_grid:
         print(f"{'method':<12}{'net':<6}{'P':>5}{'B':>5}{'member-samples/s':>18}{'loop':>10}{'pop/loop':>9}"
-              f"{'peak MB':>9}{'GFLOP/s':>9}{'of matmul':>10}")
+              f"{'peak MB':>9}")
         for net, members, batch, methods in grid:
             for method in (m for m in methods if m in chosen):
                 r = run(net, members, batch, method, args.eps, args.loop_members, rate, device, trained=False)
                 records.append(r)
                 print(f"{r.method:<12}{r.net:<6}{r.P:>5}{r.B:>5}{r.member_samples_per_s:>18.0f}"
-                      f"{r.loop_member_samples_per_s or 0:>10.0f}{r.speedup or 0:>8.1f}x{r.peak_mem_mb:>9.0f}"
-                      f"{r.gflops_achieved or 0:>9.1f}{(r.gflops_achieved or 0) / rate:>10.1%}", flush=True)
+                      f"{r.loop_member_samples_per_s or 0:>10.0f}{r.speedup or 0:>8.1f}x{r.peak_mem_mb:>9.0f}",
+                      flush=True)
     if not args.skip_step:
         print(f"\nPGPE step on PGD-trained weights (upper bounds of the margins, eps {args.eps})")
         print(f"{'method':<12}{'net':<11}{'P':>5}{'B':>5}{'s / step':>10}{'member-samples/s':>18}{'peak MB':>9}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -436,10 +436,89 @@ def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: 
         windows = coeffs.windows
         origin_y = (position // windows.grid[1]) * windows.stride - windows.offset
         origin_x = (position % windows.grid[1]) * windows.stride - windows.offset
-    values = native.relax_concretize(distinct, arow, relaxation.lower_slope, lmap, relaxation.upper_slope,
-                                     relaxation.upper_offset, sample, origin_y, origin_x, weight, bias, conv.padding,
-                                     conv.stride, box.center, box.radius, sample)
+    args = (distinct, relaxation.lower_slope, relaxation.upper_slope, relaxation.upper_offset, weight, bias,
+            box.center, box.radius, arow, lmap, sample, origin_y, origin_x, sample, conv.padding, conv.stride)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
+        values = _RelaxConcretize.apply(*args)
+    else:
+        values = native.relax_concretize(*_native_order(*args))
     return bias_total + values.view(bias_total.shape)
+
+
+def _native_order(distinct: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, offset: torch.Tensor | None,
+                  weight: torch.Tensor, bias: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor,
+                  arow: torch.Tensor, lmap: torch.Tensor, umap: torch.Tensor, origin_y: torch.Tensor,
+                  origin_x: torch.Tensor, sample: torch.Tensor, padding: int, stride: int) -> tuple[Any, ...]:
+    return (distinct, arow, lower, lmap, upper, offset, umap, origin_y, origin_x, weight, bias, padding, stride,
+            centre, radius, sample)
+
+
+class _RelaxConcretize(torch.autograd.Function):
+    """The native last step with gradients in the rows and the relaxation (alpha-CROWN's slopes): whole-map rows.
+
+    d/d(relaxed row) comes from the native dual kernel; the chain through a' = a+ ls + a- us (and
+    the offset term a- uo) is applied here, summed over rows that share coefficients or maps.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> torch.Tensor:
+        ctx.save_for_backward(*(t for t in args[:14] if t is not None))
+        ctx.has_offset, ctx.geometry = args[3] is not None, args[14:]
+        return native.relax_concretize(*_native_order(*args))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = list(ctx.saved_tensors)
+        if not ctx.has_offset:
+            saved.insert(3, None)
+        distinct, lower, upper, offset, weight, bias, centre, radius, arow, lmap, umap, oy, ox, sample = saved
+        args = (distinct, lower, upper, offset, weight, bias, centre, radius, arow, lmap, umap, oy, ox, sample,
+                *ctx.geometry)
+        maps_shape = (distinct.shape[0], -1, *distinct.shape[2:])
+        dual = native.relax_dual(*_native_order(*args)) * grad[..., None, None, None]  # d value / d a'
+        gather, scatter = _RowMaps(arow, distinct.shape[1]), _RowMaps(lmap, lower.reshape(maps_shape).shape[1])
+        by_sample = _RowMaps(umap, upper.reshape(maps_shape).shape[1])
+        a = gather.rows(distinct)
+        positive, negative = a.clamp(min=0), a.clamp(max=0)
+        grads: list[torch.Tensor | None] = [None] * 16
+        if ctx.needs_input_grad[0]:
+            row_grad = dual * torch.where(a > 0, scatter.rows(lower.reshape(maps_shape)),
+                                          by_sample.rows(upper.reshape(maps_shape)))
+            if offset is not None:
+                row_grad = row_grad + (a < 0) * by_sample.rows(offset.reshape(maps_shape)) * grad[..., None, None, None]
+            grads[0] = gather.sum(row_grad)
+        if ctx.needs_input_grad[1]:
+            grads[1] = scatter.sum(dual * positive).view(lower.shape)
+        if ctx.needs_input_grad[2]:
+            grads[2] = by_sample.sum(dual * negative).view(upper.shape)
+        if offset is not None and ctx.needs_input_grad[3]:
+            grads[3] = by_sample.sum(negative * grad[..., None, None, None]).view(offset.shape)
+        return tuple(grads)
+
+
+class _RowMaps:
+    """Rows reading M maps through an index: identity, regular repetition (row n reads n // r), or general."""
+
+    def __init__(self, index: torch.Tensor, maps: int) -> None:
+        self.index, self.maps = index, maps
+        rows = index.shape[0]
+        self.repeat = rows // maps if rows % maps == 0 else 0
+        regular = torch.arange(maps, device=index.device).repeat_interleave(self.repeat) if self.repeat else None
+        self.regular = regular is not None and bool(torch.equal(regular, index))
+
+    def rows(self, maps: torch.Tensor) -> torch.Tensor:
+        """[P, M, ...] -> [P, N, ...] (a broadcast view when regular)."""
+        if self.regular:
+            shape = maps.shape
+            return maps.unsqueeze(2).expand(shape[0], shape[1], self.repeat, *shape[2:]).flatten(1, 2)
+        return maps.index_select(1, self.index)
+
+    def sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """[P, N, ...] -> [P, M, ...], adding the rows that read each map."""
+        if self.regular:
+            return rows.view(rows.shape[0], self.maps, self.repeat, *rows.shape[2:]).sum(2)
+        return torch.zeros(rows.shape[0], self.maps, *rows.shape[2:], dtype=rows.dtype,
+                           device=rows.device).index_add_(1, self.index, rows)
 
 
 def _native_last_step_applies(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
@@ -448,8 +527,13 @@ def _native_last_step_applies(coeffs: Coefficients, relaxation: ReluRelaxation, 
     if relaxation.upper_offset is not None:
         tensors.append(relaxation.upper_offset)
     per_row = relaxation.lower_slope.dim() == coeffs.A.dim()
-    return (relaxation.lower_offset is None and not (per_row and coeffs.rows is not None)
-            and kernels.native_applies(conv.kernel, conv.stride, *tensors))
+    if relaxation.lower_offset is not None or (per_row and coeffs.rows is not None):
+        return False
+    if any(t.requires_grad for t in tensors[:3]) and torch.is_grad_enabled():  # gradients: whole-map rows only
+        whole_map = coeffs.windows is None and coeffs.rows is None
+        return whole_map and kernels.native_applies(conv.kernel, conv.stride, *tensors[3:]) and native.usable(
+            *tensors[:3])
+    return kernels.native_applies(conv.kernel, conv.stride, *tensors)
 
 
 LAST_RELU_STEP: kernels.Table = {

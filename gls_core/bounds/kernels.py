@@ -189,9 +189,31 @@ class RowPlacement:
 
 def concretize_native(A: torch.Tensor, weight: torch.Tensor, stride: int, box_centre: torch.Tensor,
                       box_radius: torch.Tensor, placement: RowPlacement) -> torch.Tensor:
-    """The C kernel: never stores the coefficients on the input (no gradients)."""
-    return native.conv_rows_concretize(A, weight, stride, box_centre, box_radius, placement.sample,
-                                       placement.origin_y, placement.origin_x)
+    """The C kernel: never stores the coefficients on the input; differentiable in the rows ``A`` only
+    (what alpha-CROWN's slope optimisation needs)."""
+    index = (placement.sample, placement.origin_y, placement.origin_x)
+    if torch.is_grad_enabled() and A.requires_grad:
+        result: torch.Tensor = _NativeConcretize.apply(A, weight, stride, box_centre, box_radius, *index)
+        return result
+    return native.conv_rows_concretize(A, weight, stride, box_centre, box_radius, *index)
+
+
+class _NativeConcretize(torch.autograd.Function):
+    """The native concretisation with its gradient in the rows: centre - sign(g) radius, correlated with the weights."""
+
+    @staticmethod
+    def forward(ctx: Any, A: torch.Tensor, weight: torch.Tensor, stride: int, centre: torch.Tensor,
+                radius: torch.Tensor, sample: torch.Tensor, origin_y: torch.Tensor,
+                origin_x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(A, weight, centre, radius, sample, origin_y, origin_x)
+        ctx.stride = stride
+        return native.conv_rows_concretize(A, weight, stride, centre, radius, sample, origin_y, origin_x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        A, weight, centre, radius, sample, origin_y, origin_x = ctx.saved_tensors
+        dual = native.conv_rows_dual(A, weight, ctx.stride, centre, radius, sample, origin_y, origin_x)
+        return (grad[..., None, None, None] * dual, *([None] * 7))
 
 
 def native_applies(kernel: int, stride: int, *tensors: torch.Tensor) -> bool:
@@ -201,8 +223,8 @@ def native_applies(kernel: int, stride: int, *tensors: torch.Tensor) -> bool:
 
 def concretize_applies(A: torch.Tensor, weight: torch.Tensor, stride: int, box_centre: torch.Tensor,
                        box_radius: torch.Tensor) -> bool:
-    """Whether the fused native concretisation can run on these tensors (CPU float32, no gradients)."""
-    return native_applies(weight.shape[3], stride, A, weight, box_centre, box_radius)
+    """Whether the fused native concretisation can run on these tensors (CPU float32; gradients in A only)."""
+    return native_applies(weight.shape[3], stride, weight, box_centre, box_radius) and native.usable(A)
 
 
 # --- selection ---------------------------------------------------------------------------------------------------

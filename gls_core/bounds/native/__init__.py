@@ -75,8 +75,11 @@ def library() -> ctypes.CDLL | None:
         concretize = getattr(lib, f"gls_conv_rows_concretize{width}")
         transpose.argtypes, transpose.restype = [_ptr, _ptr, _ptr, *([_int64] * 12), _int], None
         concretize.argtypes, concretize.restype = [_ptr] * 8 + [_int64] * 10 + [_int], None
-        relax = getattr(lib, f"gls_relax_concretize{width}")
-        relax.argtypes, relax.restype = [_ptr] * 15 + [_int64] * 13 + [_int], None
+        dual = getattr(lib, f"gls_conv_rows_dual{width}")
+        dual.argtypes, dual.restype = [_ptr] * 8 + [_int64] * 10 + [_int], None
+        for name in ("gls_relax_concretize", "gls_relax_dual"):
+            relax = getattr(lib, f"{name}{width}")
+            relax.argtypes, relax.restype = [_ptr] * 15 + [_int64] * 13 + [_int], None
     return lib
 
 
@@ -140,6 +143,25 @@ def conv_rows_concretize(A: torch.Tensor, weight: torch.Tensor, stride: int, cen
     return out[:, :members].t()
 
 
+def conv_rows_dual(A: torch.Tensor, weight: torch.Tensor, stride: int, centre: torch.Tensor, radius: torch.Tensor,
+                   sample: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`conv_rows_concretize` with respect to the rows ``A``: [P, N, O, h, w]."""
+    lib = library()
+    assert lib is not None
+    members, rows, out_ch, height, width = A.shape
+    in_ch, kernel = weight.shape[2], weight.shape[3]
+    A, weight = _members_last(A), _members_last(weight)
+    centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
+    index = [t.to(torch.int64).contiguous() for t in (sample, origin_y, origin_x)]
+    lanes = A.shape[-1]
+    out = torch.empty(rows, out_ch, height, width, lanes, dtype=A.dtype)
+    kernel_fn = getattr(lib, f"gls_conv_rows_dual{_width(members)}")
+    kernel_fn(A.data_ptr(), weight.data_ptr(), centre.data_ptr(), radius.data_ptr(), index[0].data_ptr(),
+              index[1].data_ptr(), index[2].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch,
+              kernel, stride, centre.shape[2], centre.shape[3], torch.get_num_threads())
+    return out[..., :members].permute(4, 0, 1, 2, 3)
+
+
 def relax_concretize(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Tensor, lmap: torch.Tensor,
                      upper_slope: torch.Tensor, upper_offset: torch.Tensor | None, umap: torch.Tensor,
                      origin_y: torch.Tensor, origin_x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -152,11 +174,39 @@ def relax_concretize(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Ten
     row n's window starts at (origin_y[n], origin_x[n]) of those maps. ``weight`` [P, O, C, k, k]
     and ``bias`` [P, O] are the convolution's; ``centre``/``radius`` the input box [B, C, H, W].
     """
+    members, rows = A.shape[0], arow.shape[0]
+    out = torch.empty(rows, _lanes(members), dtype=A.dtype)
+    _relax_kernel("gls_relax_concretize", out, A, arow, lower_slope, lmap, upper_slope, upper_offset, umap, origin_y,
+                  origin_x, weight, bias, padding, stride, centre, radius, sample)
+    return out[:, :members].t()
+
+
+def relax_dual(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Tensor, lmap: torch.Tensor,
+               upper_slope: torch.Tensor, upper_offset: torch.Tensor | None, umap: torch.Tensor,
+               origin_y: torch.Tensor, origin_x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               padding: int, stride: int, centre: torch.Tensor, radius: torch.Tensor,
+               sample: torch.Tensor) -> torch.Tensor:
+    """The gradient of :func:`relax_concretize` with respect to each row's relaxed coefficients: [P, N, O, h, w]."""
+    members, rows = A.shape[0], arow.shape[0]
+    out = torch.empty(rows, *A.shape[2:], _lanes(members), dtype=A.dtype)
+    _relax_kernel("gls_relax_dual", out, A, arow, lower_slope, lmap, upper_slope, upper_offset, umap, origin_y,
+                  origin_x, weight, bias, padding, stride, centre, radius, sample)
+    return out[..., :members].permute(4, 0, 1, 2, 3)
+
+
+def _lanes(members: int) -> int:
+    width = _width(members)
+    return -(-members // width) * width
+
+
+def _relax_kernel(name: str, out: torch.Tensor, A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Tensor,
+                  lmap: torch.Tensor, upper_slope: torch.Tensor, upper_offset: torch.Tensor | None, umap: torch.Tensor,
+                  origin_y: torch.Tensor, origin_x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  padding: int, stride: int, centre: torch.Tensor, radius: torch.Tensor, sample: torch.Tensor) -> None:
     lib = library()
     assert lib is not None
     members, _, out_ch, height, width = A.shape
     in_ch, kernel = weight.shape[2], weight.shape[3]
-    rows = arow.shape[0]
     maps_h, maps_w = lower_slope.shape[-2:]
     A, weight, bias = _members_last(A), _members_last(weight), _members_last(bias)
     lower = _members_last(lower_slope.reshape(members, -1, out_ch, maps_h, maps_w))
@@ -164,15 +214,12 @@ def relax_concretize(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Ten
     offset = None if upper_offset is None else _members_last(upper_offset.reshape(members, -1, out_ch, maps_h, maps_w))
     centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
     index = [t.to(torch.int64).contiguous() for t in (arow, lmap, umap, origin_y, origin_x, sample)]
-    lanes = A.shape[-1]
-    out = torch.empty(rows, lanes, dtype=A.dtype)
-    kernel_fn = getattr(lib, f"gls_relax_concretize{_width(members)}")
+    kernel_fn = getattr(lib, f"{name}{_width(members)}")
     kernel_fn(A.data_ptr(), index[0].data_ptr(), lower.data_ptr(), index[1].data_ptr(), upper.data_ptr(),
               None if offset is None else offset.data_ptr(), index[2].data_ptr(), index[3].data_ptr(),
               index[4].data_ptr(), weight.data_ptr(), bias.data_ptr(), centre.data_ptr(), radius.data_ptr(),
-              index[5].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch, kernel, stride, padding,
-              maps_h, maps_w, centre.shape[2], centre.shape[3], torch.get_num_threads())
-    return out[:, :members].t()
+              index[5].data_ptr(), out.data_ptr(), A.shape[-1], index[0].shape[0], out_ch, height, width, in_ch,
+              kernel, stride, padding, maps_h, maps_w, centre.shape[2], centre.shape[3], torch.get_num_threads())
 
 
 LANES = WIDTHS[-1]  # the widest vector block: populations are chunked in multiples of it

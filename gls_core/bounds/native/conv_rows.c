@@ -10,6 +10,7 @@
  *
  * gls_conv_rows_transpose stores g cropped to [y0, y0 + H) x [x0, x0 + W) (zero beyond Hf, Wf).
  * gls_relax_concretize does the same for rows one ReLU higher, relaxing them on the fly.
+ * gls_conv_rows_dual is the gradient of gls_conv_rows_concretize with respect to the rows.
  * gls_conv_rows_concretize never stores g: per row and member it returns the minimum over the input
  * box of sum g * x = sum g * centre - |g| * radius, pixel (Y, X) sitting at input position
  * (oy + Y, ox + X) of the row's sample; pixels outside the input map (zero padding) contribute 0.
@@ -21,6 +22,7 @@
 #define MAX_TAPS 16
 
 typedef float vec __attribute__((vector_size(32), aligned(4)));  /* 8 floats, unaligned loads */
+typedef int ivec_t __attribute__((vector_size(32)));
 
 typedef struct {
     int64_t P, O, h, w, C, k;

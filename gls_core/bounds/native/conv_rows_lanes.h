@@ -23,6 +23,89 @@ static inline void NAME(pixel, LANES)(const float *a, int64_t stride, const floa
     }
 }
 
+/* Row n relaxed through the ReLU into ``relaxed`` ([O][h][w][LANES]); ``offset`` gets
+ * sum a' b1 + sum min(a, 0) uo. Pointers start at member p0 of row n's coefficients and maps. */
+static inline void NAME(relax_row, LANES)(const float *a, const float *lmaps, const float *umaps, const float *omaps,
+                                          const float *bias, int64_t P, int64_t O, int64_t h, int64_t w, int64_t H1,
+                                          int64_t W1, int64_t oy, int64_t ox, float *relaxed, vec offset[VECS]) {
+    for (int v = 0; v < VECS; ++v) offset[v] = (vec){0};
+    for (int64_t o = 0; o < O; ++o) {
+        const vec *bv = (const vec *)(bias + o * P);
+        for (int64_t i = 0; i < h; ++i) {
+            const int64_t y = oy + i;
+            for (int64_t j = 0; j < w; ++j) {
+                const int64_t x = ox + j, q = (o * h + i) * w + j;
+                vec *dst = (vec *)(relaxed + q * LANES);
+                if (y < 0 || y >= H1 || x < 0 || x >= W1) {
+                    for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
+                    continue;
+                }
+                const int64_t at = ((o * H1 + y) * W1 + x) * P;
+                const vec *av = (const vec *)(a + q * P);
+                const vec *lv = (const vec *)(lmaps + at), *uv = (const vec *)(umaps + at);
+                for (int v = 0; v < VECS; ++v) {
+                    const vec zero = (vec){0};
+                    const vec positive = (vec)((ivec_t)av[v] & (av[v] > zero));
+                    const vec negative = av[v] - positive;
+                    dst[v] = positive * lv[v] + negative * uv[v];
+                    offset[v] += dst[v] * bv[v];
+                    if (omaps) offset[v] += negative * ((const vec *)(omaps + at))[v];
+                }
+            }
+        }
+    }
+}
+
+/* d(concretised value)/d(relaxed row) for rows relaxed in ``relaxed`` ([O][h][w][LANES]): the
+ * convolution bias plus centre - sign(g) radius correlated with the weights, into dual (row stride P). */
+static inline void NAME(row_dual, LANES)(const float *relaxed, const float *Wt, const float *bias, const plan *pl,
+                                         int64_t p0, int64_t s, const float *cen, const float *rad, int64_t origin_y,
+                                         int64_t origin_x, int64_t Hin, int64_t Win, float *m, float *dual) {
+    const int64_t P = pl->P, O = pl->O, h = pl->h, w = pl->w, C = pl->C, k = pl->k;
+    const int64_t Hf = (h - 1) * s + k, Wf = (w - 1) * s + k;
+    vec acc[VECS];
+    for (int64_t c = 0; c < C; ++c) {
+        for (int64_t Y = 0; Y < Hf; ++Y) {
+            const int64_t row = origin_y + Y;
+            for (int64_t X = 0; X < Wf; ++X) {
+                const int64_t col = origin_x + X;
+                vec *dst = (vec *)(m + ((c * Hf + Y) * Wf + X) * LANES);
+                if (row < 0 || row >= Hin || col < 0 || col >= Win) {
+                    for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
+                    continue;
+                }
+                const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
+                NAME(pixel, LANES)(relaxed, LANES, Wt, pl, p0, c, Y, X, acc);
+                for (int v = 0; v < VECS; ++v) {
+                    const vec zero = (vec){0}, r = (vec){0} + rv;
+                    const vec up = (vec)((ivec_t)r & (acc[v] > zero)), down = (vec)((ivec_t)r & (acc[v] < zero));
+                    dst[v] = cv - up + down;
+                }
+            }
+        }
+    }
+    for (int64_t o = 0; o < O; ++o) {
+        for (int64_t i = 0; i < h; ++i) {
+            for (int64_t j = 0; j < w; ++j) {
+                vec total[VECS];
+                for (int v = 0; v < VECS; ++v) total[v] = bias ? ((const vec *)(bias + o * P + p0))[v] : (vec){0};
+                for (int64_t c = 0; c < C; ++c) {
+                    for (int64_t ky = 0; ky < k; ++ky) {
+                        const float *mrow = m + ((c * Hf + i * s + ky) * Wf + j * s) * LANES;
+                        const float *wrow = Wt + (((o * C + c) * k + ky) * k) * P + p0;
+                        for (int64_t kx = 0; kx < k; ++kx) {
+                            const vec *mv = (const vec *)(mrow + kx * LANES);
+                            const vec *wv = (const vec *)(wrow + kx * P);
+                            for (int v = 0; v < VECS; ++v) total[v] += mv[v] * wv[v];
+                        }
+                    }
+                }
+                memcpy(dual + ((o * h + i) * w + j) * P + p0, total, sizeof(float) * LANES);
+            }
+        }
+    }
+}
+
 void NAME(gls_conv_rows_transpose, LANES)(const float *A, const float *Wt, float *out, int64_t P, int64_t N,
                              int64_t O, int64_t h, int64_t w, int64_t C, int64_t k, int64_t s,
                              int64_t y0, int64_t x0, int64_t H, int64_t W, int threads) {
@@ -121,32 +204,8 @@ void NAME(gls_relax_concretize, LANES)(const float *A, const int64_t *arow, cons
                 const float *lmaps = ls + lmap[n] * map_size + p0, *umaps = us + umap[n] * map_size + p0;
                 const float *omaps = uo ? uo + umap[n] * map_size + p0 : 0;
                 vec offset[VECS];
-                for (int v = 0; v < VECS; ++v) offset[v] = (vec){0};
-                for (int64_t o = 0; o < O; ++o) {
-                    const vec *bv = (const vec *)(bias + o * P + p0);
-                    for (int64_t i = 0; i < h; ++i) {
-                        const int64_t y = oy[n] + i;
-                        for (int64_t j = 0; j < w; ++j) {
-                            const int64_t x = ox[n] + j, q = (o * h + i) * w + j;
-                            vec *dst = (vec *)(relaxed + q * LANES);
-                            if (y < 0 || y >= H1 || x < 0 || x >= W1) {
-                                for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
-                                continue;
-                            }
-                            const int64_t at = ((o * H1 + y) * W1 + x) * P;
-                            const vec *av = (const vec *)(a + q * P);
-                            const vec *lv = (const vec *)(lmaps + at), *uv = (const vec *)(umaps + at);
-                            for (int v = 0; v < VECS; ++v) {
-                                const vec zero = (vec){0};
-                                const vec positive = (vec)((ivec)av[v] & (av[v] > zero));
-                                const vec negative = av[v] - positive;
-                                dst[v] = positive * lv[v] + negative * uv[v];
-                                offset[v] += dst[v] * bv[v];
-                                if (omaps) offset[v] += negative * ((const vec *)(omaps + at))[v];
-                            }
-                        }
-                    }
-                }
+                NAME(relax_row, LANES)(a, lmaps, umaps, omaps, bias + p0, P, O, h, w, H1, W1, oy[n], ox[n], relaxed,
+                                       offset);
                 const float *cen = centre + sample[n] * box_size, *rad = radius + sample[n] * box_size;
                 const int64_t origin_y = oy[n] * s - pad, origin_x = ox[n] * s - pad;
                 vec acc[VECS], total[VECS];
@@ -171,6 +230,71 @@ void NAME(gls_relax_concretize, LANES)(const float *A, const int64_t *arow, cons
             }
         }
         free(relaxed);
+    }
+}
+
+/* The gradient of gls_conv_rows_concretize with respect to the rows: per row and member,
+ * dual[o][i][j] = sum over c, ky, kx of m(c, i*s + ky, j*s + kx) w(o, c, ky, kx), m = centre - sign(g) radius
+ * on the pixels inside the input map (0 elsewhere; sign(0) = 0). */
+void NAME(gls_conv_rows_dual, LANES)(const float *A, const float *Wt, const float *centre, const float *radius,
+                                     const int64_t *sample, const int64_t *origin_y, const int64_t *origin_x,
+                                     float *dual, int64_t P, int64_t N, int64_t O, int64_t h, int64_t w, int64_t C,
+                                     int64_t k, int64_t s, int64_t Hin, int64_t Win, int threads) {
+    PLAN(pl);
+    const int64_t blocks = P / LANES, in_size = O * h * w * P, box_size = C * Hin * Win;
+    const int64_t map_floats = C * Hf * Wf * LANES, row_floats = O * h * w * LANES;
+#pragma omp parallel num_threads(threads)
+    {
+        float *m = (float *)aligned_alloc(64, sizeof(float) * (size_t)((map_floats + 15) / 16 * 16));
+        float *row = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                for (int64_t q = 0; q < O * h * w; ++q)
+                    memcpy(row + q * LANES, A + n * in_size + q * P + p0, sizeof(float) * LANES);
+                NAME(row_dual, LANES)(row, Wt, 0, &pl, p0, s, centre + sample[n] * box_size,
+                                      radius + sample[n] * box_size, origin_y[n], origin_x[n], Hin, Win, m,
+                                      dual + n * in_size);
+            }
+        }
+        free(m);
+        free(row);
+    }
+}
+
+/* The gradient of gls_relax_concretize with respect to the relaxed rows a' (bias included): dual
+ * [N][O][h][w][P]; the chain through the relaxation is left to the caller. */
+void NAME(gls_relax_dual, LANES)(const float *A, const int64_t *arow, const float *ls, const int64_t *lmap,
+                                 const float *us, const float *uo, const int64_t *umap, const int64_t *oy,
+                                 const int64_t *ox, const float *Wt, const float *bias, const float *centre,
+                                 const float *radius, const int64_t *sample, float *dual, int64_t P, int64_t N,
+                                 int64_t O, int64_t h, int64_t w, int64_t C, int64_t k, int64_t s, int64_t pad,
+                                 int64_t H1, int64_t W1, int64_t Hin, int64_t Win, int threads) {
+    PLAN(pl);
+    const int64_t blocks = P / LANES, in_size = O * h * w * P, map_size = O * H1 * W1 * P;
+    const int64_t box_size = C * Hin * Win, row_floats = O * h * w * LANES, map_floats = C * Hf * Wf * LANES;
+#pragma omp parallel num_threads(threads)
+    {
+        float *relaxed = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
+        float *m = (float *)aligned_alloc(64, sizeof(float) * (size_t)((map_floats + 15) / 16 * 16));
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                const float *a = A + arow[n] * in_size + p0;
+                const float *lmaps = ls + lmap[n] * map_size + p0, *umaps = us + umap[n] * map_size + p0;
+                const float *omaps = uo ? uo + umap[n] * map_size + p0 : 0;
+                vec offset[VECS];
+                NAME(relax_row, LANES)(a, lmaps, umaps, omaps, bias + p0, P, O, h, w, H1, W1, oy[n], ox[n], relaxed,
+                                       offset);
+                NAME(row_dual, LANES)(relaxed, Wt, bias, &pl, p0, s, centre + sample[n] * box_size,
+                                      radius + sample[n] * box_size, oy[n] * s - pad, ox[n] * s - pad, Hin, Win, m,
+                                      dual + n * in_size);
+            }
+        }
+        free(relaxed);
+        free(m);
     }
 }
 
