@@ -29,7 +29,7 @@ from ..population import conv_forward, conv_transpose_matrix, conv_transpose_pol
 from . import native
 
 DENSE_MATRIX_FLOATS = 1 << 24  # largest per-chunk dense composition matrix (64 MiB of float32)
-TIMING_FLOATS = 1 << 21  # coefficient floats a candidate is timed on (a slice of the rows)
+TIMING_FLOATS = 1 << 20  # coefficient floats a candidate is timed on (a slice of the rows)
 UNTIMED_NATIVE_CHANNELS = 16  # without timing, native for out_ch * in_ch up to this (CNN3-tiny, CNN3 conv1)
 
 
@@ -301,7 +301,9 @@ def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, 
         _chosen[key] = untimed
         return untimed
     sample = args if slicer is None else slicer(args)
-    seconds = {name: _seconds(table[name][0], sample) for name in applicable}
+    seconds: dict[str, float] = {}
+    for name in applicable:
+        seconds[name] = _seconds(table[name][0], sample, min(seconds.values(), default=math.inf))
     _chosen[key] = min(seconds, key=seconds.__getitem__)
     _timings[key] = seconds
     return _chosen[key]
@@ -325,17 +327,19 @@ def _timing_slice(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (A[:, :rows], *args[1:])
 
 
-def _seconds(fn: Callable[..., torch.Tensor], args: tuple[Any, ...]) -> float:
-    """Best of two timed runs after one warm-up run."""
+def _seconds(fn: Callable[..., torch.Tensor], args: tuple[Any, ...], best_so_far: float) -> float:
+    """The faster of two timed runs; a candidate whose first run is 3x slower than the best so far
+    is not run again (its first run also pays one-off allocation, so it is only ever overestimated)."""
+    best = math.inf
     with torch.no_grad():
-        fn(*args)
-        best = math.inf
-        for _ in range(2):
+        for attempt in range(2):
             _synchronize()
             start = time.perf_counter()
             fn(*args)
             _synchronize()
             best = min(best, time.perf_counter() - start)
+            if attempt == 0 and best > 3 * best_so_far:
+                break
     return best
 
 
