@@ -127,25 +127,24 @@ def conv_rows_concretize(A: torch.Tensor, weight: torch.Tensor, stride: int, cen
     ([N] int64, shared by all members) give each row's input and the input position of its
     window's top-left pixel.
     """
-    lib = library()
-    assert lib is not None
-    members, rows, out_ch, height, width = A.shape
-    in_ch, kernel = weight.shape[2], weight.shape[3]
-    A, weight = _members_last(A), _members_last(weight)
-    centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
-    index = [t.to(torch.int64).contiguous() for t in (sample, origin_y, origin_x)]
-    lanes = A.shape[-1]
-    out = torch.empty(rows, lanes, dtype=A.dtype)
-    kernel_fn = getattr(lib, f"gls_conv_rows_concretize{_width(members)}")
-    kernel_fn(A.data_ptr(), weight.data_ptr(), centre.data_ptr(), radius.data_ptr(), index[0].data_ptr(),
-              index[1].data_ptr(), index[2].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch,
-              kernel, stride, centre.shape[2], centre.shape[3], torch.get_num_threads())
+    members, rows = A.shape[:2]
+    out = torch.empty(rows, _lanes(members), dtype=A.dtype)
+    _box_kernel("gls_conv_rows_concretize", out, A, weight, stride, centre, radius, sample, origin_y, origin_x)
     return out[:, :members].t()
 
 
 def conv_rows_dual(A: torch.Tensor, weight: torch.Tensor, stride: int, centre: torch.Tensor, radius: torch.Tensor,
                    sample: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> torch.Tensor:
     """The gradient of :func:`conv_rows_concretize` with respect to the rows ``A``: [P, N, O, h, w]."""
+    members, rows = A.shape[:2]
+    out = torch.empty(rows, *A.shape[2:], _lanes(members), dtype=A.dtype)
+    _box_kernel("gls_conv_rows_dual", out, A, weight, stride, centre, radius, sample, origin_y, origin_x)
+    return out[..., :members].permute(4, 0, 1, 2, 3)
+
+
+def _box_kernel(name: str, out: torch.Tensor, A: torch.Tensor, weight: torch.Tensor, stride: int,
+                centre: torch.Tensor, radius: torch.Tensor, sample: torch.Tensor, origin_y: torch.Tensor,
+                origin_x: torch.Tensor) -> None:
     lib = library()
     assert lib is not None
     members, rows, out_ch, height, width = A.shape
@@ -153,13 +152,10 @@ def conv_rows_dual(A: torch.Tensor, weight: torch.Tensor, stride: int, centre: t
     A, weight = _members_last(A), _members_last(weight)
     centre, radius = centre.detach().contiguous(), radius.detach().contiguous()
     index = [t.to(torch.int64).contiguous() for t in (sample, origin_y, origin_x)]
-    lanes = A.shape[-1]
-    out = torch.empty(rows, out_ch, height, width, lanes, dtype=A.dtype)
-    kernel_fn = getattr(lib, f"gls_conv_rows_dual{_width(members)}")
+    kernel_fn = getattr(lib, f"{name}{_width(members)}")
     kernel_fn(A.data_ptr(), weight.data_ptr(), centre.data_ptr(), radius.data_ptr(), index[0].data_ptr(),
-              index[1].data_ptr(), index[2].data_ptr(), out.data_ptr(), lanes, rows, out_ch, height, width, in_ch,
-              kernel, stride, centre.shape[2], centre.shape[3], torch.get_num_threads())
-    return out[..., :members].permute(4, 0, 1, 2, 3)
+              index[1].data_ptr(), index[2].data_ptr(), out.data_ptr(), A.shape[-1], rows, out_ch, height, width,
+              in_ch, kernel, stride, centre.shape[2], centre.shape[3], torch.get_num_threads())
 
 
 def relax_concretize(A: torch.Tensor, arow: torch.Tensor, lower_slope: torch.Tensor, lmap: torch.Tensor,

@@ -30,6 +30,11 @@ typedef struct {
     const int64_t (*iy)[MAX_TAPS], (*ky)[MAX_TAPS], (*jx)[MAX_TAPS], (*kx)[MAX_TAPS];
 } plan;
 
+/* A per-thread buffer of ``floats`` floats, 64-byte aligned (freed by the caller). */
+static float *scratch(int64_t floats) {
+    return (float *)aligned_alloc(64, sizeof(float) * (size_t)((floats + 15) / 16 * 16));
+}
+
 /* The (input index, kernel index) pairs that reach full-output coordinate Y = i*s + ky. */
 static int taps_of(int64_t Y, int64_t s, int64_t k, int64_t h, int64_t *index, int64_t *kernel) {
     int count = 0;

@@ -175,6 +175,12 @@ void NAME(gls_conv_rows_concretize, LANES)(const float *A, const float *Wt, cons
     }
 }
 
+/* Row n's coefficients relaxed into ``relaxed`` for the members from p0 (both relax kernels). */
+#define RELAX_ROW(n, p0, relaxed, offset)                                                                  \
+    NAME(relax_row, LANES)(A + arow[n] * in_size + (p0), ls + lmap[n] * map_size + (p0),                 \
+                           us + umap[n] * map_size + (p0), uo ? uo + umap[n] * map_size + (p0) : 0,      \
+                           bias + (p0), P, O, h, w, H1, W1, oy[n], ox[n], relaxed, offset)
+
 /* Rows on the output of a ReLU over the first convolution's output, through the ReLU's relaxation and
  * the convolution, concretised over the input box: per row and member,
  *   sum_q a'_q (b1_q + [conv1 . x]_q) + sum_q min(a_q, 0) uo_q,  a' = max(a, 0) ls + min(a, 0) us,
@@ -195,17 +201,13 @@ void NAME(gls_relax_concretize, LANES)(const float *A, const int64_t *arow, cons
     const ivec mask = (ivec){0} + 0x7fffffff;
 #pragma omp parallel num_threads(threads)
     {
-        float *relaxed = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
+        float *relaxed = scratch(row_floats);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t n = 0; n < N; ++n) {
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t p0 = b * LANES;
-                const float *a = A + arow[n] * in_size + p0;
-                const float *lmaps = ls + lmap[n] * map_size + p0, *umaps = us + umap[n] * map_size + p0;
-                const float *omaps = uo ? uo + umap[n] * map_size + p0 : 0;
                 vec offset[VECS];
-                NAME(relax_row, LANES)(a, lmaps, umaps, omaps, bias + p0, P, O, h, w, H1, W1, oy[n], ox[n], relaxed,
-                                       offset);
+                RELAX_ROW(n, p0, relaxed, offset);
                 const float *cen = centre + sample[n] * box_size, *rad = radius + sample[n] * box_size;
                 const int64_t origin_y = oy[n] * s - pad, origin_x = ox[n] * s - pad;
                 vec acc[VECS], total[VECS];
@@ -245,8 +247,8 @@ void NAME(gls_conv_rows_dual, LANES)(const float *A, const float *Wt, const floa
     const int64_t map_floats = C * Hf * Wf * LANES, row_floats = O * h * w * LANES;
 #pragma omp parallel num_threads(threads)
     {
-        float *m = (float *)aligned_alloc(64, sizeof(float) * (size_t)((map_floats + 15) / 16 * 16));
-        float *row = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
+        float *m = scratch(map_floats);
+        float *row = scratch(row_floats);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t n = 0; n < N; ++n) {
             for (int64_t b = 0; b < blocks; ++b) {
@@ -276,18 +278,14 @@ void NAME(gls_relax_dual, LANES)(const float *A, const int64_t *arow, const floa
     const int64_t box_size = C * Hin * Win, row_floats = O * h * w * LANES, map_floats = C * Hf * Wf * LANES;
 #pragma omp parallel num_threads(threads)
     {
-        float *relaxed = (float *)aligned_alloc(64, sizeof(float) * (size_t)((row_floats + 15) / 16 * 16));
-        float *m = (float *)aligned_alloc(64, sizeof(float) * (size_t)((map_floats + 15) / 16 * 16));
+        float *relaxed = scratch(row_floats);
+        float *m = scratch(map_floats);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t n = 0; n < N; ++n) {
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t p0 = b * LANES;
-                const float *a = A + arow[n] * in_size + p0;
-                const float *lmaps = ls + lmap[n] * map_size + p0, *umaps = us + umap[n] * map_size + p0;
-                const float *omaps = uo ? uo + umap[n] * map_size + p0 : 0;
                 vec offset[VECS];
-                NAME(relax_row, LANES)(a, lmaps, umaps, omaps, bias + p0, P, O, h, w, H1, W1, oy[n], ox[n], relaxed,
-                                       offset);
+                RELAX_ROW(n, p0, relaxed, offset);
                 NAME(row_dual, LANES)(relaxed, Wt, bias, &pl, p0, s, centre + sample[n] * box_size,
                                       radius + sample[n] * box_size, oy[n] * s - pad, ox[n] * s - pad, Hin, Win, m,
                                       dual + n * in_size);
@@ -298,6 +296,7 @@ void NAME(gls_relax_dual, LANES)(const float *A, const int64_t *arow, const floa
     }
 }
 
+#undef RELAX_ROW
 #undef VECS
 #undef NAME
 #undef CAT
