@@ -407,35 +407,21 @@ def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: 
                       conv: Conv2d, box: Box) -> torch.Tensor:
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
     members, bx, rows, count = A.shape[:4]
-    batch = box.lower.shape[0]
-    device = A.device
+    placement = _RowPlacement.of(coeffs, box.lower.shape[0])
+    sample, row, position = placement.sample, placement.row, placement.position
     per_row = relaxation.lower_slope.dim() == A.dim()
-    if coeffs.rows is not None:  # selected rows, shared by all members: [P, 1, U, 1, ...]
-        index = coeffs.rows[0]
-        grid_count = coeffs.windows.count if coeffs.windows is not None else 1
-        sample, position = index // grid_count, index % grid_count
-        distinct = A.reshape(members, -1, *A.shape[4:])
-        arow = torch.arange(distinct.shape[1], device=device)
-        lmap = sample
-        bias_total = coeffs.bias
-    else:  # row n = (input b, row r, window position l)
-        sample = torch.arange(batch, device=device).repeat_interleave(rows * count)
-        row = torch.arange(rows, device=device).repeat_interleave(count).repeat(batch)
-        position = torch.arange(count, device=device).repeat(batch * rows)
+    if coeffs.rows is not None:
+        distinct, arow, lmap = A.reshape(members, -1, *A.shape[4:]), row, sample
+    else:
         if (bx == 1 or A.stride(1) == 0) and (count == 1 or A.stride(3) == 0):
             distinct, arow = A[:, 0, :, 0], row  # the same rows at every input and position (a target's weights)
         elif bx == 1 or A.stride(1) == 0:
             distinct, arow = A[:, 0].reshape(members, rows * count, *A.shape[4:]), row * count + position
         else:
-            distinct, arow = A.reshape(members, -1, *A.shape[4:]), torch.arange(batch * rows * count, device=device)
+            distinct, arow = A.reshape(members, -1, *A.shape[4:]), torch.arange(sample.shape[0], device=A.device)
         lmap = sample * rows + row if per_row else sample
-        bias_total = coeffs.bias.expand(members, batch, rows, count)
-    if coeffs.windows is None:
-        origin_y = origin_x = torch.zeros_like(sample)
-    else:
-        windows = coeffs.windows
-        origin_y = (position // windows.grid[1]) * windows.stride - windows.offset
-        origin_x = (position % windows.grid[1]) * windows.stride - windows.offset
+    bias_total = _per_row(coeffs, coeffs.bias, box.lower.shape[0])
+    origin_y, origin_x = placement.origin_y, placement.origin_x
     args = (distinct, relaxation.lower_slope, relaxation.upper_slope, relaxation.upper_offset, weight, bias,
             box.center, box.radius, arow, lmap, sample, origin_y, origin_x, sample, conv.padding, conv.stride)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
@@ -568,30 +554,59 @@ def _concretize_materialized(coeffs: Coefficients, weight: torch.Tensor, bias: t
 def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
                        box: Box) -> torch.Tensor:
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
-    members, bx, rows, count = A.shape[:4]
+    members = A.shape[0]
     batch = box.lower.shape[0]
-    new_bias = _conv_bias(coeffs, bias)
-    device = A.device
-    if coeffs.rows is not None:  # selected rows, shared by all members
-        index = coeffs.rows[0]
-        grid_count = coeffs.windows.count if coeffs.windows is not None else 1
-        sample, position = index // grid_count, index % grid_count
-    else:
-        if bx != batch:
-            A = A.expand(members, batch, *A.shape[2:])
-            new_bias = new_bias.expand(members, batch, *new_bias.shape[2:])
-        sample = torch.arange(batch, device=device).repeat_interleave(rows * count)
-        position = torch.arange(count, device=device).repeat(batch * rows)
-    if coeffs.windows is None:
-        origin_y = origin_x = torch.full_like(sample, -conv.padding)
-    else:
-        windows = coeffs.windows
-        grid_y, grid_x = position // windows.grid[1], position % windows.grid[1]
-        origin_y = (grid_y * windows.stride - windows.offset) * conv.stride - conv.padding
-        origin_x = (grid_x * windows.stride - windows.offset) * conv.stride - conv.padding
+    rows = _RowPlacement.of(coeffs, batch)
+    if coeffs.rows is None:
+        A = A.expand(members, batch, *A.shape[2:])
+    new_bias = _per_row(coeffs, _conv_bias(coeffs, bias), batch)
+    # Window origins on the convolution's output, seen on its input.
+    placement = kernels.RowPlacement(rows.sample, rows.origin_y * conv.stride - conv.padding,
+                                     rows.origin_x * conv.stride - conv.padding)
     values = kernels.concretize_native(A.reshape(members, -1, *A.shape[4:]), weight, conv.stride, box.center,
-                                       box.radius, kernels.RowPlacement(sample, origin_y, origin_x))
+                                       box.radius, placement)
     return new_bias + values.view(new_bias.shape)
+
+
+@dataclass(frozen=True)
+class _RowPlacement:
+    """Each row of a coefficient set as the native kernels see it: its input, its row and window position
+    among the target's, and its window's origin on the map the coefficients sit on."""
+
+    sample: torch.Tensor  # [N]
+    row: torch.Tensor  # [N] index among the R rows (position among U selected rows)
+    position: torch.Tensor  # [N] window position among the L of the grid
+    origin_y: torch.Tensor  # [N]
+    origin_x: torch.Tensor
+
+    @staticmethod
+    def of(coeffs: Coefficients, batch: int) -> _RowPlacement:
+        A = coeffs.A
+        rows, count = A.shape[2], A.shape[3]
+        device = A.device
+        if coeffs.rows is not None:  # selected rows, shared by all members: [P, 1, U, 1, ...]
+            index = coeffs.rows[0]
+            grid_count = coeffs.windows.count if coeffs.windows is not None else 1
+            sample, position = index // grid_count, index % grid_count
+            row = torch.arange(index.shape[0], device=device)
+        else:  # row n = (input b, row r, window position l)
+            sample = torch.arange(batch, device=device).repeat_interleave(rows * count)
+            row = torch.arange(rows, device=device).repeat_interleave(count).repeat(batch)
+            position = torch.arange(count, device=device).repeat(batch * rows)
+        if coeffs.windows is None:
+            origin_y = origin_x = torch.zeros_like(sample)
+        else:
+            windows = coeffs.windows
+            origin_y = (position // windows.grid[1]) * windows.stride - windows.offset
+            origin_x = (position % windows.grid[1]) * windows.stride - windows.offset
+        return _RowPlacement(sample, row, position, origin_y, origin_x)
+
+
+
+def _per_row(coeffs: Coefficients, values: torch.Tensor, batch: int) -> torch.Tensor:
+    """A per-row tensor of ``coeffs`` ([P, Bx, R, L]) expanded to every input, unless rows are selected."""
+    A = coeffs.A
+    return values if coeffs.rows is not None else values.expand(A.shape[0], batch, *A.shape[2:4])
 
 
 CONCRETIZE: kernels.Table = {

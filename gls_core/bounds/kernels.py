@@ -166,14 +166,8 @@ FORWARD: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., bool]]] = {
 def conv_members(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> torch.Tensor:
     """Per-member activations [P, B, C, H, W] through per-member weights [P, O, C, k, k] (and bias [P, O])."""
     key = ("forward", conv, tuple(x.shape[2:]), *size_key(x.shape[0], x.shape[1]), *tensor_key(x, weight))
-    name = choose("forward", key, FORWARD, (x, weight, bias, conv), _timing_slice_batch)
+    name = choose("forward", key, FORWARD, (x, weight, bias, conv), _timing_slice)
     return FORWARD[name][0](x, weight, bias, conv)
-
-
-def _timing_slice_batch(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    x = args[0]
-    batch = max(1, min(x.shape[1], TIMING_FLOATS // max(1, x[:, :1].numel())))
-    return (x[:, :batch], *args[1:])
 
 
 # --- the last step: rows on the first convolution's output, concretised over the input box -> [P, N] ----------
@@ -321,7 +315,7 @@ def untimed_order(args: tuple[Any, ...], applicable: list[str]) -> str:
 
 
 def _timing_slice(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The arguments restricted to the first rows, so timing costs a bounded amount of work."""
+    """The arguments restricted to the first rows (or inputs) of axis 1, so timing costs a bounded amount of work."""
     A = args[0]
     rows = max(1, min(A.shape[1], TIMING_FLOATS // max(1, A[:, :1].numel())))
     return (A[:, :rows], *args[1:])
