@@ -407,7 +407,7 @@ def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: 
                       conv: Conv2d, box: Box) -> torch.Tensor:
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
     members, bx, rows, count = A.shape[:4]
-    placement = _RowPlacement.of(coeffs, box.lower.shape[0])
+    placement = _RowIndex.of(coeffs, box.lower.shape[0])
     sample, row, position = placement.sample, placement.row, placement.position
     per_row = relaxation.lower_slope.dim() == A.dim()
     if coeffs.rows is not None:
@@ -556,7 +556,7 @@ def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.T
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
     members = A.shape[0]
     batch = box.lower.shape[0]
-    rows = _RowPlacement.of(coeffs, batch)
+    rows = _RowIndex.of(coeffs, batch)
     if coeffs.rows is None:
         A = A.expand(members, batch, *A.shape[2:])
     new_bias = _per_row(coeffs, _conv_bias(coeffs, bias), batch)
@@ -569,7 +569,7 @@ def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.T
 
 
 @dataclass(frozen=True)
-class _RowPlacement:
+class _RowIndex:
     """Each row of a coefficient set as the native kernels see it: its input, its row and window position
     among the target's, and its window's origin on the map the coefficients sit on."""
 
@@ -580,7 +580,7 @@ class _RowPlacement:
     origin_x: torch.Tensor
 
     @staticmethod
-    def of(coeffs: Coefficients, batch: int) -> _RowPlacement:
+    def of(coeffs: Coefficients, batch: int) -> _RowIndex:
         A = coeffs.A
         rows, count = A.shape[2], A.shape[3]
         device = A.device
@@ -599,7 +599,7 @@ class _RowPlacement:
             windows = coeffs.windows
             origin_y = (position // windows.grid[1]) * windows.stride - windows.offset
             origin_x = (position % windows.grid[1]) * windows.stride - windows.offset
-        return _RowPlacement(sample, row, position, origin_y, origin_x)
+        return _RowIndex(sample, row, position, origin_y, origin_x)
 
 
 

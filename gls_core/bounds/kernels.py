@@ -1,15 +1,16 @@
 """Kernels chosen by measurement: each operation has candidate formulations, timed on first use.
 
-The back-substitution's two heaviest operations are the transposed convolution of coefficient rows
-with a weight set per member, and the last step into the input box through the first convolution,
-where the coefficients on the input are only needed as their concretisation. Which formulation is
+Operations: ``transpose`` (coefficient rows through a convolution with a weight set per member) and
+``forward`` (an interval step through such a convolution) live here; ``concretize`` and
+``relax-concretize`` (the last steps into the input box, where the rows' coefficients on the input
+are only needed as their concretisation) are registered by ``backsub``. Which formulation is
 fastest depends on channels, map sizes, population and batch chunk and device, so, as cuDNN's
 benchmark mode does, every applicable candidate is timed once per (operation, geometry, size
 bucket, device, dtype, gradients) and the winner is cached for the process.
 
-``GLS_KERNELS="transpose=native,concretize=reference"`` pins choices (``pin`` does the same in
-code); ``GLS_KERNEL_TUNING=0`` takes the first applicable candidate in the default order instead of
-timing. ``choices()`` reports what was chosen, for benchmarks.
+``GLS_KERNELS="transpose=native,concretize=materialize"`` pins choices (``pin`` does the same in
+code); ``GLS_KERNEL_TUNING=0`` chooses without timing (``untimed_order``). ``choices()`` reports
+what was chosen, for benchmarks.
 """
 
 from __future__ import annotations
