@@ -208,7 +208,7 @@ def main() -> None:
     print("\nkernel choices (seconds per candidate, measured on first use)")
     for choice in kernels.choices():
         timings = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in choice["seconds"].items())
-        print(f"  {choice['operation']:<11}{choice['chosen']:<12}{choice['key']}  [{timings}]")
+        print(f"  {choice['operation']:<18}{choice['chosen']:<12}{choice['key']}  [{timings}]")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "matmul_gflops": rate,
                                          "records": [asdict(r) for r in records], "kernels": kernels.choices()},
