@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,27 +122,37 @@ def float32_value(value: float) -> float:
 
 # -------------------------------------------------------------------------------------------- net specs
 
+def _encode_normalize(layer: Any, item: common_pb2.Layer) -> None:
+    item.normalize.mean[:] = layer.mean
+    item.normalize.std[:] = layer.std
+
+
+def _encode_conv2d(layer: Any, item: common_pb2.Layer) -> None:
+    item.conv2d.CopyFrom(common_pb2.Conv2d(in_channels=layer.in_channels, out_channels=layer.out_channels,
+                                           kernel=layer.kernel, stride=layer.stride, padding=layer.padding))
+
+
+def _encode_linear(layer: Any, item: common_pb2.Layer) -> None:
+    item.linear.CopyFrom(common_pb2.Linear(in_features=layer.in_features, out_features=layer.out_features))
+
+
+# One encoder per layer type; NetSpec itself rejects any other type.
+_LAYER_ENCODERS: dict[type, Callable[[Any, common_pb2.Layer], None]] = {
+    Normalize: _encode_normalize,
+    Conv2d: _encode_conv2d,
+    Linear: _encode_linear,
+    ReLU: lambda layer, item: item.relu.SetInParent(),
+    Flatten: lambda layer, item: item.flatten.SetInParent(),
+}
+
+
 def spec_to_proto(spec: NetSpec, out: common_pb2.NetSpec | None = None) -> common_pb2.NetSpec:
     message = common_pb2.NetSpec() if out is None else out
     message.name = spec.name
     message.input_shape[:] = spec.input_shape
     del message.layers[:]
     for layer in spec.layers:
-        item = message.layers.add()
-        if isinstance(layer, Normalize):
-            item.normalize.mean[:] = layer.mean
-            item.normalize.std[:] = layer.std
-        elif isinstance(layer, Conv2d):
-            item.conv2d.CopyFrom(common_pb2.Conv2d(in_channels=layer.in_channels, out_channels=layer.out_channels,
-                                                   kernel=layer.kernel, stride=layer.stride, padding=layer.padding))
-        elif isinstance(layer, Linear):
-            item.linear.CopyFrom(common_pb2.Linear(in_features=layer.in_features, out_features=layer.out_features))
-        elif isinstance(layer, ReLU):
-            item.relu.SetInParent()
-        elif isinstance(layer, Flatten):
-            item.flatten.SetInParent()
-        else:  # pragma: no cover - NetSpec itself rejects other layers
-            raise ValueError(f"spec: unsupported layer {layer!r}")
+        _LAYER_ENCODERS[type(layer)](layer, message.layers.add())
     return message
 
 

@@ -14,18 +14,18 @@ import torch
 
 from ..nets.spec import NetSpec
 from .backsub import Sides
-from .layerwise import final_bounds, walk
+from .layerwise import backsub_intersect_bounds, final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
-from .types import Box, ReluRelaxation
+from .types import Box, RowwiseRelaxation
 
 
-def _alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> ReluRelaxation:
+def _alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> RowwiseRelaxation:
     """DeepPoly's upper line; lower slope alpha on unstable neurons. alpha is [P, B, R, 1, *shape]."""
     base = deeppoly_relaxation(bounds)
     lower, upper = bounds.lower.unsqueeze(2).unsqueeze(3), bounds.upper.unsqueeze(2).unsqueeze(3)
     unstable = (lower < 0) & (upper > 0)
     slope = torch.where(unstable, alpha, (lower >= 0).to(alpha.dtype))
-    return ReluRelaxation(slope, None, base.upper_slope, base.upper_offset)
+    return RowwiseRelaxation(slope, None, base.upper_slope, base.upper_offset)
 
 
 def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
@@ -42,7 +42,7 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
             raise ValueError(f"alpha-crown init must be in [0, 1] or 'deeppoly', got {init!r}")
     params = params.detach()
     with torch.no_grad():
-        state = walk(spec, params, input_box, deeppoly_relaxation, "backsub-intersect")
+        state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
     for index, bounds in state.pre_relu.items():

@@ -4,158 +4,32 @@ Linear bounds on chosen rows (specification rows or neurons of an affine layer) 
 through the network to the input box and concretised. How ReLUs are relaxed is data handed in
 (:class:`ReluRelaxation` per ReLU layer); this module never asks which relaxation it holds.
 
-Coefficients are ``A[P, Bx, R, L, *window]``: R rows at each of L window positions, Bx = 1 while
-they do not yet depend on the input. Rows of a dense layer see a whole feature map (L = 1, the
-"image" form). Rows of a convolution see only their receptive field: L = Ho*Wo windows on a
-regular grid (the "patch" form, which keeps the convolutions' locality). Upper bounds are lower
-bounds of the negated rows, so both sides run as one stacked computation.
+The rows (:mod:`.coefficients`) go down one layer at a time by the layer's rule (:mod:`.rules`),
+except for the fused last steps near the input, whose kernels are chosen by measurement. Upper
+bounds are lower bounds of the negated rows, so both sides run as one stacked computation.
 
 Intermediate bounds are needed only for neurons the interval reference cannot decide, so those
-targets run on *selected rows*: ``A[P, 1, U, 1, *window]`` with, per row, the index of its input
-and window position (``rows``); the work then scales with the number of unstable neurons.
+targets run on *selected rows*; the work then scales with the number of unstable neurons.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
-from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
-from ..population import conv_transpose_cost, conv_transpose_matrix
+from ..members import conv_transpose_cost, conv_transpose_matrix
+from ..nets.spec import Conv2d, Linear, NetSpec, ReLU
 from . import kernels, native
-from .types import Box, ReluRelaxation
+from .coefficients import Coefficients, Windows, conv_bias, gather_windows, through_conv, through_relu
+from .rules import At, Footprint, rule_of
+from .types import Box, ReluRelaxation, RowwiseRelaxation
 
 Sides = Literal["both", "lower", "upper"]
 SELECT_BELOW = 0.5  # largest share of unstable neurons for which selected rows pay off (measured)
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Patch-form geometry: grid position (i, j) sees the window starting at (i*stride - offset, j*stride - offset)."""
-
-    grid: tuple[int, int]
-    stride: int
-    offset: int
-    size: tuple[int, int]
-
-    @property
-    def count(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-
-def gather_windows(maps: torch.Tensor, windows: Windows) -> torch.Tensor:
-    """[..., C, H, W] -> [..., gh, gw, C, h, w]: every grid position's window, zero outside the map.
-
-    A strided view of the zero-padded map, so no window is copied (``F.unfold`` copies each one
-    and loops over the batch on CPUs).
-    """
-    lead, (channels, height, width) = maps.shape[:-3], maps.shape[-3:]
-    (grid_h, grid_w), (size_h, size_w) = windows.grid, windows.size
-    need_h, need_w = (grid_h - 1) * windows.stride + size_h, (grid_w - 1) * windows.stride + size_w
-    pad_b = max(0, need_h - windows.offset - height)
-    pad_r = max(0, need_w - windows.offset - width)
-    flat = maps.reshape(-1, channels, height, width)
-    padded = F.pad(flat, (windows.offset, pad_r, windows.offset, pad_b)).contiguous()
-    n, c, h, w = padded.stride()
-    view = padded.as_strided((padded.shape[0], grid_h, grid_w, channels, size_h, size_w),
-                             (n, windows.stride * h, windows.stride * w, c, h, w))
-    return view.view(*lead, grid_h, grid_w, channels, size_h, size_w)
-
-
-@dataclass
-class Coefficients:
-    """Linear bounds sum(A * v) + bias on the activation v currently reached."""
-
-    A: torch.Tensor  # [P, Bx, R, L, *window]
-    bias: torch.Tensor  # [P, Bx, R, L]
-    windows: Windows | None  # None: image form, the window is the whole map
-    rows: torch.Tensor | None = None  # selected rows: [P, U] index of (input, window position)
-
-    def replace(self, A: torch.Tensor, bias: torch.Tensor, windows: Windows | None) -> Coefficients:
-        return Coefficients(A, bias, windows, self.rows)
-
-    def per_row(self, maps: torch.Tensor) -> torch.Tensor:
-        """A map [P, B, *shape] (or [B, *shape] shared by all members) seen by every row, broadcastable to A."""
-        A, windows = self.A, self.windows
-        shared = maps.dim() == len(self.map_shape(maps)) + 1
-        if self.rows is not None:
-            seen = maps if windows is None else gather_windows(maps, windows)
-            flat = seen.reshape(-1, *A.shape[4:])  # [(P) * B * L, *window]
-            index = self.rows
-            if not shared:
-                per_member = flat.shape[0] // A.shape[0]
-                offsets = torch.arange(A.shape[0], device=index.device).unsqueeze(1) * per_member
-                index = index + offsets
-            picked = flat.index_select(0, index.reshape(-1))
-            return picked.view(A.shape[0], 1, A.shape[2], 1, *A.shape[4:])
-        if windows is None:
-            return maps.unsqueeze(-len(A.shape[4:]) - 1).unsqueeze(-len(A.shape[4:]) - 1)
-        seen = gather_windows(maps, windows)  # [(P), B, gh, gw, *window]
-        seen = seen.reshape(*seen.shape[:-5], windows.count, *seen.shape[-3:])
-        return seen.unsqueeze(-5)
-
-    def map_shape(self, maps: torch.Tensor) -> tuple[int, ...]:
-        return tuple(maps.shape[-3:]) if self.windows is not None else tuple(self.A.shape[4:])
-
-
-def _relax(coeffs: Coefficients, relaxation: ReluRelaxation) -> Coefficients:
-    """Lower bound through a ReLU: A+ * lower line + A- * upper line = A * ls + min(A, 0) * (us - ls)."""
-    A = coeffs.A
-
-    def seen(t: torch.Tensor) -> torch.Tensor:
-        return t if t.dim() == A.dim() else coeffs.per_row(t)  # per-row alpha slopes come ready
-
-    lower_slope = seen(relaxation.lower_slope)
-    negative = A.clamp(max=0)
-    new_A = torch.addcmul(A * lower_slope, negative, seen(relaxation.upper_slope) - lower_slope)
-    bias = coeffs.bias
-    window_dims = tuple(range(4, A.dim()))
-    if relaxation.upper_offset is not None:
-        bias = bias + (negative * seen(relaxation.upper_offset)).sum(window_dims)
-    if relaxation.lower_offset is not None:
-        bias = bias + ((A - negative) * seen(relaxation.lower_offset)).sum(window_dims)
-    return coeffs.replace(new_A, bias, coeffs.windows)
-
-
-def _through_linear(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor) -> Coefficients:
-    A = coeffs.A  # [P, Bx, R, 1, O]
-    members, bx, rows = A.shape[:3]
-    flat = A.reshape(members, bx * rows, A.shape[-1])
-    new_bias = coeffs.bias + torch.bmm(flat, bias.unsqueeze(-1)).view(members, bx, rows, 1)
-    new_A = torch.bmm(flat, weight).view(members, bx, rows, 1, weight.shape[-1])
-    return coeffs.replace(new_A, new_bias, None)
-
-
-def _full_size(height: int, width: int, conv: Conv2d) -> tuple[int, int]:
-    return (height - 1) * conv.stride + conv.kernel, (width - 1) * conv.stride + conv.kernel
-
-
-def _conv_bias(coeffs: Coefficients, bias: torch.Tensor) -> torch.Tensor:
-    """The rows' bias after passing a convolution with per-member ``bias`` [P, O]: sum of A per channel * b."""
-    A = coeffs.A
-    per_channel = A.sum(dim=(-1, -2))  # [P, Bx, R, L, O]
-    return coeffs.bias + torch.matmul(per_channel, bias.view(A.shape[0], 1, 1, A.shape[4], 1)).squeeze(-1)
-
-
-def _through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
-                  input_hw: tuple[int, int]) -> Coefficients:
-    A = coeffs.A  # [P, Bx, R, L, O, h, w]
-    members, bx, rows, count = A.shape[:4]
-    out_ch, height, width = A.shape[4:]
-    new_bias = _conv_bias(coeffs, bias)
-    flat = A.reshape(members, bx * rows * count, out_ch, height, width)
-    if coeffs.windows is None:
-        image = kernels.conv_transpose(flat, weight, conv.stride, (conv.padding, conv.padding), input_hw)
-        return coeffs.replace(image.view(members, bx, rows, 1, *image.shape[2:]), new_bias, None)
-    full = kernels.conv_transpose(flat, weight, conv.stride, (0, 0), _full_size(height, width, conv))
-    full = full.view(members, bx, rows, count, *full.shape[2:])
-    windows = Windows(coeffs.windows.grid, coeffs.windows.stride * conv.stride,
-                      coeffs.windows.offset * conv.stride + conv.padding, (full.shape[-2], full.shape[-1]))
-    return coeffs.replace(full, new_bias, windows)
 
 
 def _fusable(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, conv: Conv2d) -> bool:
@@ -163,7 +37,7 @@ def _fusable(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Ten
     A = coeffs.A
     if coeffs.rows is not None or coeffs.windows is None or A.shape[1] != 1:
         return False
-    if relaxation.lower_slope.dim() == A.dim() or relaxation.lower_offset is not None:
+    if isinstance(relaxation, RowwiseRelaxation) or relaxation.lower_offset is not None:
         return False
     out_ch, height, width = A.shape[4:]
     dense, poly = conv_transpose_cost(out_ch, height, width, weight.shape[1:], conv.stride)
@@ -200,8 +74,8 @@ def _relax_then_conv(coeffs: Coefficients, relaxation: ReluRelaxation, weight: t
     full_h, full_w = (height - 1) * conv.stride + conv.kernel, (width - 1) * conv.stride + conv.kernel
     new_A = new_A.view(members, batch, count, rows, in_ch, full_h, full_w).transpose(2, 3)
     spread_bias = bias.view(members, 1, out_ch, 1).expand(members, 1, out_ch, height * width).reshape(members, size, 1)
-    conv_bias = torch.bmm(slopes, stacked * spread_bias.repeat(1, 2, 1))  # [P, B*L, R]: sum of A over window * b
-    new_bias = coeffs.bias + conv_bias.view(members, batch, count, rows).transpose(2, 3)
+    bias_through = torch.bmm(slopes, stacked * spread_bias.repeat(1, 2, 1))  # [P, B*L, R]: sum of A over window * b
+    new_bias = coeffs.bias + bias_through.view(members, batch, count, rows).transpose(2, 3)
     if relaxation.upper_offset is not None:
         offsets = torch.bmm(seen(relaxation.upper_offset), negative.transpose(1, 2))  # [P, B*L, R]
         new_bias = new_bias + offsets.view(members, batch, count, rows).transpose(2, 3)
@@ -301,7 +175,7 @@ def select_rows(spec: NetSpec, params: torch.Tensor, target: int, mask: torch.Te
 
 
 def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int, target: int,
-                   relaxations: dict[int, ReluRelaxation], C: torch.Tensor | None = None,
+                   relaxations: Mapping[int, ReluRelaxation], C: torch.Tensor | None = None,
                    mask: torch.Tensor | None = None, sides: Sides = "both") -> Box:
     """Bounds on the output of affine layer ``target`` (or on C @ logits when ``target`` is the last layer).
 
@@ -341,7 +215,7 @@ def backsubstitute(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: 
 
 
 def _propagate(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int, target: int,
-               relaxations: dict[int, ReluRelaxation], coeffs: Coefficients) -> torch.Tensor:
+               relaxations: Mapping[int, ReluRelaxation], coeffs: Coefficients) -> torch.Tensor:
     """Push the rows down to the input box and concretise: [P, B, R, L], or [P, 1, U, 1] on selected rows."""
     index = target - 1
     while index >= first_affine:
@@ -356,21 +230,9 @@ def _propagate(spec: NetSpec, params: torch.Tensor, box: Box, first_affine: int,
                                       spec.bias(params, index - 1), below)
             index -= 2
             continue
-        if isinstance(layer, ReLU):
-            coeffs = _relax(coeffs, relaxations[index])
-        elif isinstance(layer, Flatten):
-            A = coeffs.A
-            coeffs = coeffs.replace(A.reshape(*A.shape[:4], *spec.shapes[index]), coeffs.bias, None)
-        elif isinstance(layer, Linear):
-            coeffs = _through_linear(coeffs, spec.weight(params, index), spec.bias(params, index))
-        elif isinstance(layer, Conv2d) and index == first_affine:
+        if isinstance(layer, Conv2d) and index == first_affine:
             return _concretize_through_conv(coeffs, spec.weight(params, index), spec.bias(params, index), layer, box)
-        elif isinstance(layer, Conv2d):
-            in_shape = spec.shapes[index]
-            coeffs = _through_conv(coeffs, spec.weight(params, index), spec.bias(params, index), layer,
-                                   (in_shape[1], in_shape[2]))
-        else:
-            raise TypeError(f"layer {index}: {layer!r} cannot be back-substituted")
+        coeffs = rule_of(layer).backward(At(spec, params, index), coeffs, relaxations)
         index -= 1
     return _concretize(coeffs, box)
 
@@ -386,7 +248,7 @@ def _last_relu_step(coeffs: Coefficients, relaxation: ReluRelaxation, weight: to
     form = "selected" if coeffs.rows is not None else "image" if coeffs.windows is None else "patch"
     shared = A.stride(1) == 0 or A.shape[1] == 1
     key = ("relax-concretize", kernels.Geometry.of(A, weight, conv.stride), conv.padding,
-           form, shared, relaxation.lower_slope.dim() == A.dim(), tuple(box.lower.shape[1:]),
+           form, shared, isinstance(relaxation, RowwiseRelaxation), tuple(box.lower.shape[1:]),
            *kernels.size_key(A.shape[0], math.prod(A.shape[1:4])), *kernels.tensor_key(A, weight, box.lower))
     args = (coeffs, relaxation, weight, bias, conv, box)
     name = kernels.choose("relax-concretize", key, LAST_RELU_STEP, args)
@@ -395,7 +257,7 @@ def _last_relu_step(coeffs: Coefficients, relaxation: ReluRelaxation, weight: to
 
 def _last_step_stepwise(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
                         conv: Conv2d, box: Box) -> torch.Tensor:
-    return _concretize_through_conv(_relax(coeffs, relaxation), weight, bias, conv, box)
+    return _concretize_through_conv(through_relu(coeffs, relaxation), weight, bias, conv, box)
 
 
 def _last_step_fused_dense(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
@@ -409,7 +271,7 @@ def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: 
     members, bx, rows, count = A.shape[:4]
     placement = _RowIndex.of(coeffs, box.lower.shape[0])
     sample, row, position = placement.sample, placement.row, placement.position
-    per_row = relaxation.lower_slope.dim() == A.dim()
+    per_row = isinstance(relaxation, RowwiseRelaxation)
     if coeffs.rows is not None:
         distinct, arow, lmap = A.reshape(members, -1, *A.shape[4:]), row, sample
     else:
@@ -512,7 +374,7 @@ def _native_last_step_applies(coeffs: Coefficients, relaxation: ReluRelaxation, 
     tensors = [coeffs.A, relaxation.lower_slope, relaxation.upper_slope, weight, bias, box.lower, box.upper]
     if relaxation.upper_offset is not None:
         tensors.append(relaxation.upper_offset)
-    per_row = relaxation.lower_slope.dim() == coeffs.A.dim()
+    per_row = isinstance(relaxation, RowwiseRelaxation)
     if relaxation.lower_offset is not None or (per_row and coeffs.rows is not None):
         return False
     if any(t.requires_grad for t in tensors[:3]) and torch.is_grad_enabled():  # gradients: whole-map rows only
@@ -548,7 +410,7 @@ def _concretize_through_conv(coeffs: Coefficients, weight: torch.Tensor, bias: t
 def _concretize_materialized(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
                              box: Box) -> torch.Tensor:
     height, width = box.lower.shape[-2:]
-    return _concretize(_through_conv(coeffs, weight, bias, conv, (height, width)), box)
+    return _concretize(through_conv(coeffs, weight, bias, conv, (height, width)), box)
 
 
 def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.Tensor, conv: Conv2d,
@@ -559,7 +421,7 @@ def _concretize_native(coeffs: Coefficients, weight: torch.Tensor, bias: torch.T
     rows = _RowIndex.of(coeffs, batch)
     if coeffs.rows is None:
         A = A.expand(members, batch, *A.shape[2:])
-    new_bias = _per_row(coeffs, _conv_bias(coeffs, bias), batch)
+    new_bias = _per_row(coeffs, conv_bias(coeffs, bias), batch)
     # Window origins on the convolution's output, seen on its input.
     placement = kernels.RowPlacement(rows.sample, rows.origin_y * conv.stride - conv.padding,
                                      rows.origin_x * conv.stride - conv.padding)
@@ -630,26 +492,16 @@ def footprint(spec: NetSpec, target: int, first_affine: int, rows: int | None = 
     if isinstance(layer, Linear):
         count = 2 * (rows if rows is not None else layer.out_features)
         window: tuple[int, ...] = spec.shapes[target]
-        windows = None
+        windows: tuple[int, int] | None = None
     else:
         assert isinstance(layer, Conv2d)
         count = 2 * math.prod(spec.shapes[target + 1])
         window = (layer.in_channels, layer.kernel, layer.kernel)
         windows = (layer.kernel, layer.kernel)
-    largest = count * math.prod(window)
+    seen = Footprint(window, windows)
+    largest = count * math.prod(seen.window)
     last_stored = first_affine + 1 if fused_input and isinstance(spec.layers[first_affine], Conv2d) else first_affine
     for index in range(target - 1, last_stored - 1, -1):
-        below = spec.layers[index]
-        if isinstance(below, Flatten):
-            window = spec.shapes[index]
-        elif isinstance(below, Linear):
-            window = (below.in_features,)
-        elif isinstance(below, Conv2d):
-            if windows is None:
-                window = spec.shapes[index]
-            else:
-                size = (windows[0] - 1) * below.stride + below.kernel
-                windows = (size, size)
-                window = (below.in_channels, size, size)
-        largest = max(largest, count * math.prod(window))
+        seen = rule_of(spec.layers[index]).footprint(spec.layers[index], spec.shapes[index], seen)
+        largest = max(largest, count * math.prod(seen.window))
     return largest

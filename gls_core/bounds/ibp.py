@@ -7,29 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU
-from ..population import conv_forward, linear_forward
-from . import kernels
+from ..nets.spec import NetSpec
+from .rules import At, rule_of
 from .types import Box
-
-
-def interval_affine(spec: NetSpec, params: torch.Tensor, index: int, box: Box, shared: bool) -> Box:
-    """Bounds of affine layer ``index``'s output over ``box`` ([B, ...] if shared, else [P, B, ...])."""
-    layer = spec.layers[index]
-    weight, bias = spec.weight(params, index), spec.bias(params, index)
-    center, radius = box.center, box.radius
-    if isinstance(layer, Conv2d) and shared:  # one convolution with P x O output channels
-        mid = conv_forward(center, weight, bias, layer, shared)
-        rad = conv_forward(radius, weight.abs(), None, layer, shared)
-    elif isinstance(layer, Conv2d):
-        mid = kernels.conv_members(center, weight, bias, layer)
-        rad = kernels.conv_members(radius, weight.abs(), None, layer)
-    elif isinstance(layer, Linear):
-        mid = linear_forward(center, weight, bias, shared)
-        rad = linear_forward(radius, weight.abs(), None, shared)
-    else:
-        raise TypeError(f"layer {index} is not affine")
-    return Box(mid - rad, mid + rad)
 
 
 def propagate_box(spec: NetSpec, params: torch.Tensor, box: Box, start: int, stop: int,
@@ -37,18 +17,11 @@ def propagate_box(spec: NetSpec, params: torch.Tensor, box: Box, start: int, sto
     """Interval-propagate ``box`` through layers [start, stop); record ReLU inputs in ``pre_relu``."""
     for index in range(start, stop):
         layer = spec.layers[index]
-        if isinstance(layer, (Conv2d, Linear)):
-            box = interval_affine(spec, params, index, box, shared)
-            shared = False
-        elif isinstance(layer, ReLU):
-            if pre_relu is not None:
-                pre_relu[index] = box
-            box = Box(box.lower.clamp(min=0), box.upper.clamp(min=0))
-        elif isinstance(layer, Flatten):
-            lead = 1 if shared else 2
-            box = Box(box.lower.flatten(lead), box.upper.flatten(lead))
-        elif isinstance(layer, Normalize):
-            raise ValueError(f"layer {index}: Normalize is only supported as the first layer")
+        rule = rule_of(layer)
+        if rule.relaxed and pre_relu is not None:
+            pre_relu[index] = box
+        box = rule.interval(At(spec, params, index), box, shared)
+        shared = shared and not layer.affine
     return box, shared
 
 
@@ -59,7 +32,7 @@ def spec_interval(spec: NetSpec, params: torch.Tensor, box: Box, C: torch.Tensor
     """
     index = len(spec.layers) - 1
     if C is None:
-        return interval_affine(spec, params, index, box, shared=False)
+        return rule_of(spec.layers[index]).interval(At(spec, params, index), box, False)
     weight = torch.einsum("bkc,pci->pbki", C, spec.weight(params, index))
     bias = torch.einsum("bkc,pc->pbk", C, spec.bias(params, index))
     center, radius = box.center.unsqueeze(-1), box.radius.unsqueeze(-1)

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..members import conv_forward, conv_transpose_matrix, conv_transpose_polyphase
 from ..nets.spec import Conv2d, conv_output_size
-from ..population import conv_forward, conv_transpose_matrix, conv_transpose_polyphase
 from . import native
 
 DENSE_MATRIX_FLOATS = 1 << 24  # largest per-chunk dense composition matrix (64 MiB of float32)

@@ -7,20 +7,18 @@ sound) and, when the method asks for it, back-substituted bounds for its neurons
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from ..nets.spec import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU
+from ..nets.spec import Flatten, Linear, NetSpec, Normalize, ReLU
 from .backsub import Sides, backsubstitute
-from .ibp import interval_affine
 from .region import network_input
+from .rules import At, rule_of
 from .types import Box, ReluRelaxation
 
 Relax = Callable[[Box], ReluRelaxation]
-Intermediate = Literal["interval", "backsub", "backsub-intersect"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,34 @@ class Walk:
     relaxations: dict[int, ReluRelaxation]
 
 
+# How a later affine layer's output is bounded, given the walk so far and its one-step interval bound.
+Intermediate = Callable[[NetSpec, torch.Tensor, Walk, int, Box], Box]
+
+
+def interval_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
+    """The one-step interval bound as it is (CROWN-IBP)."""
+    return reference
+
+
+def _backsub_unstable(spec: NetSpec, params: torch.Tensor, state: Walk, index: int,
+                      reference: Box) -> tuple[torch.Tensor, Box]:
+    # The relaxation of a stable neuron is exact whatever its bounds, so only unstable ones are redone.
+    unstable = (reference.lower < 0) & (reference.upper > 0)
+    return unstable, backsubstitute(spec, params, state.box, state.first, index, state.relaxations, mask=unstable)
+
+
+def backsub_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
+    """Back-substituted bounds where the interval bound leaves a neuron unstable (HBox)."""
+    unstable, tight = _backsub_unstable(spec, params, state, index, reference)
+    return Box(torch.where(unstable, tight.lower, reference.lower), torch.where(unstable, tight.upper, reference.upper))
+
+
+def backsub_intersect_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
+    """Back-substituted bounds intersected with the interval bound (DeepPoly, as ERAN and auto_LiRPA do)."""
+    _, tight = _backsub_unstable(spec, params, state, index, reference)
+    return reference.intersect(tight)
+
+
 def check_supported(spec: NetSpec) -> None:
     """Back-substitution assumes: optional Normalize first, a Linear last, a ReLU before every later affine layer."""
     layers = spec.layers
@@ -42,7 +68,7 @@ def check_supported(spec: NetSpec) -> None:
         raise ValueError("the last layer must be Linear (the logits)")
     seen_affine = False
     for index, layer in enumerate(layers):
-        if isinstance(layer, (Conv2d, Linear)):
+        if layer.affine:
             if seen_affine:
                 below = layers[index - 1]
                 if isinstance(below, Flatten):
@@ -55,39 +81,27 @@ def check_supported(spec: NetSpec) -> None:
 
 
 def walk(spec: NetSpec, params: torch.Tensor, input_box: Box, relax: Relax, intermediate: Intermediate) -> Walk:
+    """Bounds and relaxations of every ReLU, layer by layer; ``intermediate`` bounds each later affine layer."""
     check_supported(spec)
     box, first = network_input(spec, input_box)
+    state = Walk(box, first, {}, {})
     shared = True
     current = box
-    pre_relu: dict[int, Box] = {}
-    relaxations: dict[int, ReluRelaxation] = {}
     for index in range(first, len(spec.layers) - 1):
         layer = spec.layers[index]
-        if isinstance(layer, (Conv2d, Linear)):
-            reference = interval_affine(spec, params, index, current, shared)
-            current = reference
-            if intermediate != "interval" and not shared:
-                # Only neurons the interval bound leaves unstable need back-substitution: the
-                # relaxation of a stable neuron is exact whatever its bounds.
-                unstable = (reference.lower < 0) & (reference.upper > 0)
-                tight = backsubstitute(spec, params, box, first, index, relaxations, mask=unstable)
-                if intermediate == "backsub-intersect":
-                    current = reference.intersect(tight)
-                else:
-                    current = Box(torch.where(unstable, tight.lower, reference.lower),
-                                  torch.where(unstable, tight.upper, reference.upper))
-            shared = False
-        elif isinstance(layer, ReLU):
-            pre_relu[index] = current
-            relaxations[index] = relax(current)
-            current = Box(current.lower.clamp(min=0), current.upper.clamp(min=0))
-        elif isinstance(layer, Flatten):
-            current = Box(current.lower.flatten(2), current.upper.flatten(2))
-    return Walk(box, first, pre_relu, relaxations)
+        rule = rule_of(layer)
+        if rule.relaxed:
+            state.pre_relu[index] = current
+            state.relaxations[index] = relax(current)
+        current = rule.interval(At(spec, params, index), current, shared)
+        if layer.affine and not shared:
+            current = intermediate(spec, params, state, index, current)
+        shared = shared and not layer.affine
+    return state
 
 
 def final_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None,
-                 relaxations: dict[int, ReluRelaxation] | None = None, sides: Sides = "both") -> Box:
+                 relaxations: Mapping[int, ReluRelaxation] | None = None, sides: Sides = "both") -> Box:
     """Back-substitute C @ logits (or the logits) with the walk's relaxations or given ones."""
     chosen = state.relaxations if relaxations is None else relaxations
     return backsubstitute(spec, params, state.box, state.first, len(spec.layers) - 1, chosen, C, sides=sides)

@@ -15,7 +15,7 @@ import torch
 from ..nets.spec import NetSpec
 from .backsub import Sides
 from .ibp import ibp
-from .layerwise import check_supported, final_bounds, walk
+from .layerwise import backsub_bounds, backsub_intersect_bounds, check_supported, final_bounds, interval_bounds, walk
 from .region import network_input
 from .relu import box_relaxation, deeppoly_relaxation
 from .types import Box
@@ -32,17 +32,17 @@ def ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Ten
 def hbox_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
              sides: Sides = "both") -> Box:
     # No intersection with intervals: that keeps HBox provably never looser than IBP.
-    state = walk(spec, params, input_box, box_relaxation, "backsub")
+    state = walk(spec, params, input_box, box_relaxation, backsub_bounds)
     return final_bounds(spec, params, state, C, sides=sides)
 
 
 def crown_ibp_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
              sides: Sides = "both") -> Box:
-    state = walk(spec, params, input_box, deeppoly_relaxation, "interval")
+    state = walk(spec, params, input_box, deeppoly_relaxation, interval_bounds)
     return final_bounds(spec, params, state, C, sides=sides)
 
 
 def deeppoly_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
              sides: Sides = "both") -> Box:
-    state = walk(spec, params, input_box, deeppoly_relaxation, "backsub-intersect")
+    state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)
     return final_bounds(spec, params, state, C, sides=sides)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..members import normalize_constants
 from ..nets.spec import Flatten, NetSpec, Normalize
-from ..population import normalize_constants
 from .types import Box
 
 

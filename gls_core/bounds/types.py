@@ -30,8 +30,8 @@ class Box:
 class ReluRelaxation:
     """Linear bounds ``ls*v + lo <= ReLU(v) <= us*v + uo`` per neuron.
 
-    Slopes and offsets are broadcastable to [P, B, *shape] (or [P, B, K, *shape] for
-    per-specification-row slopes); an offset of ``None`` means zero and saves a pass.
+    Slopes and offsets are broadcastable to [P, B, *shape] (per-row lower slopes are a
+    :class:`RowwiseRelaxation`); an offset of ``None`` means zero and saves a pass.
     A relaxation is data: the back-substitution never asks which method produced it.
     """
 
@@ -39,3 +39,12 @@ class ReluRelaxation:
     lower_offset: torch.Tensor | None
     upper_slope: torch.Tensor
     upper_offset: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class RowwiseRelaxation(ReluRelaxation):
+    """A relaxation whose lower slopes differ per specification row (alpha-CROWN's optimised slopes).
+
+    ``lower_slope`` is [P, B, R, 1, *shape], already laid out as the rows see it; the other fields
+    are per neuron as in :class:`ReluRelaxation`.
+    """

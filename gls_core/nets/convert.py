@@ -8,6 +8,8 @@ to a spec and a flat vector in ``parameters_to_vector`` order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,20 +34,22 @@ class InputNormalization(nn.Module):
         return (x - self.mean) / self.std
 
 
+# The module that computes each layer type (NetSpec rejects any other type).
+_MODULES: dict[type, Callable[[Any], nn.Module]] = {
+    Normalize: lambda layer: InputNormalization(layer.mean, layer.std),
+    Conv2d: lambda layer: nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride,
+                                    layer.padding),
+    Linear: lambda layer: nn.Linear(layer.in_features, layer.out_features),
+    ReLU: lambda layer: nn.ReLU(),
+    Flatten: lambda layer: nn.Flatten(),
+}
+
+
 def to_sequential(spec: NetSpec, theta: torch.Tensor | None = None) -> nn.Sequential:
     """Build the equivalent module; with ``theta`` (D,) its weights are copied in."""
     modules: list[nn.Module] = []
     for layer in spec.layers:
-        if isinstance(layer, Normalize):
-            modules.append(InputNormalization(layer.mean, layer.std))
-        elif isinstance(layer, Conv2d):
-            modules.append(nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.padding))
-        elif isinstance(layer, Linear):
-            modules.append(nn.Linear(layer.in_features, layer.out_features))
-        elif isinstance(layer, ReLU):
-            modules.append(nn.ReLU())
-        else:
-            modules.append(nn.Flatten())
+        modules.append(_MODULES[type(layer)](layer))
     net = nn.Sequential(*modules)
     if theta is not None:
         if theta.shape != (spec.num_params,):

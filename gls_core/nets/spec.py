@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +23,17 @@ class Normalize:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    affine: ClassVar[bool] = False
+
+    def output_shape(self, shape: Shape, index: int) -> Shape:
+        if len(shape) != 3 or len(self.mean) != shape[0] or len(self.std) != shape[0]:
+            raise ValueError(f"layer {index}: Normalize needs one mean/std per channel of {shape}")
+        if min(self.std) <= 0:
+            raise ValueError(f"layer {index}: Normalize std must be positive, got {self.std}")
+        return shape
+
+    def weight_shape(self) -> Shape | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -33,25 +45,59 @@ class Conv2d:
     kernel: int
     stride: int = 1
     padding: int = 0
+    affine: ClassVar[bool] = True
+
+    def output_shape(self, shape: Shape, index: int) -> Shape:
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise ValueError(f"layer {index}: Conv2d expects {self.in_channels} channels, input is {shape}")
+        h, w = conv_output_size(shape[1], self), conv_output_size(shape[2], self)
+        if h <= 0 or w <= 0:
+            raise ValueError(f"layer {index}: Conv2d output is empty for input {shape}")
+        return (self.out_channels, h, w)
+
+    def weight_shape(self) -> Shape | None:
+        return (self.out_channels, self.in_channels, self.kernel, self.kernel)
 
 
 @dataclass(frozen=True)
 class Linear:
     in_features: int
     out_features: int
+    affine: ClassVar[bool] = True
+
+    def output_shape(self, shape: Shape, index: int) -> Shape:
+        if len(shape) != 1 or shape[0] != self.in_features:
+            raise ValueError(f"layer {index}: Linear expects ({self.in_features},), input is {shape}")
+        return (self.out_features,)
+
+    def weight_shape(self) -> Shape | None:
+        return (self.out_features, self.in_features)
 
 
 @dataclass(frozen=True)
 class ReLU:
-    pass
+    affine: ClassVar[bool] = False
+
+    def output_shape(self, shape: Shape, index: int) -> Shape:
+        return shape
+
+    def weight_shape(self) -> Shape | None:
+        return None
 
 
 @dataclass(frozen=True)
 class Flatten:
-    pass
+    affine: ClassVar[bool] = False
+
+    def output_shape(self, shape: Shape, index: int) -> Shape:
+        return (math.prod(shape),)
+
+    def weight_shape(self) -> Shape | None:
+        return None
 
 
 Layer = Normalize | Conv2d | Linear | ReLU | Flatten
+LAYER_TYPES = (Normalize, Conv2d, Linear, ReLU, Flatten)
 
 
 def conv_output_size(size: int, conv: Conv2d) -> int:
@@ -87,43 +133,17 @@ class NetSpec:
         slots: list[ParamSlot | None] = []
         offset = 0
         for index, layer in enumerate(self.layers):
-            shape = shapes[-1]
-            out: Shape
-            wshape: Shape
-            slot: ParamSlot | None = None
-            if isinstance(layer, Normalize):
-                if len(shape) != 3 or len(layer.mean) != shape[0] or len(layer.std) != shape[0]:
-                    raise ValueError(f"layer {index}: Normalize needs one mean/std per channel of {shape}")
-                if min(layer.std) <= 0:
-                    raise ValueError(f"layer {index}: Normalize std must be positive, got {layer.std}")
-                out = shape
-            elif isinstance(layer, Conv2d):
-                if len(shape) != 3 or shape[0] != layer.in_channels:
-                    raise ValueError(f"layer {index}: Conv2d expects {layer.in_channels} channels, input is {shape}")
-                h, w = conv_output_size(shape[1], layer), conv_output_size(shape[2], layer)
-                if h <= 0 or w <= 0:
-                    raise ValueError(f"layer {index}: Conv2d output is empty for input {shape}")
-                out = (layer.out_channels, h, w)
-                wshape = (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)
-                slot = ParamSlot(offset, wshape, offset + math.prod(wshape), (layer.out_channels,))
-            elif isinstance(layer, Linear):
-                if len(shape) != 1 or shape[0] != layer.in_features:
-                    raise ValueError(
-                        f"layer {index}: Linear expects ({layer.in_features},), input is {shape}")
-                out = (layer.out_features,)
-                wshape = (layer.out_features, layer.in_features)
-                slot = ParamSlot(offset, wshape, offset + math.prod(wshape), (layer.out_features,))
-            elif isinstance(layer, Flatten):
-                out = (math.prod(shape),)
-            elif isinstance(layer, ReLU):
-                out = shape
-            else:
+            if not isinstance(layer, LAYER_TYPES):
                 raise TypeError(f"layer {index}: unsupported layer {layer!r}")
-            if slot is not None:
+            out = layer.output_shape(shapes[-1], index)
+            wshape = layer.weight_shape()
+            slot: ParamSlot | None = None
+            if wshape is not None:
+                slot = ParamSlot(offset, wshape, offset + math.prod(wshape), (wshape[0],))
                 offset = slot.end
             shapes.append(out)
             slots.append(slot)
-        if not any(isinstance(layer, (Conv2d, Linear)) for layer in self.layers):
+        if not any(layer.affine for layer in self.layers):
             raise ValueError("a network needs at least one Conv2d or Linear layer")
         object.__setattr__(self, "shapes", tuple(shapes))
         object.__setattr__(self, "slots", tuple(slots))
