@@ -112,9 +112,12 @@ def _single_network(spec: NetSpec, theta: torch.Tensor, like: torch.Tensor) -> t
     return population.detach().to(device=like.device, dtype=like.dtype)
 
 
-def _run(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], start: torch.Tensor,
+def projected_ascent(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], start: torch.Tensor,
          lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor, steps: int) -> _Best:
-    """One PGD run from ``start``; returns the best iterate per input (the start counts)."""
+    """One PGD run from ``start`` maximising ``objective``'s loss; the best iterate per input (the start counts).
+
+    ``objective`` maps points to (loss, fooled) per input; a fooled point beats any other.
+    """
     point = start.clone()
     best: _Best | None = None
     for iteration in range(steps + 1):
@@ -181,7 +184,7 @@ def _attack(params: torch.Tensor, spec: NetSpec, x: torch.Tensor, y: torch.Tenso
             return _loss_values(logits, labels, loss), logit_margin(logits.detach(), labels) >= 0
 
         noise = torch.rand(lo.shape, generator=generator, dtype=lo.dtype, device=lo.device)
-        run = _run(objective, lo + (hi - lo) * noise, lo, hi, step[index], steps)
+        run = projected_ascent(objective, lo + (hi - lo) * noise, lo, hi, step[index], steps)
         if best is None:
             best = run
         else:

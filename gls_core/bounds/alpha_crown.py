@@ -14,7 +14,7 @@ import torch
 
 from ..nets.spec import NetSpec
 from .backsub import Sides
-from .layerwise import backsub_intersect_bounds, final_bounds, walk
+from .layerwise import Walk, backsub_intersect_bounds, final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
 from .types import Box, RowwiseRelaxation
 
@@ -43,6 +43,13 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)
+    return optimise_slopes(spec, params, state, C, steps, step_size, init, sides)
+
+
+def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int = 1,
+                    step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both") -> Box:
+    """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits)."""
+    start_value = 0.0 if init == "deeppoly" else float(init)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
     for index, bounds in state.pre_relu.items():

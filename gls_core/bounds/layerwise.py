@@ -31,12 +31,13 @@ class Walk:
     relaxations: dict[int, ReluRelaxation]
 
 
-# How a later affine layer's output is bounded, given the walk so far and its one-step interval bound.
+# How an affine layer's output (below the logits) is bounded, given the walk so far and its one-step
+# interval bound, which is exact for the first affine layer.
 Intermediate = Callable[[NetSpec, torch.Tensor, Walk, int, Box], Box]
 
 
 def interval_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
-    """The one-step interval bound as it is (CROWN-IBP)."""
+    """The one-step interval bound as it is (CROWN-IBP; exact for the first affine layer)."""
     return reference
 
 
@@ -49,12 +50,16 @@ def _backsub_unstable(spec: NetSpec, params: torch.Tensor, state: Walk, index: i
 
 def backsub_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
     """Back-substituted bounds where the interval bound leaves a neuron unstable (HBox)."""
+    if index == state.first:
+        return reference
     unstable, tight = _backsub_unstable(spec, params, state, index, reference)
     return Box(torch.where(unstable, tight.lower, reference.lower), torch.where(unstable, tight.upper, reference.upper))
 
 
 def backsub_intersect_bounds(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
     """Back-substituted bounds intersected with the interval bound (DeepPoly, as ERAN and auto_LiRPA do)."""
+    if index == state.first:
+        return reference
     _, tight = _backsub_unstable(spec, params, state, index, reference)
     return reference.intersect(tight)
 
@@ -94,7 +99,7 @@ def walk(spec: NetSpec, params: torch.Tensor, input_box: Box, relax: Relax, inte
             state.pre_relu[index] = current
             state.relaxations[index] = relax(current)
         current = rule.interval(At(spec, params, index), current, shared)
-        if layer.affine and not shared:
+        if layer.affine:
             current = intermediate(spec, params, state, index, current)
         shared = shared and not layer.affine
     return state

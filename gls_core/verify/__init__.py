@@ -1,0 +1,6 @@
+"""Complete verification by branch and bound on batched subdomains, with exact MILP leaves."""
+
+from .bab import Verdict, VerifyOptions, verify, verify_property
+from .property import Property, robustness
+
+__all__ = ["Property", "Verdict", "VerifyOptions", "robustness", "verify", "verify_property"]

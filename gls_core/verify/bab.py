@@ -1,0 +1,241 @@
+"""Complete verification: attack, bound, branch on unstable ReLUs, decide the leaves exactly.
+
+For one property the procedure is: a PGD attack on the property rows (a counterexample ends it);
+alpha-CROWN bounds of the whole region; then, while some subdomain is undecided and time is left,
+the worst subdomains (lowest bound) are split on one unstable ReLU each and all their children are
+bounded in one batched call. A subdomain with few unstable ReLUs left goes to the exact MILP
+(``milp.py``), which either proves it or returns an input that is checked by a plain forward pass.
+``verified`` therefore means every subdomain was proven; ``falsified`` always carries a checked
+counterexample; ``unknown`` means the time ran out (or a solver answer could not be confirmed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..attacks import projected_ascent
+from ..bounds.types import Box
+from ..nets.spec import NetSpec
+from .branching import BRANCHING, Choice
+from .milp import AffineBlock, affine_blocks, solve_row
+from .property import Property, robustness
+from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
+
+Status = Literal["verified", "falsified", "unknown"]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How hard to try. ``timeout`` is per property, attack included."""
+
+    timeout: float = 30.0
+    method: str = "alpha-crown"  # bounds of each subdomain: "alpha-crown" or "deeppoly"
+    root_alpha_steps: int = 20
+    alpha_steps: int = 8
+    batch: int = 64  # subdomains split per bounding call (each gives two children)
+    branching: str = "widest"
+    milp_below: int = 16  # a subdomain with at most this many unstable ReLUs is decided by the MILP
+    attack_steps: int = 50
+    attack_restarts: int = 8
+    max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout}")
+        if self.method not in BOUND_METHODS:
+            raise ValueError(f"method must be one of {BOUND_METHODS}, got {self.method!r}")
+        if self.branching not in BRANCHING:
+            raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
+        for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch", "attack_restarts", "max_subdomains"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Verdict:
+    """The answer for one property, with what it cost."""
+
+    status: Status
+    seconds: float
+    subdomains: int  # subdomains bounded (the root included)
+    bound: float  # verified: the smallest proven row minimum; otherwise the best lower bound left
+    decided_by: str  # "attack", "bounds", "branch-and-bound", "timeout", "subdomain-limit", "unconfirmed"
+    counterexample: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "seconds": round(self.seconds, 4), "subdomains": self.subdomains,
+                               "bound": self.bound if math.isfinite(self.bound) else None,
+                               "decided_by": self.decided_by}
+        if self.counterexample is not None:
+            out["counterexample"] = self.counterexample.reshape(-1).tolist()
+        return out
+
+
+@dataclass(order=True)
+class _Domain:
+    priority: float  # the subdomain's lowest row bound: the worst is split first
+    order: int
+    splits: dict[int, torch.Tensor] = field(compare=False)  # per ReLU layer: [*shape] int8
+    pre_relu: dict[int, Box] = field(compare=False)
+    lower: torch.Tensor = field(compare=False)  # [K]
+
+
+def attack(spec: NetSpec, theta: torch.Tensor, prop: Property, steps: int, restarts: int,
+           generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """A checked counterexample from PGD on the lowest property row, or None."""
+    params = theta.detach().to(prop.lower.dtype)
+    lower = prop.lower.unsqueeze(0).expand(restarts, *prop.lower.shape)
+    upper = prop.upper.unsqueeze(0).expand(restarts, *prop.upper.shape)
+    noise = torch.rand(lower.shape, generator=generator, dtype=lower.dtype)
+    start = lower + (upper - lower) * noise
+    start[0] = (prop.lower + prop.upper) / 2
+
+    def objective(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        worst = prop.rows(spec, params, point).min(1).values
+        return -worst, worst.detach() <= 0
+
+    step = 2.5 * (upper - lower) / 2 / max(steps, 1)
+    with torch.inference_mode(False), torch.enable_grad():
+        best = projected_ascent(objective, start, lower, upper, step, steps)
+    return checked(spec, params, prop, best.point.detach())
+
+
+def checked(spec: NetSpec, theta: torch.Tensor, prop: Property, points: torch.Tensor) -> torch.Tensor | None:
+    """The first of ``points`` that lies in the box and violates a row by a plain forward pass, or None."""
+    points = torch.maximum(torch.minimum(points.to(prop.lower.dtype), prop.upper), prop.lower)
+    with torch.no_grad():
+        worst = prop.rows(spec, theta, points).min(1).values
+    hits = (worst <= 0).nonzero()
+    return points[int(hits[0])].clone() if hits.numel() else None
+
+
+def _unstable_count(pre_relu: dict[int, Box]) -> int:
+    return sum(int(((b.lower < 0) & (b.upper > 0)).sum()) for b in pre_relu.values())
+
+
+class _Search:
+    """The branch and bound over one property."""
+
+    def __init__(self, spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions,
+                 started: float) -> None:
+        self.spec, self.theta, self.prop, self.options = spec, theta, prop, options
+        self.deadline = started + options.timeout
+        self.started = started
+        self.queue: list[_Domain] = []
+        self.counter = itertools.count()
+        self.bounded = 0
+        self.proven = math.inf  # smallest proven row minimum over closed subdomains
+        self.unconfirmed = False
+        self.blocks: dict[int, AffineBlock] | None = None
+
+    def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
+        bound = self.proven if status == "verified" else min((d.priority for d in self.queue), default=-math.inf)
+        return Verdict(status, time.monotonic() - self.started, self.bounded, bound, decided_by, counterexample)
+
+    def run(self) -> Verdict:
+        root_splits = no_splits(self.spec)
+        root = bound_subdomains(self.spec, self.theta, self.prop, root_splits, self.options.method,
+                                self.options.root_alpha_steps)
+        self.bounded = 1
+        found = self._settle(root, [{i: s[0] for i, s in root_splits.items()}])
+        if found is not None:
+            return self.verdict("falsified", "branch-and-bound", found)
+        if not self.queue and not self.unconfirmed:
+            return self.verdict("verified", "bounds" if self.bounded == 1 else "branch-and-bound")
+        while self.queue:
+            if time.monotonic() > self.deadline:
+                return self.verdict("unknown", "timeout")
+            if len(self.queue) > self.options.max_subdomains:
+                return self.verdict("unknown", "subdomain-limit")
+            parents = [heapq.heappop(self.queue) for _ in range(min(self.options.batch, len(self.queue)))]
+            choices = BRANCHING[self.options.branching](parents)
+            splits, children = self._children(parents, choices)
+            bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
+                                       self.options.alpha_steps)
+            self.bounded += len(children)
+            found = self._settle(bounded, children)
+            if found is not None:
+                return self.verdict("falsified", "branch-and-bound", found)
+        if self.unconfirmed:
+            return self.verdict("unknown", "unconfirmed")
+        return self.verdict("verified", "branch-and-bound")
+
+    def _children(self, parents: list[_Domain], choices: list[Choice]) -> tuple[Splits, list[dict[int, torch.Tensor]]]:
+        children: list[dict[int, torch.Tensor]] = []
+        for parent, (layer, neuron) in zip(parents, choices):
+            for sign in (1, -1):
+                child = {i: s.clone() for i, s in parent.splits.items()}
+                child[layer].view(-1)[neuron] = sign
+                children.append(child)
+        stacked = {i: torch.stack([c[i] for c in children]) for i in children[0]}
+        return stacked, children
+
+    def _settle(self, bounded: Bounded, splits: list[dict[int, torch.Tensor]]) -> torch.Tensor | None:
+        """Close proven subdomains, decide small ones exactly, queue the rest; a checked counterexample or None."""
+        for i, domain_splits in enumerate(splits):
+            lower = bounded.lower[i]
+            if bool((lower > 0).all()):
+                self.proven = min(self.proven, float(lower.min()))
+                continue
+            pre_relu = {index: Box(b.lower[i], b.upper[i]) for index, b in bounded.pre_relu.items()}
+            if _unstable_count(pre_relu) <= self.options.milp_below:
+                found = self._exact(pre_relu, lower)
+                if found is not None:
+                    return found
+                continue
+            heapq.heappush(self.queue, _Domain(float(lower.min()), next(self.counter), domain_splits, pre_relu, lower))
+        return None
+
+    def _exact(self, pre_relu: dict[int, Box], lower: torch.Tensor) -> torch.Tensor | None:
+        if self.blocks is None:
+            self.blocks = affine_blocks(self.spec, self.theta)
+        for row in (lower <= 0).nonzero().view(-1).tolist():
+            remaining = self.deadline - time.monotonic()
+            answer = solve_row(self.spec, self.blocks, self.prop.lower, self.prop.upper, pre_relu,
+                               self.prop.C[row], float(self.prop.d[row]), remaining)
+            if answer.status == "verified":
+                self.proven = min(self.proven, answer.value)
+                continue
+            if answer.point is not None:
+                found = checked(self.spec, self.theta.to(self.prop.lower.dtype), self.prop, answer.point.unsqueeze(0))
+                if found is not None:
+                    return found
+            self.unconfirmed = True  # the solver's answer could not be confirmed, or it ran out of time
+        return None
+
+
+def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions | None = None,
+                    generator: torch.Generator | None = None) -> Verdict:
+    """Decide one property: ``verified``, ``falsified`` (with a checked counterexample) or ``unknown``."""
+    options = options or VerifyOptions()
+    started = time.monotonic()
+    theta = theta.detach()
+    if theta.shape != (spec.num_params,):
+        raise ValueError(f"theta must have shape ({spec.num_params},), got {tuple(theta.shape)}")
+    if prop.C.shape[1] != spec.num_outputs:
+        raise ValueError(f"property rows have {prop.C.shape[1]} columns, the network has {spec.num_outputs} outputs")
+    if options.attack_steps > 0:
+        found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator)
+        if found is not None:
+            return Verdict("falsified", time.monotonic() - started, 0, -math.inf, "attack", found)
+    return _Search(spec, theta, prop, options, started).run()
+
+
+def verify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
+           options: VerifyOptions | None = None, seed: int = 0) -> list[Verdict]:
+    """Complete verification of L_inf robustness at radius eps for each input of a batch (x [B, ...], y [B])."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} inputs but y has {y.shape[0]} labels")
+    generator = torch.Generator().manual_seed(seed)
+    return [verify_property(spec, theta, robustness(spec, x[i], int(y[i]), eps), options, generator)
+            for i in range(x.shape[0])]

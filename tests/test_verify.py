@@ -1,0 +1,214 @@
+"""Complete verification against exact answers: every verdict agrees with enumerating activation patterns.
+
+The reference is independent of the verifier: the network is read as ``nn.Sequential`` (torch's own
+layers), every activation pattern of its few ReLUs is a linear region, and the exact minimum of each
+property row is the smallest LP optimum over the feasible regions (scipy's HiGHS).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from gls_core import forward, kaiming_uniform, to_sequential
+from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, ReLU, fully_connected
+from gls_core.verify import Property, VerifyOptions, robustness, verify, verify_property
+from gls_core.verify.bab import checked
+from gls_core.verify.subdomains import bound_subdomains, no_splits
+
+EXACT = VerifyOptions(timeout=60, attack_steps=0, milp_below=2, batch=4)
+
+
+def _affine_maps(net: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """('affine', W, b) for each Conv2d/Linear and ('relu', ...) for each ReLU, read through torch's modules."""
+    maps: list[tuple[str, np.ndarray, np.ndarray]] = []
+    shape = input_shape
+    for module in net:
+        if isinstance(module, nn.ReLU):
+            maps.append(("relu", np.empty(0), np.empty(0)))
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            size = math.prod(shape)
+            with torch.no_grad():
+                zero = module(torch.zeros(1, *shape, dtype=torch.float64))
+                basis = module(torch.eye(size, dtype=torch.float64).view(size, *shape)) - zero
+            maps.append(("affine", basis.reshape(size, -1).T.numpy(), zero.reshape(-1).numpy()))
+            shape = tuple(zero.shape[1:])
+        elif isinstance(module, nn.Flatten):
+            shape = (math.prod(shape),)
+    return maps
+
+
+def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Property) -> np.ndarray:
+    """The exact minimum of every property row over the box: [K]."""
+    maps = _affine_maps(net.double(), input_shape)
+    relu_sizes = []
+    size = math.prod(input_shape)
+    for kind, matrix, _ in maps:
+        if kind == "affine":
+            size = matrix.shape[0]
+        else:
+            relu_sizes.append(size)
+    lower, upper = prop.lower.reshape(-1).double().numpy(), prop.upper.reshape(-1).double().numpy()
+    C, d = prop.C.double().numpy(), prop.d.double().numpy()
+    best = np.full(C.shape[0], np.inf)
+    for pattern in itertools.product((0, 1), repeat=sum(relu_sizes)):
+        flags = np.array(pattern, dtype=np.float64)
+        A, b = np.eye(lower.size), np.zeros(lower.size)  # current activation = A x + b
+        rows, limits, used = [], [], 0
+        for kind, matrix, offset in maps:
+            if kind == "affine":
+                A, b = matrix @ A, matrix @ b + offset
+                continue
+            on = flags[used:used + A.shape[0]]
+            used += A.shape[0]
+            sign = np.where(on > 0, -1.0, 1.0)  # active: -z <= 0; inactive: z <= 0
+            rows.append(sign[:, None] * A)
+            limits.append(-sign * b)
+            A, b = on[:, None] * A, on * b
+        constraints = (np.vstack(rows), np.concatenate(limits))
+        for k in range(C.shape[0]):
+            result = linprog(C[k] @ A, A_ub=constraints[0], b_ub=constraints[1], bounds=list(zip(lower, upper)),
+                             method="highs")
+            if result.status == 0:
+                best[k] = min(best[k], result.fun + C[k] @ b + d[k])
+    return best
+
+
+def _cases(spec: NetSpec, seeds: range, inputs: int, radii: tuple[float, ...]):
+    """Robustness properties of the predicted label on boxes around points spread over [-2, 2]^n."""
+    for seed in seeds:
+        theta = torch.randn(spec.num_params, generator=torch.Generator().manual_seed(seed))
+        x = 4 * torch.rand(inputs, *spec.input_shape, generator=torch.Generator().manual_seed(100 + seed),
+                           dtype=torch.float64) - 2
+        y = forward(spec, theta.double().view(1, -1), x)[0].argmax(1)
+        for i, radius in itertools.product(range(inputs), radii):
+            base = robustness(spec, x[i].clamp(0, 1), int(y[i]), 0.0)
+            yield theta, Property(x[i] - radius, x[i] + radius, base.C, base.d)
+
+
+def _check_against_exact(spec: NetSpec, cases) -> dict[str, int]:
+    counts = {"verified": 0, "falsified": 0, "unknown": 0}
+    for theta, prop in cases:
+        verdict = verify_property(spec, theta.double(), prop, EXACT)
+        minima = exact_minima(to_sequential(spec, theta), spec.input_shape, prop)
+        counts[verdict.status] += 1
+        if verdict.status == "verified":
+            assert minima.min() > 0, f"verified, but the exact minimum is {minima.min()}"
+            assert verdict.bound <= minima.min() + 1e-6
+        elif verdict.status == "falsified":
+            assert verdict.counterexample is not None and prop.contains(verdict.counterexample)
+            rows = prop.rows(spec, theta.double(), verdict.counterexample.unsqueeze(0))
+            assert float(rows.min()) <= 0
+            assert minima.min() <= 1e-9
+    return counts
+
+
+def test_fully_connected_verdicts_equal_the_exact_answer() -> None:
+    spec = fully_connected((3,), [3, 3], 3)
+    counts = _check_against_exact(spec, _cases(spec, range(4), 4, (0.1, 0.5, 1.5)))
+    assert counts["unknown"] == 0, counts
+    assert counts["verified"] >= 10 and counts["falsified"] >= 10, counts
+
+
+def test_convolutional_verdicts_equal_the_exact_answer() -> None:
+    spec = NetSpec((1, 4, 4), (Conv2d(1, 2, 3, 2, 0), ReLU(), Flatten(), Linear(2, 3), ReLU(), Linear(3, 3)))
+    counts = _check_against_exact(spec, _cases(spec, range(3), 4, (0.2, 1.0)))
+    assert counts["unknown"] == 0, counts
+    assert counts["verified"] >= 5 and counts["falsified"] >= 5, counts
+
+
+def test_branch_and_bound_decides_what_the_bounds_cannot() -> None:
+    spec = fully_connected((4,), [16, 16], 3)
+    decided_by_search = 0
+    for theta, prop in _cases(spec, range(3), 8, (0.15,)):
+        verdict = verify_property(spec, theta.double(), prop, VerifyOptions(timeout=60, attack_steps=0, milp_below=0))
+        assert verdict.status != "unknown"
+        decided_by_search += verdict.subdomains > 1
+    assert decided_by_search >= 3
+
+
+def _inside(spec: NetSpec, theta: torch.Tensor, points: torch.Tensor, splits: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Which points satisfy the splits (by the ReLU inputs of a plain forward pass)."""
+    keep = torch.ones(points.shape[0], dtype=torch.bool)
+    h = points
+    for index, module in enumerate(to_sequential(spec, theta).double()):
+        if isinstance(module, nn.ReLU):
+            split = splits[index].reshape(1, -1)
+            value = h.reshape(h.shape[0], -1)
+            keep &= ((split > 0) <= (value >= 0)).all(1) & ((split < 0) <= (value <= 0)).all(1)
+        h = module(h)
+    return keep
+
+
+@pytest.mark.parametrize("method", ["deeppoly", "alpha-crown"])
+def test_split_bounds_are_sound_and_batch_equals_one_at_a_time(method: str) -> None:
+    spec = NetSpec((1, 3, 3), (Conv2d(1, 3, 2, 1, 0), ReLU(), Flatten(), Linear(12, 8), ReLU(), Linear(8, 4)))
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(3)).double()
+    x = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    prop = robustness(spec, x, int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax()), 0.5)
+    root = bound_subdomains(spec, theta, prop, no_splits(spec), method)
+    generator = torch.Generator().manual_seed(5)
+    splits = no_splits(spec, 6)
+    for index, bounds in root.pre_relu.items():  # two random unstable neurons per layer, each split either way
+        unstable = ((bounds.lower < 0) & (bounds.upper > 0)).reshape(-1).nonzero().view(-1)
+        for n in range(6):
+            picked = unstable[torch.randperm(unstable.numel(), generator=generator)[:2]]
+            signs = torch.randint(0, 2, (2,), generator=generator, dtype=torch.int8) * 2 - 1
+            splits[index][n].view(-1)[picked] = signs
+    assert sum(int((s != 0).sum()) for s in splits.values()) >= 18
+    batched = bound_subdomains(spec, theta, prop, splits, method)
+    points = prop.lower + (prop.upper - prop.lower) * torch.rand(50000, *prop.lower.shape, generator=generator,
+                                                                 dtype=torch.float64)
+    rows = prop.rows(spec, theta, points)
+    sampled = 0
+    for n in range(6):
+        alone = bound_subdomains(spec, theta, prop, {i: s[n:n + 1] for i, s in splits.items()}, method)
+        torch.testing.assert_close(alone.lower[0], batched.lower[n], rtol=1e-9, atol=1e-9)
+        inside = _inside(spec, theta, points, {i: s[n] for i, s in splits.items()})
+        sampled += int(inside.sum())
+        if bool(inside.any()):
+            assert bool((rows[inside] >= batched.lower[n] - 1e-9).all()), "a split bound is violated"
+        for index, bounds in batched.pre_relu.items():  # split neurons carry their split in their bounds
+            split = splits[index][n]
+            assert bool((bounds.lower[n][split > 0] >= 0).all()) and bool((bounds.upper[n][split < 0] <= 0).all())
+    assert sampled > 100
+    assert bool((batched.lower.min(1).values >= root.lower.min() - 1e-9).all()), "splitting loosened a bound"
+
+
+def test_counterexamples_are_checked_by_a_forward_pass() -> None:
+    spec = fully_connected((2,), [4], 2)
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(0)).double()
+    prop = Property(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+                    torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    grid = torch.cartesian_prod(torch.linspace(0, 1, 41), torch.linspace(0, 1, 41)).double()
+    rows = prop.rows(spec, theta, grid)
+    found = checked(spec, theta, prop, grid)
+    if bool((rows <= 0).any()):
+        assert found is not None and float(prop.rows(spec, theta, found.unsqueeze(0)).min()) <= 0
+    assert checked(spec, theta, prop, grid[(rows > 0).all(1)]) is None
+
+
+def test_batch_interface_and_misclassified_inputs() -> None:
+    spec = fully_connected((3,), [6], 3)
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(1)).double()
+    x = torch.rand(4, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    predicted = forward(spec, theta.view(1, -1), x)[0].argmax(1)
+    wrong = (predicted + 1) % 3
+    verdicts = verify(spec, theta, x, wrong, 0.0, VerifyOptions(timeout=10))
+    assert all(v.status == "falsified" and v.counterexample is not None for v in verdicts)
+    assert [v.to_dict()["status"] for v in verify(spec, theta, x, predicted, 0.0)] == ["verified"] * 4
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"timeout": 0}, "timeout"), ({"method": "ibp"}, "method"), ({"branching": "random"}, "branching"),
+    ({"batch": 0}, "batch"), ({"milp_below": -1}, "milp_below"),
+])
+def test_options_are_validated(bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        VerifyOptions(**bad)
