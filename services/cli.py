@@ -115,7 +115,9 @@ def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or 
 
 def _register_operator_verbs() -> None:
     from . import ops_cli
+    from .verify_cli import verify_command
 
+    app.command("verify")(verify_command)
     app.command("worker")(ops_cli.worker)
     app.command("coordinator")(ops_cli.coordinator)
     app.command("gateway")(ops_cli.gateway)

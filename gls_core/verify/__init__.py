@@ -2,5 +2,6 @@
 
 from .bab import Verdict, VerifyOptions, verify, verify_property
 from .property import Property, robustness
+from .report import summarize
 
-__all__ = ["Property", "Verdict", "VerifyOptions", "robustness", "verify", "verify_property"]
+__all__ = ["Property", "Verdict", "VerifyOptions", "robustness", "summarize", "verify", "verify_property"]
