@@ -19,34 +19,81 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _load(model: Path):  # type: ignore[no-untyped-def]
+    """(spec, theta, dataset or None) of a run directory, a model.safetensors or an ONNX file."""
+    if model.suffix == ".onnx":
+        from gls_core.nets.onnx_io import from_onnx
+
+        spec, theta = from_onnx(model)
+        return spec, theta, None
+    from gls_core.training import load_model
+
+    spec, theta, metadata = load_model(model)
+    return spec, theta, metadata["dataset"]
+
+
 def verify_command(
-        model: Annotated[Path, typer.Argument(help="run directory or model.safetensors")],
-        eps: Annotated[float, typer.Option(help="L_inf radius")],
+        model: Annotated[Path, typer.Argument(help="run directory, model.safetensors or model.onnx")],
+        prop: Annotated[Path | None, typer.Argument(metavar="[PROPERTY.vnnlib]",
+                                                    help="a VNN-LIB property (instead of test images)")] = None,
+        eps: Annotated[float | None, typer.Option(help="L_inf radius around each test image")] = None,
         limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
         timeout: Annotated[float, typer.Option(help="seconds per input, attack included")] = 30.0,
         method: Annotated[str, typer.Option(help="bounds of each subdomain: alpha-crown or deeppoly")] = "alpha-crown",
         branching: Annotated[str, typer.Option(help="which ReLU to split: widest or widest-early")] = "widest",
         json_file: Annotated[Path | None, typer.Option("--json", help="write per-input verdicts and a summary")] = None,
+        result: Annotated[Path | None, typer.Option(help="with a property: write the VNN-COMP result file")] = None,
+        dataset: Annotated[str | None, typer.Option(help="test images of an ONNX model (e.g. mnist)")] = None,
         data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
         threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0) -> None:
-    """Decide each test image: verified, falsified (with a checked counterexample) or unknown (time ran out)."""
+    """Decide each test image (or one VNN-LIB property): verified, falsified with a checked counterexample, or unknown.
+
+    With a property, prints the VNN-COMP answer (sat, unsat, timeout or unknown) and writes the
+    result file (``sat`` with the counterexample) to --result.
+    """
     import torch
 
     from gls_core.data import load_dataset
-    from gls_core.training import load_model
     from gls_core.verify import VerifyOptions, robustness, summarize, verify_property
+    from gls_core.verify.vnnlib import read_vnnlib, result_text
 
     if threads:
         torch.set_num_threads(threads)
     try:
         options = VerifyOptions(timeout=timeout, method=method, branching=branching)
-        if not 0 <= eps <= 1:
-            raise ValueError(f"eps must lie in [0, 1] (inputs are in [0, 1]), got {eps}")
-        spec, theta, metadata = load_model(model)
-        test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)
-    except (FileNotFoundError, ValueError) as error:
+        spec, theta, model_dataset = _load(model)
+        theta = theta.double()
+        if prop is not None:
+            if eps is not None or limit is not None:
+                raise ValueError("--eps and --limit are for test images; a property carries its own input box")
+            prop_value = read_vnnlib(prop, spec.input_shape, spec.num_outputs)
+        else:
+            if eps is None:
+                raise ValueError("give --eps (a radius around each test image) or a VNN-LIB property")
+            if not 0 <= eps <= 1:
+                raise ValueError(f"eps must lie in [0, 1] (inputs are in [0, 1]), got {eps}")
+            name = dataset or model_dataset
+            if name is None:
+                raise ValueError("an ONNX model carries no dataset: give --dataset")
+            test = load_dataset(name, "test", data_dir, subset=limit)
+    except (FileNotFoundError, ValueError) as error:  # OnnxError and VnnlibError are ValueErrors
         raise _fail(str(error)) from None
-    theta = theta.double()
+    if prop is not None:
+        verdict = verify_property(spec, theta, prop_value, options, torch.Generator().manual_seed(0))
+        undecided = "timeout" if verdict.decided_by == "timeout" else "unknown"
+        answer = {"verified": "unsat", "falsified": "sat"}.get(verdict.status, undecided)
+        outputs = None
+        if verdict.counterexample is not None:
+            from gls_core import forward
+
+            outputs = forward(spec, theta.view(1, -1), verdict.counterexample.unsqueeze(0))[0, 0]
+        if result is not None:
+            result.write_text(result_text(answer, verdict.counterexample, outputs))
+        if json_file is not None:
+            json_file.write_text(json.dumps({"result": answer, **verdict.to_dict()}))
+        typer.echo(answer)
+        return
+    assert eps is not None
     x, y = test.x.double(), test.y
     verdicts = []
     rows = []
@@ -64,7 +111,7 @@ def verify_command(
     summary = {**summarize(verdicts), "eps": eps, "timeout": timeout, "method": method, "model": str(model)}
     if json_file is not None:
         json_file.write_text(json.dumps({"summary": summary, "verdicts": rows}))
-    table = Table(title=f"{spec.name}, eps {eps:g}, {summary['n']} test images, {timeout:g} s each")
+    table = Table(title=f"{spec.name}, eps {eps}, {summary['n']} test images, {timeout:g} s each")
     for key in ("n", "verified", "falsified", "unknown", "seconds_median", "seconds_p95", "subdomains_per_second"):
         table.add_column(key.replace("_", " "))
     table.add_row(*(str(summary[key]) for key in ("n", "verified", "falsified", "unknown", "seconds_median",

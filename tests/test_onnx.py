@@ -98,7 +98,7 @@ def _single_node_model(op: str, **attributes: object) -> bytes:
 def test_unsupported_operators_are_refused_with_node_and_operator() -> None:
     with pytest.raises(OnnxError, match=r"node 'the-node': operator Sigmoid is not supported"):
         from_onnx(_single_node_model("Sigmoid"))
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, 1, 1, groups=1, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 12 * 12, 3))
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, 1, 1, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 12 * 12, 3))
     with pytest.raises(OnnxError, match=r"\(Conv\): only square, ungrouped, undilated"):
         from_onnx(_torch_onnx(net, (1, 14, 14)))
     with pytest.raises(OnnxError, match="not a readable ONNX model"):

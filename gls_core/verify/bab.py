@@ -42,6 +42,7 @@ class VerifyOptions:
     batch: int = 64  # subdomains split per bounding call (each gives two children)
     branching: str = "widest"
     milp_below: int = 16  # a subdomain with at most this many unstable ReLUs is decided by the MILP
+    milp_after: float = 0.1  # share of the timeout after which one MILP over the whole region decides
     attack_steps: int = 50
     attack_restarts: int = 8
     max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
@@ -53,6 +54,8 @@ class VerifyOptions:
             raise ValueError(f"method must be one of {BOUND_METHODS}, got {self.method!r}")
         if self.branching not in BRANCHING:
             raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
+        if not 0 <= self.milp_after <= 1:
+            raise ValueError(f"milp_after must lie in [0, 1], got {self.milp_after}")
         for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -69,7 +72,7 @@ class Verdict:
     seconds: float
     subdomains: int  # subdomains bounded (the root included)
     bound: float  # verified: the smallest proven row minimum; otherwise the best lower bound left
-    decided_by: str  # "attack", "bounds", "branch-and-bound", "timeout", "subdomain-limit", "unconfirmed"
+    decided_by: str  # "attack", "bounds", "branch-and-bound", "milp", "timeout", "subdomain-limit", "unconfirmed"
     counterexample: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,18 +94,26 @@ class _Domain:
 
 
 def attack(spec: NetSpec, theta: torch.Tensor, prop: Property, steps: int, restarts: int,
-           generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """A checked counterexample from PGD on the lowest property row, or None."""
+           generator: torch.Generator | None = None, rows: list[int] | None = None) -> torch.Tensor | None:
+    """A checked counterexample from PGD, or None.
+
+    Without ``rows`` it ascends on the lowest property row; with ``rows`` each listed row is attacked
+    on its own (targeted, which finds points the untargeted run misses), all in one batch.
+    """
     params = theta.detach().to(prop.lower.dtype)
-    lower = prop.lower.unsqueeze(0).expand(restarts, *prop.lower.shape)
-    upper = prop.upper.unsqueeze(0).expand(restarts, *prop.upper.shape)
+    targets = [None] if rows is None else rows
+    count = restarts * len(targets)
+    lower = prop.lower.unsqueeze(0).expand(count, *prop.lower.shape)
+    upper = prop.upper.unsqueeze(0).expand(count, *prop.upper.shape)
     noise = torch.rand(lower.shape, generator=generator, dtype=lower.dtype)
     start = lower + (upper - lower) * noise
-    start[0] = (prop.lower + prop.upper) / 2
+    start[::restarts] = (prop.lower + prop.upper) / 2
+    row_of = None if rows is None else torch.tensor(rows).repeat_interleave(restarts)
 
     def objective(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        worst = prop.rows(spec, params, point).min(1).values
-        return -worst, worst.detach() <= 0
+        values = prop.rows(spec, params, point)
+        target = values.min(1).values if row_of is None else values.gather(1, row_of.view(-1, 1)).squeeze(1)
+        return -target, values.detach().min(1).values <= 0
 
     step = 2.5 * (upper - lower) / 2 / max(steps, 1)
     with torch.inference_mode(False), torch.enable_grad():
@@ -127,8 +138,10 @@ class _Search:
     """The branch and bound over one property."""
 
     def __init__(self, spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions,
-                 started: float) -> None:
+                 started: float, generator: torch.Generator | None) -> None:
         self.spec, self.theta, self.prop, self.options = spec, theta, prop, options
+        self.generator = generator
+        self.root: dict[int, Box] = {}
         self.deadline = started + options.timeout
         self.started = started
         self.queue: list[_Domain] = []
@@ -147,14 +160,24 @@ class _Search:
         root = bound_subdomains(self.spec, self.theta, self.prop, root_splits, self.options.method,
                                 self.options.root_alpha_steps)
         self.bounded = 1
+        undecided = (root.lower[0] <= 0).nonzero().view(-1).tolist()
+        if undecided and self.options.attack_steps > 0:
+            found = attack(self.spec, self.theta, self.prop, self.options.attack_steps, self.options.attack_restarts,
+                           self.generator, undecided)
+            if found is not None:
+                return self.verdict("falsified", "attack", found)
+        self.root = {index: Box(b.lower[0], b.upper[0]) for index, b in root.pre_relu.items()}
         found = self._settle(root, [{i: s[0] for i, s in root_splits.items()}])
         if found is not None:
             return self.verdict("falsified", "branch-and-bound", found)
         if not self.queue and not self.unconfirmed:
             return self.verdict("verified", "bounds" if self.bounded == 1 else "branch-and-bound")
+        switch = self.started + self.options.milp_after * self.options.timeout
         while self.queue:
             if time.monotonic() > self.deadline:
                 return self.verdict("unknown", "timeout")
+            if time.monotonic() > switch:
+                return self._whole_milp()
             if len(self.queue) > self.options.max_subdomains:
                 return self.verdict("unknown", "subdomain-limit")
             parents = [heapq.heappop(self.queue) for _ in range(min(self.options.batch, len(self.queue)))]
@@ -169,6 +192,18 @@ class _Search:
         if self.unconfirmed:
             return self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "branch-and-bound")
+
+    def _whole_milp(self) -> Verdict:
+        """The search did not finish in its share of the time: one exact MILP over the whole region decides."""
+        rows = sorted({row for domain in self.queue for row in (domain.lower <= 0).nonzero().view(-1).tolist()})
+        self.queue.clear()
+        self.unconfirmed = False
+        found = self._exact(self.root, rows)
+        if found is not None:
+            return self.verdict("falsified", "milp", found)
+        if self.unconfirmed:
+            return self.verdict("unknown", "timeout")
+        return self.verdict("verified", "milp")
 
     def _children(self, parents: list[_Domain], choices: list[Choice]) -> tuple[Splits, list[dict[int, torch.Tensor]]]:
         children: list[dict[int, torch.Tensor]] = []
@@ -189,17 +224,18 @@ class _Search:
                 continue
             pre_relu = {index: Box(b.lower[i], b.upper[i]) for index, b in bounded.pre_relu.items()}
             if _unstable_count(pre_relu) <= self.options.milp_below:
-                found = self._exact(pre_relu, lower)
+                found = self._exact(pre_relu, (lower <= 0).nonzero().view(-1).tolist())
                 if found is not None:
                     return found
                 continue
             heapq.heappush(self.queue, _Domain(float(lower.min()), next(self.counter), domain_splits, pre_relu, lower))
         return None
 
-    def _exact(self, pre_relu: dict[int, Box], lower: torch.Tensor) -> torch.Tensor | None:
+    def _exact(self, pre_relu: dict[int, Box], rows: list[int]) -> torch.Tensor | None:
+        """Decide ``rows`` on one subdomain by MILP; a checked counterexample, or None (proven or unconfirmed)."""
         if self.blocks is None:
             self.blocks = affine_blocks(self.spec, self.theta)
-        for row in (lower <= 0).nonzero().view(-1).tolist():
+        for row in rows:
             remaining = self.deadline - time.monotonic()
             answer = solve_row(self.spec, self.blocks, self.prop.lower, self.prop.upper, pre_relu,
                                self.prop.C[row], float(self.prop.d[row]), remaining)
@@ -228,7 +264,7 @@ def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options:
         found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator)
         if found is not None:
             return Verdict("falsified", time.monotonic() - started, 0, -math.inf, "attack", found)
-    return _Search(spec, theta, prop, options, started).run()
+    return _Search(spec, theta, prop, options, started, generator).run()
 
 
 def verify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,

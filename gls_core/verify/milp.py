@@ -142,11 +142,16 @@ def solve_row(spec: NetSpec, blocks: dict[int, AffineBlock], lower: torch.Tensor
     lo_all, hi_all = np.array(program.lower), np.array(program.upper)
     if bool((lo_all > hi_all).any()):
         return LeafAnswer("verified", math.inf, None)  # the splits leave no input
+    # Only the sign matters: asking for a point with c . f(x) + d <= TOLERANCE lets HiGHS prune every node
+    # whose relaxation is above it, and infeasibility proves the row.
+    nonzero = np.flatnonzero(objective)
+    program.rows(np.zeros(nonzero.size, dtype=np.int64), nonzero, objective[nonzero], np.array([-np.inf]),
+                 np.array([TOLERANCE - d]))
     constraint = LinearConstraint(program.matrix(), np.array(program.row_lower), np.array(program.row_upper))
     result = milp(objective, integrality=np.array(program.integral), bounds=Bounds(lo_all, hi_all),
                   constraints=constraint, options={"time_limit": max(time_limit, 0.01), "disp": False})
-    if result.status == 2:  # infeasible: no input in this subdomain
-        return LeafAnswer("verified", math.inf, None)
+    if result.status == 2:  # infeasible: no input of this subdomain brings the row down to TOLERANCE
+        return LeafAnswer("verified", TOLERANCE, None)
     point = None if result.x is None else torch.from_numpy(np.clip(result.x[x], lo_all[x], hi_all[x])).reshape(
         lower.shape)
     if result.status == 0 and result.x is not None:

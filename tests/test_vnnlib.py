@@ -1,0 +1,130 @@
+"""VNN-LIB properties and `gls verify`: the competition's file shapes, errors with line and column, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gls_core import forward, kaiming_uniform, network
+from gls_core.nets.onnx_io import to_onnx
+from gls_core.training.checkpoint import save_model
+from gls_core.verify import robustness
+from gls_core.verify.vnnlib import VnnlibError, read_vnnlib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mnist_style(x: torch.Tensor, label: int, eps: float, classes: int = 10) -> str:
+    """A property written the way the VNN-COMP MNIST benchmarks write them."""
+    flat = x.reshape(-1).tolist()
+    lines = ["; robustness of one image", *(f"(declare-const X_{i} Real)" for i in range(len(flat))),
+             *(f"(declare-const Y_{j} Real)" for j in range(classes)), "; input box"]
+    for i, value in enumerate(flat):
+        lines += [f"(assert (<= X_{i} {min(1.0, value + eps)!r}))", f"(assert (>= X_{i} {max(0.0, value - eps)!r}))"]
+    others = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(classes) if j != label)
+    lines.append(f"(assert (or\n    {others}\n))")
+    return "\n".join(lines) + "\n"
+
+
+def test_mnist_style_property_is_the_robustness_property() -> None:
+    spec = network("cnn3-tiny", "mnist")
+    x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prop = read_vnnlib(mnist_style(x, 3, 0.05), spec.input_shape, 10)
+    expected = robustness(spec, x, 3, 0.05)
+    torch.testing.assert_close(prop.lower, expected.lower)
+    torch.testing.assert_close(prop.upper, expected.upper)
+    torch.testing.assert_close(prop.C, expected.C)
+    torch.testing.assert_close(prop.d, expected.d)
+
+
+def test_single_constraints_and_constants() -> None:
+    text = """(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(assert (>= X_0 -1)) (assert (<= X_0 1.5))
+(assert (<= 0 X_1)) (assert (>= 2 X_1))
+(assert (<= Y_0 0.25))
+"""
+    prop = read_vnnlib(text, (2,), 2)
+    assert prop.lower.tolist() == [-1.0, 0.0] and prop.upper.tolist() == [1.5, 2.0]
+    assert prop.C.tolist() == [[1.0, 0.0]] and prop.d.tolist() == [-0.25]  # unsafe Y_0 <= 0.25: safe Y_0 - 0.25 > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(declare-const X_0 Real)\n(assert (<= X_0 1)", r"line 2, column 1: '\(' is never closed"),
+    ("(declare-const X_0 Real))", r"line 1, column 25: '\)' without a matching"),
+    ("(declare-const X_0 Real)\n(assert (<= X_0 Y_0))", r"line 2, column 10: Y_0 is used but never declared"),
+    ("(declare-const X_5 Real)", r"line 1, column 16: X_5 is out of range: the network has 2 inputs"),
+    ("(declare-const X_0 Int)", r"line 1, column 16: only X_i and Y_j of sort Real"),
+    ("(define-fun f () Real 1)", r"line 1, column 2: expected \(declare-const"),
+    ("(declare-const X_0 Real)\n(assert (<= X_0 one))", r"line 2, column 17: expected a variable or a number"),
+])
+def test_malformed_files_name_line_and_column(text: str, message: str) -> None:
+    with pytest.raises(VnnlibError, match=message):
+        read_vnnlib(text, (2,), 2)
+
+
+def test_unsupported_and_incomplete_properties_are_refused() -> None:
+    head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    box = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+    with pytest.raises(VnnlibError, match="2 output constraints at once is not supported"):
+        read_vnnlib(head + box + "(assert (and (<= Y_0 Y_1) (<= Y_1 0.5)))", (1,), 2)
+    with pytest.raises(VnnlibError, match="X_0 has no lower and upper bound"):
+        read_vnnlib(head + "(assert (<= X_0 1))\n(assert (<= Y_0 Y_1))", (1,), 2)
+    with pytest.raises(VnnlibError, match="no output constraint"):
+        read_vnnlib(head + box, (1,), 2)
+
+
+def gls(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_gls_verify_answers_vnnlib_properties_of_an_onnx_model(tmp_path: Path) -> None:
+    spec = network("fc-16", "digits")
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(0))
+    model = tmp_path / "model.onnx"
+    to_onnx(spec, theta, model)
+    x = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    label = int(forward(spec, theta.double().view(1, -1), x.unsqueeze(0))[0, 0].argmax())
+    (tmp_path / "tiny.vnnlib").write_text(mnist_style(x, label, 1e-4))
+    (tmp_path / "huge.vnnlib").write_text(mnist_style(x, (label + 1) % 10, 1.0))  # the wrong label, whole cube
+    result = gls("verify", str(model), str(tmp_path / "tiny.vnnlib"), "--timeout", "20", "--result",
+                 str(tmp_path / "tiny.txt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "unsat" and (tmp_path / "tiny.txt").read_text() == "unsat\n"
+    result = gls("verify", str(model), str(tmp_path / "huge.vnnlib"), "--timeout", "20", "--result",
+                 str(tmp_path / "huge.txt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sat"
+    text = (tmp_path / "huge.txt").read_text()
+    assert text.startswith("sat\n(")
+    values = dict(item.strip("() \n").split() for item in text[4:].strip()[1:-1].split("\n"))
+    point = torch.tensor([float(values[f"X_{i}"]) for i in range(64)], dtype=torch.float64).view(1, 1, 8, 8)
+    logits = forward(spec, theta.double().view(1, -1), point)[0, 0]
+    assert int(logits.argmax()) != (label + 1) % 10 or float(logits.max()) == float(logits[(label + 1) % 10])
+    torch.testing.assert_close(torch.tensor([float(values[f"Y_{j}"]) for j in range(10)], dtype=torch.float64),
+                               logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gls_verify_on_test_images_writes_verdicts_and_summary(tmp_path: Path) -> None:
+    spec = network("fc-16", "digits")
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(0))
+    save_model(tmp_path / "model.safetensors", theta, "fc-16", "digits")
+    out = tmp_path / "verdicts.json"
+    result = gls("verify", str(tmp_path / "model.safetensors"), "--eps", "0.01", "--limit", "6", "--timeout", "20",
+                 "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    summary = data["summary"]
+    assert summary["n"] == 6 and summary["verified"] + summary["falsified"] + summary["unknown"] == 6
+    assert len(data["verdicts"]) == 6 and {v["status"] for v in data["verdicts"]} <= {"verified", "falsified"}
+    assert "verified" in result.stdout
+    bad = gls("verify", str(tmp_path / "model.safetensors"))
+    assert bad.returncode == 2 and "give --eps" in bad.stderr
