@@ -212,3 +212,17 @@ def test_batch_interface_and_misclassified_inputs() -> None:
 def test_options_are_validated(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VerifyOptions(**bad)
+
+
+def test_evaluate_with_the_complete_method_certifies_at_least_what_the_relaxations_do() -> None:
+    from gls_core.evaluation import evaluate
+
+    spec = fully_connected((1, 4, 4), [12, 12], 4)
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(7))
+    x = torch.rand(24, 1, 4, 4, generator=torch.Generator().manual_seed(8))
+    y = forward(spec, theta.view(1, -1), x)[0].argmax(1)
+    complete = evaluate(spec, theta, x, y, 0.08, method="complete", complete_timeout=20)
+    deeppoly = evaluate(spec, theta, x, y, 0.08, method="deeppoly")
+    assert complete.method == "complete" and complete.n == 24
+    assert deeppoly.certified_acc <= complete.certified_acc <= complete.adversarial_acc
+    assert complete.certified_acc > deeppoly.certified_acc or complete.certified_acc == complete.adversarial_acc

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..bounds.api import DIFFERENTIABLE, METHODS
+from ..evaluation import CERTIFY_METHODS
 from ..nets.zoo import ARCHITECTURES, DATASETS
 
 Estimator = Literal["grad", "pgd", "pgpe", "rgs"]
@@ -144,12 +145,14 @@ class EvalConfig(Strict):
     pgd_steps: int = Field(20, gt=0)
     pgd_restarts: int = Field(2, gt=0)
     alpha_steps: int = Field(20, ge=0, description="alpha-CROWN steps when certifying (more than training)")
+    complete_timeout: float = Field(30.0, gt=0, le=3600,
+                                    description="method complete: seconds per input for the branch and bound")
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            raise ValueError(f"unknown relaxation {value!r}; expected one of {sorted(METHODS)}")
+        if value not in CERTIFY_METHODS:
+            raise ValueError(f"unknown certification method {value!r}; expected one of {list(CERTIFY_METHODS)}")
         return value
 
 

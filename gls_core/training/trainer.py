@@ -161,7 +161,7 @@ class Trainer:
         return evaluate(self.spec, theta, test.x.to(self.device), test.y.to(self.device), eps, method=settings.method,
                         batch_size=settings.batch_size, pgd_steps=settings.pgd_steps,
                         pgd_restarts=settings.pgd_restarts, alpha_steps=settings.alpha_steps,
-                        seed=self.config.seed)
+                        seed=self.config.seed, complete_timeout=settings.complete_timeout)
 
     def _start(self, resume: bool) -> tuple[State, Position]:
         if resume:
