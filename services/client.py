@@ -7,6 +7,7 @@ per problem), so a caller sees what to fix rather than a status code.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -255,9 +256,13 @@ class GlsClient:
 
 
 def verdict_dict(verdict: certifier_pb2.Verdict) -> JSON:
-    return {"index": verdict.index, "predicted": verdict.predicted, "correct": verdict.correct,
-            "certified": verdict.certified, "worst_margin": verdict.worst_margin,
-            "margin_upper": list(verdict.margin_upper)}
+    out = {"index": verdict.index, "predicted": verdict.predicted, "correct": verdict.correct,
+           "certified": verdict.certified, "worst_margin": verdict.worst_margin,
+           "margin_upper": list(verdict.margin_upper)}
+    if verdict.status:  # the complete method
+        out.update(status=verdict.status, seconds=verdict.seconds,
+                   worst_margin=None if math.isnan(verdict.worst_margin) else verdict.worst_margin)
+    return out
 
 
 class CertifierClient:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gls_core.bounds.api import METHODS
+from gls_core.evaluation import COMPLETE
 from gls_core.nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import LossKind, Objective
@@ -211,8 +212,14 @@ def spec_from_proto(message: common_pb2.NetSpec) -> NetSpec:
 def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
                         out: common_pb2.Relaxation | None = None) -> common_pb2.Relaxation:
     options = dict(options or {})
-    _check_method(method, "method")
     message = common_pb2.Relaxation() if out is None else out
+    if method == COMPLETE:  # the Certifier's branch and bound: only a per-input time limit
+        if set(options) - {"timeout"}:
+            raise ValueError(f"method {COMPLETE!r} takes only 'timeout', got {sorted(options)}")
+        message.method = method
+        message.complete_timeout = float(options.get("timeout", 0.0))
+        return message
+    _check_method(method, "method")
     message.method = method
     if method != "alpha-crown":
         if options:

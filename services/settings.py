@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     worker_register: bool = Field(True, description="announce the worker in Redis (off: static addresses only)")
     worker_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running requests may finish")
     worker_addresses: str = Field("", description="static comma-separated worker list (besides Redis discovery)")
+    verify_max_timeout_s: float = Field(300.0, gt=0, description="longest branch and bound per input a worker runs")
     heartbeat_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(6.0, gt=0)
 
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
     max_upload_mb: int = Field(512, gt=0)
     certify_max_inputs: int = Field(10000, gt=0)
+    certify_complete_timeout_s: float = Field(30.0, gt=0, description="method complete: default seconds per input")
+    certify_complete_max_timeout_s: float = Field(120.0, gt=0, description="method complete: largest per-input limit")
+    certify_complete_max_inputs: int = Field(256, gt=0, description="method complete: inputs per request or message")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
 

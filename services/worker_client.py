@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +131,7 @@ class _Work:
     fixed: bytes  # fields common to every share, serialised
     blobs: list[_Blob]
     shares: list[_Share]
+    timeout_s: float | None = None  # one call's limit (default: settings.rpc_timeout_s)
 
 
 def _blob(message_type: Callable[..., Any], name: str, tensor: torch.Tensor) -> _Blob:
@@ -252,7 +253,8 @@ class WorkerPool:
         stats.request_bytes = len(payload)
         channel = self._acquire(address)
         try:
-            data: bytes = channel.unary_unary(SERVICE + work.rpc)(payload, timeout=self.settings.rpc_timeout_s)
+            timeout = work.timeout_s or self.settings.rpc_timeout_s
+            data: bytes = channel.unary_unary(SERVICE + work.rpc)(payload, timeout=timeout)
         finally:
             self._release(address)
             stats.rpc_s += time.perf_counter() - sent
@@ -407,6 +409,48 @@ class WorkerPool:
         step.wall_s = time.perf_counter() - started
         self._last = step
         return lower, upper
+
+    def verify(self, spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
+               eps: float | torch.Tensor, timeout_s: float) -> Iterator[bound_worker_pb2.VerifyVerdict]:
+        """Complete verification of each input, one input per call spread over the workers; verdicts in order.
+
+        A generator: each verdict is yielded as soon as it and those before it are decided, and closing
+        it cancels the calls not yet started.
+        """
+        batch = x.shape[0]
+        if batch == 0:
+            raise ValueError("x is an empty batch")
+        per_input = isinstance(eps, torch.Tensor) and eps.dim() > 0
+        Request = bound_worker_pb2.VerifyRequest
+        request = Request(timeout_seconds=timeout_s)
+        spec_to_proto(spec, out=request.spec)
+        if not per_input:
+            request.perturbation.eps = float(eps)
+        shares = []
+        for index in range(batch):
+            own = Request()
+            if per_input:
+                assert isinstance(eps, torch.Tensor)
+                own.perturbation.eps_per_input.CopyFrom(tensor_to_proto(eps[index:index + 1]))
+            shares.append(_Share(index, index + 1, own.SerializeToString(),
+                                 [_blob(Request, "inputs", x[index:index + 1]),
+                                  _blob(Request, "labels", labels[index:index + 1])]))
+        # The call may take the whole per-input limit plus its attack and MILP set-up.
+        work = _Work("Verify", request.SerializeToString(), [_blob(Request, "params", theta)], shares,
+                     timeout_s=timeout_s * 1.5 + 30)
+        addresses = self._healthy_first(self.addresses())
+        futures = [self._executor.submit(self._run_share, work, share, addresses[i % len(addresses)] if addresses
+                                         else None) for i, share in enumerate(shares)]
+        try:
+            for future in futures:
+                data, _ = future.result()
+                verdicts = bound_worker_pb2.VerifyResponse.FromString(data).verdicts
+                if len(verdicts) != 1:
+                    raise RuntimeError(f"a bound worker answered {len(verdicts)} verdicts for one input")
+                yield verdicts[0]
+        finally:
+            for future in futures:
+                future.cancel()
 
     # --------------------------------------------------------------------------------------- lifecycle
 

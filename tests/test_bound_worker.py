@@ -480,3 +480,36 @@ def test_redis_down_at_start_does_not_stop_the_worker() -> None:
             assert stub.EvaluatePoints(points_request(pgpe(2), DEEPPOLY, block=2)).losses.shape == [2]
     finally:
         running.stop()
+
+
+def verify_request(inputs: torch.Tensor, labels: torch.Tensor, eps: float, timeout: float
+                   ) -> bound_worker_pb2.VerifyRequest:
+    request = bound_worker_pb2.VerifyRequest(params=inline(THETA), inputs=inline(inputs), labels=inline(labels),
+                                             perturbation=common_pb2.Perturbation(eps=eps), timeout_seconds=timeout)
+    codec.spec_to_proto(SPEC, out=request.spec)
+    return request
+
+
+def test_verify_decides_each_input_and_checks_counterexamples(stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
+    from gls_core.verify import Property
+
+    predicted = gls_core.forward(SPEC, THETA.view(1, -1), X[:4])[0].argmax(1)
+    wrong = (predicted + 1) % 10  # misclassified: falsified at once, the clean input is a counterexample
+    response = stub.Verify(verify_request(X[:4], torch.cat([predicted[:2], wrong[2:]]), 0.0, 10))
+    statuses = [v.status for v in response.verdicts]
+    assert statuses == ["verified", "verified", "falsified", "falsified"]
+    for verdict, label in zip(response.verdicts[2:], wrong[2:].tolist()):
+        point = decode(verdict.counterexample).double()
+        C = -torch.eye(10, dtype=torch.float64)[[j for j in range(10) if j != label]]
+        C[:, label] = 1
+        prop = Property(point, point, C, torch.zeros(9, dtype=torch.float64))
+        assert float(prop.rows(SPEC, THETA.double(), point.unsqueeze(0)).min()) <= 0
+    assert response.compute_seconds > 0
+
+
+def test_verify_rejects_timeouts_beyond_the_cap(stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
+    for timeout in (0.0, -1.0, 1e9, math.inf):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Verify(verify_request(X[:1], Y[:1], 0.05, timeout))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "timeout_seconds must lie in (0, 300]" in (error.value.details() or "")

@@ -337,3 +337,52 @@ def test_without_workers_certification_is_unavailable(tmp_path: Path) -> None:
                                                           "detail": ""}
     finally:
         stack.stop()
+
+
+def test_complete_method_over_rest_grpc_and_stream_matches_the_in_process_verifier(stack: Stack,
+                                                                                   model_id: str) -> None:
+    from gls_core.verify import VerifyOptions, robustness, verify_property
+
+    spec, theta = digits_model()
+    x, y = digits_test(12)
+    eps = 0.05
+    expected = []
+    for i in range(12):
+        verdict = verify_property(spec, theta.double(), robustness(spec, x[i].double(), int(y[i]), eps),
+                                  VerifyOptions(timeout=20))
+        expected.append(verdict.status)
+    assert "unknown" not in expected and {"verified", "falsified"} <= set(expected)
+    deeppoly = certify(spec, theta, x, y, eps, "deeppoly")
+    options = {"timeout": 20}
+    rest = stack.client().certify(x, y, eps, "complete", model_id=model_id, options=options)
+    with stack.certifier() as client:
+        unary = client.certify(x, y, eps, "complete", model_id=model_id, options=options)
+        streamed = list(client.certify_stream(x, y, eps, "complete", model_id=model_id, options=options,
+                                              chunk_size=5))
+    for verdicts in (rest["verdicts"], unary["verdicts"], streamed):
+        assert [v["index"] for v in verdicts] == list(range(12))
+        assert [v["status"] for v in verdicts] == expected
+        assert [v["certified"] for v in verdicts] == [v["correct"] and s == "verified"
+                                                      for v, s in zip(verdicts, expected)]
+    assert rest["method"] == unary["method"] == "complete" and rest["certified"] == expected.count("verified")
+    assert all(v["certified"] for v, d in zip(rest["verdicts"], deeppoly.tolist()) if d)  # never less than DeepPoly
+    for verdict in rest["verdicts"]:
+        if verdict["status"] == "verified":
+            assert verdict["worst_margin"] < 0 and verdict["seconds"] > 0
+
+
+def test_complete_method_limits_are_enforced(stack: Stack, model_id: str) -> None:
+    x, y = digits_test(3)
+    body = {"model_id": model_id, "inputs": x.tolist(), "labels": y.tolist(), "eps": 0.05,
+            "relaxation": {"method": "complete", "timeout": 10_000}}
+    status, detail = rest_error(stack, body)
+    assert status == 422 and "relaxation.timeout" in detail and "GLS_CERTIFY_COMPLETE_MAX_TIMEOUT_S" in detail[
+        "relaxation.timeout"]
+    status, detail = rest_error(stack, {**body, "relaxation": {"method": "complete", "steps": 3}})
+    assert status == 422 and "relaxation" in detail
+    status, detail = rest_error(stack, {**body, "relaxation": {"method": "deeppoly", "timeout": 5}})
+    assert status == 422 and "relaxation.timeout" in detail
+    with stack.certifier() as client:
+        code, details = grpc_code(client, CertifierClient.request(x, y, 0.05, "complete", model_id=model_id,
+                                                                  options={"timeout": 10_000}))
+    assert code == "INVALID_ARGUMENT" and "complete_timeout" in details

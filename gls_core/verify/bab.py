@@ -15,6 +15,7 @@ import heapq
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -138,9 +139,11 @@ class _Search:
     """The branch and bound over one property."""
 
     def __init__(self, spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions,
-                 started: float, generator: torch.Generator | None) -> None:
+                 started: float, generator: torch.Generator | None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.spec, self.theta, self.prop, self.options = spec, theta, prop, options
         self.generator = generator
+        self.should_stop = should_stop or (lambda: False)
         self.root: dict[int, Box] = {}
         self.deadline = started + options.timeout
         self.started = started
@@ -176,6 +179,8 @@ class _Search:
         while self.queue:
             if time.monotonic() > self.deadline:
                 return self.verdict("unknown", "timeout")
+            if self.should_stop():
+                return self.verdict("unknown", "cancelled")
             if time.monotonic() > switch:
                 return self._whole_milp()
             if len(self.queue) > self.options.max_subdomains:
@@ -251,8 +256,12 @@ class _Search:
 
 
 def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions | None = None,
-                    generator: torch.Generator | None = None) -> Verdict:
-    """Decide one property: ``verified``, ``falsified`` (with a checked counterexample) or ``unknown``."""
+                    generator: torch.Generator | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Verdict:
+    """Decide one property: ``verified``, ``falsified`` (with a checked counterexample) or ``unknown``.
+
+    ``should_stop`` is polled between batches of subdomains (a cancelled call answers ``unknown``).
+    """
     options = options or VerifyOptions()
     started = time.monotonic()
     theta = theta.detach()
@@ -264,7 +273,7 @@ def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options:
         found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator)
         if found is not None:
             return Verdict("falsified", time.monotonic() - started, 0, -math.inf, "attack", found)
-    return _Search(spec, theta, prop, options, started, generator).run()
+    return _Search(spec, theta, prop, options, started, generator, should_stop).run()
 
 
 def verify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,

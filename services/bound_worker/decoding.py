@@ -67,6 +67,18 @@ class BoundsJob:
     options: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class VerifyJob:
+    """Complete verification runs on the CPU in float64 (the MILP leaves are solved there anyway)."""
+
+    spec: NetSpec
+    params: torch.Tensor  # [D]
+    x: torch.Tensor
+    labels: torch.Tensor
+    eps: float | torch.Tensor
+    timeout: float
+
+
 def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
@@ -126,7 +138,8 @@ class RequestDecoder:
             raise ValueError(f"{field} must have dtype {' or '.join(dtypes)}, got {_dtype_name(tensor)}")
         return tensor
 
-    def _spec(self, request: bound_worker_pb2.PointsRequest | bound_worker_pb2.BoundsRequest) -> NetSpec:
+    def _spec(self, request: bound_worker_pb2.PointsRequest | bound_worker_pb2.BoundsRequest
+              | bound_worker_pb2.VerifyRequest) -> NetSpec:
         if not request.HasField("spec"):
             raise ValueError("spec is missing")
         return spec_from_proto(request.spec)
@@ -175,6 +188,37 @@ class RequestDecoder:
         return PointsJob(spec, proposal, objective, x.to(self.device), y.to(self.device), eps, int(request.seed),
                          int(request.block), int(request.start), int(request.stop))
 
+    def _perturbation(self, request: bound_worker_pb2.BoundsRequest | bound_worker_pb2.VerifyRequest,
+                      batch: int) -> float | torch.Tensor:
+        eps: float | torch.Tensor = check_eps("perturbation.eps", request.perturbation.eps)
+        if request.perturbation.HasField("eps_per_input"):
+            radii = tensor_from_proto(request.perturbation.eps_per_input, "perturbation.eps_per_input",
+                                      dtypes=FLOATS)
+            if tuple(radii.shape) != (batch,):
+                raise ValueError(f"perturbation.eps_per_input must have shape [{batch}], got {list(radii.shape)}")
+            require_finite("perturbation.eps_per_input", radii)
+            if bool((radii < 0).any()):
+                raise ValueError("perturbation.eps_per_input must be >= 0")
+            eps = radii
+        return eps
+
+    def verify(self, request: bound_worker_pb2.VerifyRequest, max_timeout: float) -> VerifyJob:
+        spec = self._spec(request)
+        params = self.blob(request.params, "params", FLOATS)
+        if tuple(params.shape) != (spec.num_params,):
+            raise ValueError(f"params must have shape [{spec.num_params}] for {spec.name}, got {list(params.shape)}")
+        require_finite("params", params)
+        x = self._inputs(request.inputs, spec)
+        labels = self.blob(request.labels, "labels", INTEGERS)
+        check_labels("labels", labels, x.shape[0], spec.num_outputs)
+        if spec.num_outputs < 2:
+            raise ValueError(f"labels: robustness needs at least 2 outputs, {spec.name} has {spec.num_outputs}")
+        timeout = request.timeout_seconds
+        if not math.isfinite(timeout) or not 0 < timeout <= max_timeout:
+            raise ValueError(f"timeout_seconds must lie in (0, {max_timeout:g}] (GLS_VERIFY_MAX_TIMEOUT_S), "
+                             f"got {timeout!r}")
+        return VerifyJob(spec, params, x, labels, self._perturbation(request, x.shape[0]), float(timeout))
+
     def bounds(self, request: bound_worker_pb2.BoundsRequest) -> BoundsJob:
         spec = self._spec(request)
         if not request.HasField("relaxation"):
@@ -192,15 +236,8 @@ class RequestDecoder:
             check_labels("labels", labels, x.shape[0], spec.num_outputs)
             if spec.num_outputs < 2:
                 raise ValueError(f"labels: margins need at least 2 outputs, {spec.name} has {spec.num_outputs}")
-        eps: float | torch.Tensor = check_eps("perturbation.eps", request.perturbation.eps)
-        if request.perturbation.HasField("eps_per_input"):
-            radii = tensor_from_proto(request.perturbation.eps_per_input, "perturbation.eps_per_input",
-                                      dtypes=FLOATS)
-            if tuple(radii.shape) != (x.shape[0],):
-                raise ValueError(f"perturbation.eps_per_input must have shape [{x.shape[0]}], got {list(radii.shape)}")
-            require_finite("perturbation.eps_per_input", radii)
-            if bool((radii < 0).any()):
-                raise ValueError("perturbation.eps_per_input must be >= 0")
-            eps = radii.to(self.device)
+        eps = self._perturbation(request, x.shape[0])
+        if isinstance(eps, torch.Tensor):
+            eps = eps.to(self.device)
         return BoundsJob(spec, params.to(self.device), x.to(self.device),
                          None if labels is None else labels.to(self.device), eps, method, options)

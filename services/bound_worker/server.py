@@ -81,7 +81,8 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     cache = BlobCache(settings.worker_cache_mb * 1024 * 1024)
-    service = BoundWorkerService(RequestDecoder(cache, device), settings.worker_concurrency)
+    service = BoundWorkerService(RequestDecoder(cache, device), settings.worker_concurrency,
+                                 settings.verify_max_timeout_s)
     threads, max_rpcs = rpc_limits(settings.worker_concurrency)
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bound-worker"),
                          options=settings.grpc_options, maximum_concurrent_rpcs=max_rpcs)

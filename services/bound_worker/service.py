@@ -18,6 +18,7 @@ import torch
 
 from gls_core.bounds.api import NotDifferentiableError, compute_bounds, margin_spec
 from gls_core.training.points import evaluate_members
+from gls_core.verify import VerifyOptions, robustness, verify_property
 
 from ..codec import tensor_to_proto
 from ..proto.gls.v1 import bound_worker_pb2
@@ -32,8 +33,9 @@ SERVICE_NAME = bound_worker_pb2.DESCRIPTOR.services_by_name["BoundWorker"].full_
 
 
 class BoundWorkerService:
-    def __init__(self, decoder: RequestDecoder, concurrency: int) -> None:
+    def __init__(self, decoder: RequestDecoder, concurrency: int, verify_max_timeout: float = 300.0) -> None:
         self.decoder = decoder
+        self.verify_max_timeout = verify_max_timeout
         self._slots = threading.BoundedSemaphore(concurrency)
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -47,8 +49,12 @@ class BoundWorkerService:
                context: grpc.ServicerContext) -> bound_worker_pb2.BoundsResponse:
         return self._handle("Bounds", context, lambda: self._bounds(request, context))
 
+    def Verify(self, request: bound_worker_pb2.VerifyRequest,  # noqa: N802 (gRPC's name)
+               context: grpc.ServicerContext) -> bound_worker_pb2.VerifyResponse:
+        return self._handle("Verify", context, lambda: self._verify(request, context))
+
     def add_to_server(self, server: grpc.Server) -> None:
-        """Register both RPCs as the generated ``add_BoundWorkerServicer_to_server`` would (that module is untyped)."""
+        """Register the RPCs as the generated ``add_BoundWorkerServicer_to_server`` would (that module is untyped)."""
         handlers = {
             "EvaluatePoints": grpc.unary_unary_rpc_method_handler(
                 self.EvaluatePoints, request_deserializer=bound_worker_pb2.PointsRequest.FromString,
@@ -56,6 +62,9 @@ class BoundWorkerService:
             "Bounds": grpc.unary_unary_rpc_method_handler(
                 self.Bounds, request_deserializer=bound_worker_pb2.BoundsRequest.FromString,
                 response_serializer=bound_worker_pb2.BoundsResponse.SerializeToString),
+            "Verify": grpc.unary_unary_rpc_method_handler(
+                self.Verify, request_deserializer=bound_worker_pb2.VerifyRequest.FromString,
+                response_serializer=bound_worker_pb2.VerifyResponse.SerializeToString),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -120,6 +129,31 @@ class BoundWorkerService:
         response = bound_worker_pb2.BoundsResponse(compute_seconds=seconds)
         tensor_to_proto(lower, out=response.lower)
         tensor_to_proto(upper, out=response.upper)
+        return response
+
+
+    def _verify(self, request: bound_worker_pb2.VerifyRequest,
+                context: grpc.ServicerContext) -> bound_worker_pb2.VerifyResponse:
+        job = self.decoder.verify(request, self.verify_max_timeout)
+        response = bound_worker_pb2.VerifyResponse()
+        options = VerifyOptions(timeout=job.timeout)
+        theta = job.params.double()
+        with self._compute_slot(context):
+            started = time.perf_counter()
+            for index in range(job.x.shape[0]):
+                eps = float(job.eps[index]) if isinstance(job.eps, torch.Tensor) else job.eps
+                prop = robustness(job.spec, job.x[index].double(), int(job.labels[index]), eps)
+                # A caller that has gone (cancelled, deadline passed) stops the search at its next batch.
+                verdict = verify_property(job.spec, theta, prop, options, torch.Generator().manual_seed(index),
+                                          should_stop=lambda: not context.is_active())
+                item = response.verdicts.add(status=verdict.status, seconds=verdict.seconds,
+                                             subdomains=verdict.subdomains, bound=verdict.bound,
+                                             decided_by=verdict.decided_by)
+                if verdict.counterexample is not None:
+                    tensor_to_proto(verdict.counterexample.to(torch.float32), out=item.counterexample)
+                if not context.is_active():
+                    break
+            response.compute_seconds = time.perf_counter() - started
         return response
 
 

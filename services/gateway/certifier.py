@@ -13,6 +13,7 @@ indexed across the whole stream.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,17 +31,21 @@ from gls_core.nets.spec import NetSpec
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
 from ..proto.gls.v1 import certifier_pb2, common_pb2
 from .certify import (
+    COMPLETE,
     CertifyTask,
     Verdict,
     certify,
+    check_complete_inputs,
     check_eps,
     check_eps_per_input,
     check_inputs,
     check_labels,
     check_spec,
     check_theta,
+    complete_options,
     relaxation,
     stored_model,
+    verify_stream,
 )
 from .context import Gateway
 from .errors import ApiError, InvalidRequest, NotFoundError
@@ -68,9 +73,11 @@ def _tensor(message: common_pb2.Tensor, field: str, dtypes: tuple[str, ...]) -> 
 
 
 def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:
+    worst = math.nan if verdict.worst_margin is None else verdict.worst_margin
     return certifier_pb2.Verdict(index=verdict.index, correct=verdict.correct, certified=verdict.certified,
-                                 worst_margin=verdict.worst_margin, margin_upper=verdict.margin_upper,
-                                 predicted=verdict.predicted)
+                                 worst_margin=worst, margin_upper=verdict.margin_upper,
+                                 predicted=verdict.predicted, status=verdict.status or "",
+                                 seconds=verdict.seconds or 0.0)
 
 
 class CertifierService:
@@ -151,6 +158,11 @@ class CertifierService:
                                               ("float32", "float64")), x.shape[0], "perturbation.eps_per_input")
         proto = relaxing.relaxation
         options: dict[str, Any] = {}
+        if proto.method == COMPLETE:
+            check_complete_inputs(x.shape[0], self.gateway.settings)
+            options = complete_options(proto.complete_timeout, self.gateway.settings,
+                                       "relaxation.complete_timeout")
+            return CertifyTask(spec, theta, x, y, eps, COMPLETE, options)
         if not proto.method:
             method = "deeppoly"
         else:
@@ -217,7 +229,15 @@ class CertifierService:
             if not request.HasField("inputs"):
                 continue
             assert model is not None
-            verdicts = self._run("grpc", self._task(model, request, first), offset)
+            task = self._task(model, request, first)
+            if task.method == COMPLETE:  # verdicts go out as the workers decide them
+                self.gateway.metrics.certify_inputs.labels("grpc", task.method).inc(task.x.shape[0])
+                for verdict in verify_stream(self.gateway.pool, task, offset):
+                    self.gateway.metrics.certified_inputs.labels("grpc", task.method).inc(verdict.certified)
+                    offset += 1
+                    yield _verdict_proto(verdict)
+                continue
+            verdicts = self._run("grpc", task, offset)
             offset += len(verdicts)
             yield from (_verdict_proto(verdict) for verdict in verdicts)
 

@@ -14,6 +14,8 @@ REST and gRPC edges report the same problems in their own way.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,11 +27,12 @@ from safetensors.torch import load as load_tensors
 from gls_core.attacks import logit_margin, predict_logits
 from gls_core.bounds.api import METHODS
 from gls_core.bounds.layerwise import check_supported
-from gls_core.evaluation import bound_options
+from gls_core.evaluation import COMPLETE, bound_options
 from gls_core.nets.spec import NetSpec
 from gls_core.nets.zoo import network
 from gls_core.training.config import ModelConfig
 
+from ..settings import Settings
 from ..store import NotFound, Store
 from ..worker_client import NoWorkersError, WorkerPool, WorkerRejectedError
 from .errors import ApiError, InvalidRequest, NotFoundError, Unavailable
@@ -57,8 +60,10 @@ class Verdict:
     predicted: int
     correct: bool
     certified: bool
-    worst_margin: float  # max_i upper(y_i - y_t)
-    margin_upper: list[float]  # upper(y_i - y_t), i != t in class order
+    worst_margin: float | None  # max_i upper(y_i - y_t); complete: minus the bound, None when none is known
+    margin_upper: list[float]  # upper(y_i - y_t), i != t in class order (empty for the complete method)
+    status: str | None = None  # complete: verified, falsified or unknown
+    seconds: float | None = None  # complete: time the branch and bound took
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,11 +71,30 @@ class Verdict:
 
 # ------------------------------------------------------------------------------------------- checks
 
+def complete_options(timeout: float | None, settings: Settings, field: str = "relaxation.timeout") -> dict[str, Any]:
+    """The complete method's options: its per-input time limit, defaulted and capped by the settings."""
+    if timeout is None or timeout == 0:
+        return {"timeout": settings.certify_complete_timeout_s}
+    cap = settings.certify_complete_max_timeout_s
+    if not math.isfinite(timeout) or not 0 < timeout <= cap:
+        raise InvalidRequest.one(field, f"must be seconds in (0, {cap:g}] (GLS_CERTIFY_COMPLETE_MAX_TIMEOUT_S), "
+                                        f"got {timeout!r}")
+    return {"timeout": float(timeout)}
+
+
+def check_complete_inputs(count: int, settings: Settings, field: str = "inputs") -> None:
+    """The complete method costs up to its time limit per input: a request carries at most the configured number."""
+    limit = settings.certify_complete_max_inputs
+    if count > limit:
+        raise InvalidRequest.one(field, f"{count} inputs, more than the limit of {limit} per request for the complete "
+                                        "method (GLS_CERTIFY_COMPLETE_MAX_INPUTS; send them in several)", status=413)
+
+
 def relaxation(method: str, options: dict[str, Any], field: str = "relaxation") -> tuple[str, dict[str, Any]]:
     """The method and its complete options; alpha-CROWN's missing options come from evaluation's defaults."""
     if method not in METHODS:
         raise InvalidRequest.one(f"{field}.method", f"unknown relaxation {method!r}; expected one of "
-                                                    f"{', '.join(sorted(METHODS))}")
+                                                    f"{', '.join(sorted(METHODS))} or {COMPLETE}")
     if method != "alpha-crown":
         if options:
             raise InvalidRequest.one(field, f"{sorted(options)} only apply to alpha-crown, not {method}")
@@ -187,10 +211,11 @@ def stored_model(store: Store, tenant: str, model_id: str) -> tuple[NetSpec, tor
 
 # ---------------------------------------------------------------------------------------- computing
 
-def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
-    eps = task.eps[part] if isinstance(task.eps, torch.Tensor) else task.eps
+@contextmanager
+def _worker_errors() -> Iterator[None]:
+    """The bound workers' failures as the API's errors."""
     try:
-        _, upper = pool.bounds(task.spec, task.theta, task.x[part], task.y[part], eps, task.method, task.options)
+        yield
     except NoWorkersError as error:
         raise Unavailable(f"{NO_WORKERS}; {error}") from None
     except WorkerRejectedError as error:
@@ -199,13 +224,38 @@ def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
         if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise Unavailable(f"the bound workers are busy, retry later ({error.details})") from None
         raise
+
+
+def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
+    eps = task.eps[part] if isinstance(task.eps, torch.Tensor) else task.eps
+    with _worker_errors():
+        _, upper = pool.bounds(task.spec, task.theta, task.x[part], task.y[part], eps, task.method, task.options)
     if upper.shape != (part.stop - part.start, task.spec.num_outputs - 1):
         raise ApiError(502, f"a bound worker answered bounds of shape {list(upper.shape)}")
     return upper
 
 
+def verify_stream(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> Iterator[Verdict]:
+    """The complete method: each input decided by a worker's branch and bound, yielded in order as decided."""
+    if not pool.addresses():
+        raise Unavailable(NO_WORKERS)
+    with torch.no_grad():
+        logits = predict_logits(task.spec, task.theta, task.x)
+    correct = logit_margin(logits, task.y) < 0
+    predicted = logits.argmax(dim=-1)
+    with _worker_errors():
+        for i, answer in enumerate(pool.verify(task.spec, task.theta, task.x, task.y, task.eps,
+                                               task.options["timeout"])):
+            bound = -answer.bound if math.isfinite(answer.bound) else None
+            yield Verdict(offset + i, int(predicted[i]), bool(correct[i]),
+                          bool(correct[i]) and answer.status == "verified", bound, [], answer.status,
+                          answer.seconds)
+
+
 def certify(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> list[Verdict]:
     """Verdicts for every input of ``task``, indexed from ``offset`` (a stream's position)."""
+    if task.method == COMPLETE:
+        return list(verify_stream(pool, task, offset))
     if not pool.addresses():
         raise Unavailable(NO_WORKERS)
     verdicts: list[Verdict] = []

@@ -10,13 +10,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .certify import (
+    COMPLETE,
     CertifyTask,
     certify,
+    check_complete_inputs,
     check_eps,
     check_inputs,
     check_labels,
     check_spec,
     check_theta,
+    complete_options,
     relaxation,
     stored_model,
     zoo_model,
@@ -40,11 +43,13 @@ class InlineModel(Strict):
 
 
 class RelaxationIn(Strict):
-    method: str = Field("deeppoly", max_length=32, description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown")
+    method: str = Field("deeppoly", max_length=32,
+                        description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown or complete")
     steps: StrictInt | None = Field(None, ge=0, le=1000, description="alpha-crown slope steps (default 20)")
     step_size: float | None = Field(None, ge=0, description="alpha-crown step size (default 0.1)")
     init: float | str | None = Field(
         None, description="alpha-crown initial slopes: 'deeppoly' (default) or a constant in [0, 1]")
+    timeout: float | None = Field(None, gt=0, description="complete: seconds per input (default and cap: settings)")
 
 
 class CertifyIn(Strict):
@@ -66,9 +71,13 @@ class VerdictOut(BaseModel):
     index: int
     predicted: int
     correct: bool = Field(description="the clean input is classified as its label (strictly)")
-    certified: bool = Field(description="correct and every margin upper bound < 0")
-    worst_margin: float = Field(description="max over i != label of the upper bound of y_i - y_label")
-    margin_upper: list[float] = Field(description="upper bounds of y_i - y_label for i != label, in class order")
+    certified: bool = Field(description="correct and every margin upper bound < 0 (complete: verified)")
+    worst_margin: float | None = Field(description="max over i != label of the upper bound of y_i - y_label "
+                                                   "(complete: minus the best bound, null when none is known)")
+    margin_upper: list[float] = Field(description="upper bounds of y_i - y_label for i != label, in class order "
+                                                  "(empty for the complete method)")
+    status: str | None = Field(None, description="complete: verified, falsified or unknown")
+    seconds: float | None = Field(None, description="complete: time the branch and bound took")
 
 
 class CertifyOut(BaseModel):
@@ -95,7 +104,15 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn) -> Certify
         raise InvalidRequest.one("inputs", "ragged: every input must have the same [C, H, W] shape") from None
     x = check_inputs(spec, torch.from_numpy(array), gateway.settings.certify_max_inputs)
     y = check_labels(torch.tensor(body.labels, dtype=torch.int64), x.shape[0], spec.num_outputs)
-    options = body.relaxation.model_dump(exclude={"method"}, exclude_none=True)
+    if body.relaxation.method == COMPLETE:
+        if any(value is not None for value in (body.relaxation.steps, body.relaxation.step_size, body.relaxation.init)):
+            raise InvalidRequest.one("relaxation", "steps, step_size and init only apply to alpha-crown")
+        check_complete_inputs(x.shape[0], gateway.settings)
+        options = complete_options(body.relaxation.timeout, gateway.settings)
+        return CertifyTask(spec, theta, x, y, check_eps(body.eps), COMPLETE, options)
+    if body.relaxation.timeout is not None:
+        raise InvalidRequest.one("relaxation.timeout", "only applies to the complete method")
+    options = body.relaxation.model_dump(exclude={"method", "timeout"}, exclude_none=True)
     method, options = relaxation(body.relaxation.method, options)
     return CertifyTask(spec, theta, x, y, check_eps(body.eps), method, options)
 

@@ -45,6 +45,11 @@ class BoundWorkerStub:
                 request_serializer=gls_dot_v1_dot_bound__worker__pb2.BoundsRequest.SerializeToString,
                 response_deserializer=gls_dot_v1_dot_bound__worker__pb2.BoundsResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/gls.v1.BoundWorker/Verify',
+                request_serializer=gls_dot_v1_dot_bound__worker__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=gls_dot_v1_dot_bound__worker__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class BoundWorkerServicer:
@@ -64,6 +69,13 @@ class BoundWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Complete verification of each input: verified, falsified with a counterexample, or unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BoundWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_BoundWorkerServicer_to_server(servicer, server):
                     servicer.Bounds,
                     request_deserializer=gls_dot_v1_dot_bound__worker__pb2.BoundsRequest.FromString,
                     response_serializer=gls_dot_v1_dot_bound__worker__pb2.BoundsResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=gls_dot_v1_dot_bound__worker__pb2.VerifyRequest.FromString,
+                    response_serializer=gls_dot_v1_dot_bound__worker__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class BoundWorker:
             '/gls.v1.BoundWorker/Bounds',
             gls_dot_v1_dot_bound__worker__pb2.BoundsRequest.SerializeToString,
             gls_dot_v1_dot_bound__worker__pb2.BoundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gls.v1.BoundWorker/Verify',
+            gls_dot_v1_dot_bound__worker__pb2.VerifyRequest.SerializeToString,
+            gls_dot_v1_dot_bound__worker__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

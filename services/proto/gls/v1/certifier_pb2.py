@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as gls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gls/v1/certifier.proto\x12\x06gls.v1\x1a\x13gls/v1/common.proto\"K\n\x0bInlineModel\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1d\n\x05theta\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\"\xe8\x01\n\x0e\x43\x65rtifyRequest\x12\x12\n\x08model_id\x18\x01 \x01(\tH\x00\x12%\n\x06inline\x18\x02 \x01(\x0b\x32\x13.gls.v1.InlineModelH\x00\x12\x1e\n\x06inputs\x18\x03 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x1e\n\x06labels\x18\x04 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12&\n\nrelaxation\x18\x06 \x01(\x0b\x32\x12.gls.v1.RelaxationB\x07\n\x05model\"{\n\x07Verdict\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x08\x12\x11\n\tcertified\x18\x03 \x01(\x08\x12\x14\n\x0cworst_margin\x18\x04 \x01(\x02\x12\x14\n\x0cmargin_upper\x18\x05 \x03(\x02\x12\x11\n\tpredicted\x18\x06 \x01(\x05\"s\n\x0f\x43\x65rtifyResponse\x12!\n\x08verdicts\x18\x01 \x03(\x0b\x32\x0f.gls.v1.Verdict\x12\x11\n\tcertified\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0b\n\x03\x65ps\x18\x05 \x01(\x01\x32\x85\x01\n\tCertifier\x12:\n\x07\x43\x65rtify\x12\x16.gls.v1.CertifyRequest\x1a\x17.gls.v1.CertifyResponse\x12<\n\rCertifyStream\x12\x16.gls.v1.CertifyRequest\x1a\x0f.gls.v1.Verdict(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16gls/v1/certifier.proto\x12\x06gls.v1\x1a\x13gls/v1/common.proto\"K\n\x0bInlineModel\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1d\n\x05theta\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\"\xe8\x01\n\x0e\x43\x65rtifyRequest\x12\x12\n\x08model_id\x18\x01 \x01(\tH\x00\x12%\n\x06inline\x18\x02 \x01(\x0b\x32\x13.gls.v1.InlineModelH\x00\x12\x1e\n\x06inputs\x18\x03 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x1e\n\x06labels\x18\x04 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12&\n\nrelaxation\x18\x06 \x01(\x0b\x32\x12.gls.v1.RelaxationB\x07\n\x05model\"\x9c\x01\n\x07Verdict\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63orrect\x18\x02 \x01(\x08\x12\x11\n\tcertified\x18\x03 \x01(\x08\x12\x14\n\x0cworst_margin\x18\x04 \x01(\x02\x12\x14\n\x0cmargin_upper\x18\x05 \x03(\x02\x12\x11\n\tpredicted\x18\x06 \x01(\x05\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0f\n\x07seconds\x18\x08 \x01(\x01\"s\n\x0f\x43\x65rtifyResponse\x12!\n\x08verdicts\x18\x01 \x03(\x0b\x32\x0f.gls.v1.Verdict\x12\x11\n\tcertified\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0b\n\x03\x65ps\x18\x05 \x01(\x01\x32\x85\x01\n\tCertifier\x12:\n\x07\x43\x65rtify\x12\x16.gls.v1.CertifyRequest\x1a\x17.gls.v1.CertifyResponse\x12<\n\rCertifyStream\x12\x16.gls.v1.CertifyRequest\x1a\x0f.gls.v1.Verdict(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INLINEMODEL']._serialized_end=130
   _globals['_CERTIFYREQUEST']._serialized_start=133
   _globals['_CERTIFYREQUEST']._serialized_end=365
-  _globals['_VERDICT']._serialized_start=367
-  _globals['_VERDICT']._serialized_end=490
-  _globals['_CERTIFYRESPONSE']._serialized_start=492
-  _globals['_CERTIFYRESPONSE']._serialized_end=607
-  _globals['_CERTIFIER']._serialized_start=610
-  _globals['_CERTIFIER']._serialized_end=743
+  _globals['_VERDICT']._serialized_start=368
+  _globals['_VERDICT']._serialized_end=524
+  _globals['_CERTIFYRESPONSE']._serialized_start=526
+  _globals['_CERTIFYRESPONSE']._serialized_end=641
+  _globals['_CERTIFIER']._serialized_start=644
+  _globals['_CERTIFIER']._serialized_end=777
 # @@protoc_insertion_point(module_scope)

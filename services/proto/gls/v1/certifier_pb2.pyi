@@ -33,20 +33,24 @@ class CertifyRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., inline: _Optional[_Union[InlineModel, _Mapping]] = ..., inputs: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., perturbation: _Optional[_Union[_common_pb2.Perturbation, _Mapping]] = ..., relaxation: _Optional[_Union[_common_pb2.Relaxation, _Mapping]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("index", "correct", "certified", "worst_margin", "margin_upper", "predicted")
+    __slots__ = ("index", "correct", "certified", "worst_margin", "margin_upper", "predicted", "status", "seconds")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     CERTIFIED_FIELD_NUMBER: _ClassVar[int]
     WORST_MARGIN_FIELD_NUMBER: _ClassVar[int]
     MARGIN_UPPER_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     correct: bool
     certified: bool
     worst_margin: float
     margin_upper: _containers.RepeatedScalarFieldContainer[float]
     predicted: int
-    def __init__(self, index: _Optional[int] = ..., correct: _Optional[bool] = ..., certified: _Optional[bool] = ..., worst_margin: _Optional[float] = ..., margin_upper: _Optional[_Iterable[float]] = ..., predicted: _Optional[int] = ...) -> None: ...
+    status: str
+    seconds: float
+    def __init__(self, index: _Optional[int] = ..., correct: _Optional[bool] = ..., certified: _Optional[bool] = ..., worst_margin: _Optional[float] = ..., margin_upper: _Optional[_Iterable[float]] = ..., predicted: _Optional[int] = ..., status: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class CertifyResponse(_message.Message):
     __slots__ = ("verdicts", "certified", "total", "method", "eps")

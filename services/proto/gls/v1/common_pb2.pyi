@@ -80,18 +80,20 @@ class NetSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ...) -> None: ...
 
 class Relaxation(_message.Message):
-    __slots__ = ("method", "alpha_steps", "alpha_step_size", "alpha_init", "alpha_init_deeppoly")
+    __slots__ = ("method", "alpha_steps", "alpha_step_size", "alpha_init", "alpha_init_deeppoly", "complete_timeout")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_STEPS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_INIT_FIELD_NUMBER: _ClassVar[int]
     ALPHA_INIT_DEEPPOLY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     method: str
     alpha_steps: int
     alpha_step_size: float
     alpha_init: float
     alpha_init_deeppoly: bool
-    def __init__(self, method: _Optional[str] = ..., alpha_steps: _Optional[int] = ..., alpha_step_size: _Optional[float] = ..., alpha_init: _Optional[float] = ..., alpha_init_deeppoly: _Optional[bool] = ...) -> None: ...
+    complete_timeout: float
+    def __init__(self, method: _Optional[str] = ..., alpha_steps: _Optional[int] = ..., alpha_step_size: _Optional[float] = ..., alpha_init: _Optional[float] = ..., alpha_init_deeppoly: _Optional[bool] = ..., complete_timeout: _Optional[float] = ...) -> None: ...
 
 class Perturbation(_message.Message):
     __slots__ = ("eps", "eps_per_input")
