@@ -256,13 +256,13 @@ class GlsClient:
 
 
 def verdict_dict(verdict: certifier_pb2.Verdict) -> JSON:
-    out = {"index": verdict.index, "predicted": verdict.predicted, "correct": verdict.correct,
-           "certified": verdict.certified, "worst_margin": verdict.worst_margin,
-           "margin_upper": list(verdict.margin_upper)}
-    if verdict.status:  # the complete method
-        out.update(status=verdict.status, seconds=verdict.seconds,
-                   worst_margin=None if math.isnan(verdict.worst_margin) else verdict.worst_margin)
-    return out
+    """A Verdict as the REST API writes it (status and seconds are the complete method's, else None)."""
+    complete = bool(verdict.status)
+    return {"index": verdict.index, "predicted": verdict.predicted, "correct": verdict.correct,
+            "certified": verdict.certified,
+            "worst_margin": None if math.isnan(verdict.worst_margin) else verdict.worst_margin,
+            "margin_upper": list(verdict.margin_upper), "status": verdict.status if complete else None,
+            "seconds": verdict.seconds if complete else None}
 
 
 class CertifierClient:
