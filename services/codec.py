@@ -244,9 +244,20 @@ def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
     return message
 
 
+MAX_ALPHA_STEPS = 1000
+"""alpha-CROWN steps a worker runs per request (the Certifier's own cap): more is a request for unbounded work."""
+MAX_ECHO = 64
+"""Characters of a bad value quoted back in an error (gRPC metadata has a size limit)."""
+
+
+def quoted(value: str) -> str:
+    """``value`` for an error message: quoted, and cut short when long."""
+    return repr(value) if len(value) <= MAX_ECHO else f"{value[:MAX_ECHO]!r}... ({len(value)} characters)"
+
+
 def _check_method(method: str, field: str) -> None:
     if method not in METHODS:
-        shown = repr(method) if method else "empty"
+        shown = quoted(method) if method else "empty"
         raise ValueError(f"{field} is {shown}: not a known relaxation; expected one of {', '.join(sorted(METHODS))}")
 
 
@@ -258,8 +269,8 @@ def relaxation_from_proto(message: common_pb2.Relaxation, field: str = "relaxati
     if not (message.alpha_steps or message.alpha_step_size or message.alpha_init or message.alpha_init_deeppoly):
         return message.method, {}
     step_size, init = float32_value(message.alpha_step_size), float32_value(message.alpha_init)
-    if message.alpha_steps < 0:
-        raise ValueError(f"{field}.alpha_steps must be >= 0, got {message.alpha_steps}")
+    if not 0 <= message.alpha_steps <= MAX_ALPHA_STEPS:
+        raise ValueError(f"{field}.alpha_steps must lie in [0, {MAX_ALPHA_STEPS}], got {message.alpha_steps}")
     if not math.isfinite(step_size) or step_size < 0:
         raise ValueError(f"{field}.alpha_step_size must be finite and >= 0, got {step_size}")
     if not message.alpha_init_deeppoly and not 0.0 <= init <= 1.0:

@@ -307,6 +307,8 @@ INVALID_BOUNDS: dict[str, tuple[bound_worker_pb2.BoundsRequest, str]] = {
     "no relaxation": (_bounds_request(relaxation=None), "relaxation is missing"),
     "unknown relaxation": (_bounds_request(relaxation=common_pb2.Relaxation(method="poly")),
                            "relaxation.method is 'poly'"),
+    "alpha steps": (_bounds_request(relaxation=common_pb2.Relaxation(method="alpha-crown", alpha_steps=100_000_000)),
+                    r"relaxation.alpha_steps must lie in \[0, 1000\]"),  # unbounded work otherwise
     "eps per input": (_bounds_request(perturbation=common_pb2.Perturbation(
         eps_per_input=codec.tensor_to_proto(torch.zeros(3)))), r"eps_per_input must have shape \[12\]"),
     "negative eps": (_bounds_request(perturbation=common_pb2.Perturbation(eps=-1)), "perturbation.eps must be"),

@@ -163,6 +163,8 @@ def test_malformed_rest_requests_get_4xx_naming_the_field(stack: Stack, model_id
         ({**good, "labels": [0.5, 1, 2, 3]}, 422, "labels.0", "integer"),
         ({**good, "eps": -0.1}, 422, "eps", "greater than or equal to 0"),
         ({**good, "eps": "big"}, 422, "eps", "number"),
+        ({**good, "eps": "0.1"}, 422, "eps", "number"),  # no string coercion
+        ({**good, "eps": True}, 422, "eps", "number"),  # nor booleans
         ({**good, "relaxation": "zonotope"}, 422, "relaxation.method", "unknown relaxation"),
         ({**good, "relaxation": {"method": "deeppoly", "steps": 3}}, 422, "relaxation", "only apply to alpha-crown"),
         ({**good, "relaxation": {"method": "alpha-crown", "init": 2}}, 422, "relaxation.init", ""),
@@ -263,6 +265,9 @@ def test_malformed_grpc_requests_get_invalid_argument(stack: Stack, model_id: st
         unknown = request()
         unknown.relaxation.method = "zonotope"
         assert grpc_code(client, unknown)[1].startswith("relaxation.method")
+        unknown.relaxation.method = "z" * 10_000  # the error quotes it cut short, so it fits gRPC's metadata
+        code, details = grpc_code(client, unknown)
+        assert code == "INVALID_ARGUMENT" and "(10000 characters)" in details and len(details) < 400
         negative = request()
         negative.perturbation.eps = -1
         assert grpc_code(client, negative) == ("INVALID_ARGUMENT", "perturbation.eps: must be a finite radius >= 0, "

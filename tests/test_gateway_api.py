@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from test_gateway_support import ALICE, BOB, Stack, digits_model, start_stack
 
 from gls_core.training.checkpoint import load_model, save_model
+from services.gateway.metrics import tenant_label
 
 DIGITS_JOB: dict[str, Any] = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05,
                               "data": {"dataset": "digits", "batch_size": 32}, "model": {"arch": "fc-16"},
@@ -166,6 +167,7 @@ def test_metrics_rows_and_the_model_of_a_job(stack: Stack) -> None:
     assert alice.get(f"/v1/jobs/{job['id']}/metrics").json() == [rows[0], {**rows[1], "loss": None}]
     assert alice.get(f"/v1/jobs/{job['id']}/metrics", params={"start": 1}).json() == [{**rows[1], "loss": None}]
     assert alice.get(f"/v1/jobs/{job['id']}/metrics", params={"start": -1}).status_code == 422
+    assert alice.get(f"/v1/jobs/{job['id']}/metrics", params={"start": 2**63}).status_code == 422  # not redis' 500
 
     latest = alice.get(f"/v1/jobs/{job['id']}/model", params={"latest": "true"})
     assert latest.status_code == 200 and latest.headers["content-type"] == "application/octet-stream"
@@ -296,7 +298,8 @@ def test_health_metrics_and_openapi(stack: Stack) -> None:
     text = anonymous.get("/metrics").text
     assert 'gls_gateway_http_requests_total{method="POST",route="/v1/jobs",status="201"}' in text
     assert 'route="/v1/jobs/{job_id}",status="404"' in text  # templates, not ids: bounded label values
-    assert 'gls_gateway_jobs_submitted_total{tenant="alice"}' in text
+    assert f'gls_gateway_jobs_submitted_total{{tenant="{tenant_label("alice")}"}}' in text
+    assert "alice" not in text  # /metrics is unauthenticated: tenants appear only as pseudonyms
     assert "gls_gateway_http_request_seconds_bucket" in text and "gls_gateway_live_workers 0.0" in text
 
     schema = anonymous.get("/openapi.json").json()

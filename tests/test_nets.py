@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import random_inputs, random_population
@@ -225,7 +227,9 @@ def test_weight_of_layer_without_parameters() -> None:
     ((1, 5, 5), (Linear(25, 2),), ValueError, "layer 0: Linear"),
     ((3,), (Normalize((0.5,), (0.2,)), Linear(3, 2)), ValueError, "layer 0: Normalize"),
     ((2, 4, 4), (Normalize((0.5,), (0.2,)), Flatten(), Linear(32, 2)), ValueError, "layer 0: Normalize"),
-    ((1, 4, 4), (Normalize((0.5,), (0.0,)), Flatten(), Linear(16, 2)), ValueError, "std must be positive"),
+    ((1, 4, 4), (Normalize((0.5,), (0.0,)), Flatten(), Linear(16, 2)), ValueError, "std must be at least"),
+    ((1, 4, 4), (Normalize((0.5,), (1e-45,)), Flatten(), Linear(16, 2)), ValueError, "std must be at least"),
+    ((1, 4, 4), (Normalize((math.nan,), (1.0,)), Flatten(), Linear(16, 2)), ValueError, "must be finite"),
     ((1, 3, 3), (Conv2d(1, 2, 5), Flatten(), Linear(2, 2)), ValueError, "output is empty"),
     ((3,), (ReLU(),), ValueError, "at least one Conv2d or Linear"),
     ((3,), (Linear(3, 2), "relu"), TypeError, "layer 1: unsupported layer"),

@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 
 Shape = tuple[int, ...]
+MIN_STD = 1e-6
+"""Smallest Normalize std: below it 1/std overflows float32 bounds into inf and NaN margins."""
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,11 @@ class Normalize:
     def output_shape(self, shape: Shape, index: int) -> Shape:
         if len(shape) != 3 or len(self.mean) != shape[0] or len(self.std) != shape[0]:
             raise ValueError(f"layer {index}: Normalize needs one mean/std per channel of {shape}")
-        if min(self.std) <= 0:
-            raise ValueError(f"layer {index}: Normalize std must be positive, got {self.std}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"layer {index}: Normalize mean and std must be finite, got {self.mean} and {self.std}")
+        if min(self.std) < MIN_STD:
+            raise ValueError(f"layer {index}: Normalize std must be at least {MIN_STD:g} (1/std must stay finite "
+                             f"in float32 bounds), got {self.std}")
         return shape
 
     def weight_shape(self) -> Shape | None:

@@ -32,6 +32,7 @@ from gls_core.nets.spec import NetSpec
 from gls_core.nets.zoo import network
 from gls_core.training.config import ModelConfig
 
+from ..codec import quoted
 from ..settings import Settings
 from ..store import NotFound, Store
 from ..worker_client import NoWorkersError, WorkerPool, WorkerRejectedError
@@ -93,7 +94,7 @@ def check_complete_inputs(count: int, settings: Settings, field: str = "inputs")
 def relaxation(method: str, options: dict[str, Any], field: str = "relaxation") -> tuple[str, dict[str, Any]]:
     """The method and its complete options; alpha-CROWN's missing options come from evaluation's defaults."""
     if method not in METHODS:
-        raise InvalidRequest.one(f"{field}.method", f"unknown relaxation {method!r}; expected one of "
+        raise InvalidRequest.one(f"{field}.method", f"unknown relaxation {quoted(method)}; expected one of "
                                                     f"{', '.join(sorted(METHODS))} or {COMPLETE}")
     if method != "alpha-crown":
         if options:

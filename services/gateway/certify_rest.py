@@ -61,6 +61,13 @@ class CertifyIn(Strict):
     relaxation: RelaxationIn = Field(default_factory=RelaxationIn,
                                      description="a method name, or an object with method and alpha options")
 
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a JSON number, got {type(value).__name__}")  # no "0.1" or true
+        return value
+
     @field_validator("relaxation", mode="before")
     @classmethod
     def _method_name(cls, value: Any) -> Any:

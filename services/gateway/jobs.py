@@ -26,6 +26,7 @@ from .deps import GatewayDep, Tenant
 from .errors import ApiError, InvalidRequest, NotFoundError
 from .events import EVENT_ID, finite, job_events
 from .jobcheck import validate_job
+from .metrics import tenant_label
 from .schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -45,7 +46,7 @@ def _job(gateway: Gateway, tenant: str, job_id: str) -> Job:
 def _submit(gateway: Gateway, tenant: str, body: Any) -> dict[str, Any]:
     config = validate_job(gateway.store, tenant, body)
     job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "")
-    gateway.metrics.jobs_submitted.labels(tenant).inc()
+    gateway.metrics.jobs_submitted.labels(tenant_label(tenant)).inc()
     return job.public()
 
 
@@ -85,7 +86,8 @@ def cancel_job(job_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, An
 
 @router.get("/{job_id}/metrics", response_model=list[dict[str, Any]])
 def job_metrics(job_id: str, gateway: GatewayDep, tenant: Tenant,
-                start: Annotated[int, Query(ge=0, description="skip the first rows (poll with the count seen)")] = 0
+                start: Annotated[int, Query(ge=0, le=2**63 - 1,
+                                            description="skip the first rows (poll with the count seen)")] = 0
                 ) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl acknowledged so far (non-finite values as null)."""
     _job(gateway, tenant, job_id)

@@ -6,6 +6,7 @@ process do not collide and ``/metrics`` shows exactly this gateway's numbers.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def tenant_label(tenant: str) -> str:
+    """A stable pseudonym for a tenant: /metrics is unauthenticated and must not list tenant names."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:12]
 
 
 class GatewayMetrics:
@@ -26,7 +32,8 @@ class GatewayMetrics:
                                      ["method", "code"], registry=self.registry)
         self.grpc_latency = Histogram("gls_gateway_grpc_request_seconds", "Certifier RPC latency", ["method"],
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.jobs_submitted = Counter("gls_gateway_jobs_submitted_total", "training jobs accepted", ["tenant"],
+        self.jobs_submitted = Counter("gls_gateway_jobs_submitted_total",
+                                      "training jobs accepted, by tenant pseudonym (tenant_label)", ["tenant"],
                                       registry=self.registry)
         self.certify_inputs = Counter("gls_gateway_certify_inputs_total", "inputs sent for certification",
                                       ["api", "method"], registry=self.registry)
