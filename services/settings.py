@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     certify_complete_timeout_s: float = Field(30.0, gt=0, description="method complete: default seconds per input")
     certify_complete_max_timeout_s: float = Field(120.0, gt=0, description="method complete: largest per-input limit")
     certify_complete_max_inputs: int = Field(256, gt=0, description="method complete: inputs per request or message")
+    job_max_epochs: int = Field(500, gt=0, description="largest schedule.epochs (+ warmup.epochs) a job may ask for")
+    job_max_popsize: int = Field(4096, gt=0, description="largest pgpe.popsize and rgs.samples")
+    job_max_steps: int = Field(1000, gt=0, description="largest PGD and alpha-CROWN step counts, training or eval")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
 

@@ -104,6 +104,12 @@ def test_config_errors_name_each_field(stack: Stack) -> None:
     assert errors["bogus"] == "unknown key" and "greater than or equal to 0" in errors["eps"]
 
     assert "relaxation" in fields(alice.post("/v1/jobs", json={"relaxation": "zonotope"}))
+    assert "empty config" in fields(alice.post("/v1/jobs", json={}))["body"]
+    costly = fields(alice.post("/v1/jobs", json={**DIGITS_JOB, "pgpe": {"popsize": 100_000_000},
+                                                "alpha": {"steps": 1_000_000_000},
+                                                "schedule": {"epochs": 100_000_000}}))
+    assert set(costly) == {"pgpe.popsize", "alpha.steps", "schedule.epochs"}
+    assert "GLS_JOB_MAX_POPSIZE" in costly["pgpe.popsize"] and "GLS_JOB_MAX_EPOCHS" in costly["schedule.epochs"]
     nan = alice.post("/v1/jobs", content=b'{"eps": NaN, "pgpe": {"sigma_init": Infinity}}')
     assert set(fields(nan)) == {"eps", "pgpe.sigma_init"}
     assert "malformed JSON" in fields(alice.post("/v1/jobs", content=b'{"eps": '))["body"]

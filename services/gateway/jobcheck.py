@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from gls_core.nets.zoo import DATASETS
 from gls_core.training.config import TrainConfig
 
+from ..settings import Settings
 from ..store import NotFound, Store
 from .errors import InvalidRequest
 
@@ -114,10 +115,27 @@ def _check_references(store: Store, tenant: str, config: TrainConfig) -> list[tu
     return errors
 
 
-def validate_job(store: Store, tenant: str, body: Any) -> TrainConfig:
+def _over_limits(config: TrainConfig, settings: Settings) -> list[tuple[str, str]]:
+    """A job runs on shared workers: each field that multiplies its cost is capped in the settings."""
+    epochs = config.schedule.epochs + (config.warmup.epochs if config.warmup is not None else 0)
+    checks = [("schedule.epochs", epochs, settings.job_max_epochs, "GLS_JOB_MAX_EPOCHS (warm-up included)"),
+              ("pgpe.popsize", config.pgpe.popsize, settings.job_max_popsize, "GLS_JOB_MAX_POPSIZE"),
+              ("rgs.samples", config.rgs.samples, settings.job_max_popsize, "GLS_JOB_MAX_POPSIZE"),
+              ("pgd.steps", config.pgd.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
+              ("alpha.steps", config.alpha.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
+              ("evaluation.pgd_steps", config.evaluation.pgd_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
+              ("evaluation.alpha_steps", config.evaluation.alpha_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS")]
+    return [(field, f"{value} is more than this gateway allows ({limit}, {setting})")
+            for field, value, limit, setting in checks if value > limit]
+
+
+def validate_job(store: Store, tenant: str, body: Any, settings: Settings) -> TrainConfig:
     """The config of a job ``tenant`` may run, or :class:`InvalidRequest` naming every bad field."""
     if not isinstance(body, dict):
         raise InvalidRequest.one("body", f"expected a JSON object (the training config), got {type(body).__name__}")
+    if not body:
+        raise InvalidRequest.one("body", "an empty config would start the full default schedule on MNIST; name at "
+                                         "least the model, the data and the estimator")
     errors = _non_finite(body)
     if errors:
         raise InvalidRequest(errors)
@@ -128,7 +146,7 @@ def validate_job(store: Store, tenant: str, body: Any) -> TrainConfig:
         raise InvalidRequest(errors + _schema_errors(error, {field for field, _ in errors})) from None
     if errors:
         raise InvalidRequest(errors)
-    errors = _check_references(store, tenant, config)
+    errors = _over_limits(config, settings) + _check_references(store, tenant, config)
     if errors:
         raise InvalidRequest(errors)
     return config

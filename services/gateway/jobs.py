@@ -44,7 +44,7 @@ def _job(gateway: Gateway, tenant: str, job_id: str) -> Job:
 
 
 def _submit(gateway: Gateway, tenant: str, body: Any) -> dict[str, Any]:
-    config = validate_job(gateway.store, tenant, body)
+    config = validate_job(gateway.store, tenant, body, gateway.settings)
     job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "")
     gateway.metrics.jobs_submitted.labels(tenant_label(tenant)).inc()
     return job.public()
