@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     worker_cache_mb: int = Field(512, gt=0, description="content-addressed blob cache")
     worker_register: bool = Field(True, description="announce the worker in Redis (off: static addresses only)")
     worker_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running requests may finish")
+    worker_token: str = Field("", description="shared secret every BoundWorker call must carry (empty: none "
+                                            "asked; set it wherever workers are reachable by others)")
     worker_addresses: str = Field("", description="static comma-separated worker list (besides Redis discovery)")
     verify_max_timeout_s: float = Field(300.0, gt=0, description="longest branch and bound per input a worker runs")
     heartbeat_s: float = Field(2.0, gt=0)

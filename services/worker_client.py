@@ -160,6 +160,8 @@ class WorkerPool:
     def __init__(self, settings: Settings, redis_client: redis.Redis | None = None, *, max_attempts: int = 6,
                  backoff_s: float = 0.1, known_blobs: int = 256, threads: int = 64) -> None:
         self.settings = settings
+        # The shared secret of GLS_WORKER_TOKEN, sent with every call (services/bound_worker/auth.py checks it).
+        self._metadata = (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
         self.redis = redis_client
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
@@ -254,7 +256,7 @@ class WorkerPool:
         channel = self._acquire(address)
         try:
             timeout = work.timeout_s or self.settings.rpc_timeout_s
-            data: bytes = channel.unary_unary(SERVICE + work.rpc)(payload, timeout=timeout)
+            data: bytes = channel.unary_unary(SERVICE + work.rpc)(payload, timeout=timeout, metadata=self._metadata)
         finally:
             self._release(address)
             stats.rpc_s += time.perf_counter() - sent

@@ -515,3 +515,38 @@ def test_verify_rejects_timeouts_beyond_the_cap(stub: bound_worker_pb2_grpc.Boun
             stub.Verify(verify_request(X[:1], Y[:1], 0.05, timeout))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "timeout_seconds must lie in (0, 300]" in (error.value.details() or "")
+
+
+def test_a_worker_token_is_required_from_every_caller_but_probes() -> None:
+    from services.worker_client import WorkerPool
+
+    running = serve(worker_settings(worker_cache_mb=8, worker_token="s3cret"))
+    try:
+        request = bound_worker_pb2.BoundsRequest(params=inline(THETA), inputs=inline(X[:2]),
+                                                 perturbation=common_pb2.Perturbation(eps=EPS),
+                                                 relaxation=codec.relaxation_to_proto("ibp"))
+        codec.spec_to_proto(SPEC, out=request.spec)
+        with grpc.insecure_channel(running.address) as channel:
+            stub = bound_worker_pb2_grpc.BoundWorkerStub(channel)
+            for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
+                with pytest.raises(grpc.RpcError) as error:
+                    stub.Bounds(request, metadata=metadata)
+                assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert running.service.served == 0  # refused before any decoding or computing
+            assert stub.Bounds(request, metadata=(("authorization", "Bearer s3cret"),)).upper.shape == [2, 10]
+            health = health_pb2_grpc.HealthStub(channel)  # probes need no secret
+            assert health.Check(health_pb2.HealthCheckRequest(service="")).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        for token, works in (("s3cret", True), ("", False)):
+            pool = WorkerPool(worker_settings(worker_token=token, worker_addresses=running.address), max_attempts=1)
+            try:
+                if works:
+                    lower, _ = pool.bounds(SPEC, THETA, X[:2], eps=EPS, method="ibp")
+                    assert lower.shape == (2, 10)
+                else:
+                    with pytest.raises(Exception, match="UNAUTHENTICATED"):
+                        pool.bounds(SPEC, THETA, X[:2], eps=EPS, method="ibp")
+            finally:
+                pool.close()
+    finally:
+        running.stop()

@@ -21,6 +21,7 @@ from gls_core.training.trainer import resolve_device
 
 from ..discovery import Heartbeat, WorkerInfo
 from ..settings import Settings
+from .auth import WorkerTokenInterceptor
 from .cache import BlobCache
 from .decoding import RequestDecoder
 from .service import SERVICE_NAME, BoundWorkerService
@@ -84,8 +85,12 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
     service = BoundWorkerService(RequestDecoder(cache, device), settings.worker_concurrency,
                                  settings.verify_max_timeout_s)
     threads, max_rpcs = rpc_limits(settings.worker_concurrency)
+    interceptors = [WorkerTokenInterceptor(settings.worker_token)] if settings.worker_token else []
+    if not settings.worker_token and settings.worker_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("GLS_WORKER_TOKEN is empty and the worker listens on %s: anyone who can reach it can use it",
+                    settings.worker_host)
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bound-worker"),
-                         options=settings.grpc_options, maximum_concurrent_rpcs=max_rpcs)
+                         options=settings.grpc_options, maximum_concurrent_rpcs=max_rpcs, interceptors=interceptors)
     service.add_to_server(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
