@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     job_max_steps: int = Field(1000, gt=0, description="largest PGD and alpha-CROWN step counts, training or eval")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
+    certifier_queue: int = Field(64, ge=0, description="Certifier requests that wait (within their deadline) for "
+                                                      "a free slot; beyond them callers get RESOURCE_EXHAUSTED")
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -391,3 +391,38 @@ def test_complete_method_limits_are_enforced(stack: Stack, model_id: str) -> Non
         code, details = grpc_code(client, CertifierClient.request(x, y, 0.05, "complete", model_id=model_id,
                                                                   options={"timeout": 10_000}))
     assert code == "INVALID_ARGUMENT" and "complete_timeout" in details
+
+
+def test_a_burst_of_calls_queues_instead_of_being_refused(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    burst = start_stack(tmp_path, workers=1, certifier_threads=2, certifier_queue=32)
+    try:
+        _, theta = digits_model()
+        path = tmp_path / "model.safetensors"
+        save_model(path, theta, "fc-16", "digits")
+        model = str(burst.client().upload_model(path)["id"])
+        x, y = digits_test(8)
+        channel = grpc.insecure_channel(burst.gateway.certifier_address)
+        certify_call = channel.unary_unary("/gls.v1.Certifier/Certify",
+                                           request_serializer=certifier_pb2.CertifyRequest.SerializeToString,
+                                           response_deserializer=certifier_pb2.CertifyResponse.FromString)
+        health = health_pb2_grpc.HealthStub(channel)
+        request = CertifierClient.request(x, y, EPS, "deeppoly", model_id=model)
+
+        def one(index: int) -> str:
+            try:
+                if index % 3 == 2:
+                    health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
+                else:
+                    certify_call(request, metadata=(("authorization", f"Bearer {ALICE}"),), timeout=60)
+            except grpc.RpcError as error:
+                return error.code().name
+            return "OK"
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(one, range(48)))
+        channel.close()
+        assert codes == ["OK"] * 48  # 32 Certify calls on 2 slots, and 16 health checks among them
+    finally:
+        burst.stop()

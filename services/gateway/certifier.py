@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -80,9 +82,24 @@ def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:
                                  seconds=verdict.seconds or 0.0)
 
 
+class SlotTimeout(Exception):
+    """The caller's deadline passed while its request waited for a free Certifier slot."""
+
+
 class CertifierService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._slots = threading.BoundedSemaphore(gateway.settings.certifier_threads)
+
+    @contextmanager
+    def _slot(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Wait for one of ``certifier_threads`` slots until the call's deadline (none: as long as it takes)."""
+        if not self._slots.acquire(timeout=context.time_remaining()):
+            raise SlotTimeout("deadline passed while waiting for a free Certifier slot")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     # ------------------------------------------------------------------------------------- edge
 
@@ -102,6 +119,8 @@ class CertifierService:
         """The one mapping from gateway errors to gRPC status codes."""
         if isinstance(error, InvalidRequest):
             return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+        if isinstance(error, SlotTimeout):
+            return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
         if isinstance(error, NotFoundError):
             return grpc.StatusCode.NOT_FOUND, error.message
         if isinstance(error, ApiError):
@@ -195,7 +214,8 @@ class CertifierService:
 
         started = time.perf_counter()
         try:
-            response = work()
+            with self._slot(context):
+                response = work()
         except Exception as error:
             code, details = self._status(error, "Certify")
             self._record("Certify", code, started)
@@ -207,7 +227,8 @@ class CertifierService:
                       context: grpc.ServicerContext) -> Iterator[certifier_pb2.Verdict]:
         started = time.perf_counter()
         try:
-            yield from self._stream(requests, context)
+            with self._slot(context):
+                yield from self._stream(requests, context)
         except Exception as error:
             code, details = self._status(error, "CertifyStream")
             self._record("CertifyStream", code, started)
@@ -263,7 +284,9 @@ class CertifierService:
 def start_certifier(gateway: Gateway, host: str, port: int) -> tuple[grpc.Server, int, health.HealthServicer]:
     """The Certifier with health checking and reflection, listening on ``host:port`` (0: a free port)."""
     settings = gateway.settings
-    limit = settings.certifier_threads + 2  # every admitted RPC has a thread; health checks always get one
+    # Every admitted RPC has a thread: certifier_threads compute, certifier_queue wait for a slot, and health
+    # checks and reflection (which take no slot) always find one.
+    limit = settings.certifier_threads + settings.certifier_queue + 4
     server = grpc.server(ThreadPoolExecutor(max_workers=limit, thread_name_prefix="certifier"),
                          options=settings.grpc_options, maximum_concurrent_rpcs=limit)
     CertifierService(gateway).add_to_server(server)
