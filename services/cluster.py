@@ -7,6 +7,7 @@ GLS_* environment variables the containers use, each logging to ``run_dir/logs``
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -42,6 +43,20 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: children outlive a killed parent, as before
+        pass
+
+
+PR_SET_PDEATHSIG = 1
+RESTARTS_PER_MINUTE = 5
+"""A child that dies more often than this is left down and the cluster stops: it will not get better."""
+
+
 @dataclass
 class Child:
     name: str
@@ -50,11 +65,13 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
 
+    restarts: list[float] = field(default_factory=list)  # monotonic times of restarts by the supervisor
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
 
     @property
@@ -78,6 +95,10 @@ class Child:
             self.process.wait(10)
 
 
+class GivingUp(RuntimeError):
+    """A child keeps dying; restarting it again would only hide the problem."""
+
+
 @dataclass
 class Cluster:
     run_dir: Path
@@ -94,7 +115,27 @@ class Cluster:
                 "pids": {name: child.process.pid for name, child in self.all_children().items() if child.process}}
 
     def all_children(self) -> dict[str, Child]:
-        return {**self.children, **({"redis": self.redis_child} if self.redis_child else {})}
+        return {**({"redis": self.redis_child} if self.redis_child else {}), **self.children}
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart every child that has exited (Redis first: the others reconnect to it); the names restarted.
+
+        Raises :class:`GivingUp` for a child that died more than ``RESTARTS_PER_MINUTE`` times in a minute.
+        """
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for name, child in self.all_children().items():
+            if child.alive:
+                continue
+            child.restarts = [at for at in child.restarts if now - at < 60.0]
+            if len(child.restarts) >= RESTARTS_PER_MINUTE:
+                raise GivingUp(f"{name} exited {len(child.restarts) + 1} times within a minute; see {child.log_path}")
+            child.restarts.append(now)
+            child.start()
+            restarted.append(name)
+        if restarted:
+            (self.run_dir / CLUSTER_FILE).write_text(json.dumps(self.info(), indent=2))  # the new pids
+        return restarted
 
     def stop(self) -> None:
         """Gateway first (no new work), then the coordinator (finishes its step), workers, Redis last."""
@@ -157,8 +198,11 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
     redis_url = redis_url or os.environ.get("REDIS_URL") or os.environ.get("GLS_REDIS_URL")
     if not redis_url:
         redis_child, redis_url = _start_redis(run_dir)
+    tokens = tokens or os.environ.get("GLS_TOKENS")
+    if tokens and not token:  # cluster.json must hold a token the gateway accepts: the first configured one
+        token = tokens.split(",")[0].partition("=")[0].strip()
     token = token or secrets.token_urlsafe(18)
-    tokens = tokens or os.environ.get("GLS_TOKENS") or f"{token}=default"
+    tokens = tokens or f"{token}=default"
     env = _base_env(redis_url, tokens, threads)
     python = sys.executable
     gateway_port = gateway_port or free_port()

@@ -41,8 +41,12 @@ def cluster_up(workers: Annotated[int, typer.Option(min=1, help="bound workers t
                threads: Annotated[int | None, typer.Option(help="torch threads per process")] = None,
                gateway_port: Annotated[int, typer.Option(help="REST port (0: a free one)")] = 0,
                certifier_port: Annotated[int, typer.Option(help="gRPC Certifier port (0: a free one)")] = 0) -> None:
-    """Start Redis (unless REDIS_URL is set), the gateway, a coordinator and N workers; stop on Ctrl-C/SIGTERM."""
-    from .cluster import CLUSTER_FILE, up
+    """Start Redis (unless REDIS_URL is set), the gateway, a coordinator and N workers; stop on Ctrl-C/SIGTERM.
+
+    A process that exits is restarted (at most 5 times a minute); if this command itself is killed, its
+    processes get SIGTERM and stop too.
+    """
+    from .cluster import CLUSTER_FILE, GivingUp, up
 
     stop = threading.Event()
 
@@ -60,11 +64,14 @@ def cluster_up(workers: Annotated[int, typer.Option(min=1, help="bound workers t
     typer.echo(f"written to         {run_dir / CLUSTER_FILE}")
     try:
         while not stop.wait(1.0):
-            dead = [child.name for child in cluster.children.values() if not child.alive]
-            if dead:
-                console.print(f"{', '.join(dead)} exited; stopping the cluster (see {run_dir / 'logs'})",
-                              style="red", markup=False)
-                raise typer.Exit(1)
+            try:
+                restarted = cluster.supervise()
+            except GivingUp as error:
+                console.print(f"{error}; stopping the cluster", style="red", markup=False)
+                raise typer.Exit(1) from None
+            if restarted:
+                console.print(f"{', '.join(restarted)} exited; restarted (see {run_dir / 'logs'})", style="yellow",
+                              markup=False)
     finally:
         console.print("stopping ...")
         cluster.stop()

@@ -28,18 +28,31 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    run_dir = tmp_path / "cluster"
+def start_cluster(run_dir: Path, **extra_env: str) -> subprocess.Popen[str]:
     env = {key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "GLS_REDIS_URL", "GLS_TOKENS")}
     process = subprocess.Popen([sys.executable, "-m", "services.cli", "cluster", "up", "--workers", "1",
-                                "--run-dir", str(run_dir), "--threads", "1"], cwd=ROOT, env=env,
+                                "--run-dir", str(run_dir), "--threads", "1"], cwd=ROOT, env={**env, **extra_env},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "cluster.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"cluster.json never appeared: {process.communicate()[1]}")
+        time.sleep(0.2)
+    return process
+
+
+def wait_until(check, what: str, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cluster"
+    process = start_cluster(run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "cluster.json").exists():
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "cluster.json never appeared"
-            time.sleep(0.2)
         info = json.loads((run_dir / "cluster.json").read_text())
         assert {"gateway_url", "certifier_address", "token"} <= info.keys()
         assert httpx.get(f"{info['gateway_url']}/readyz", timeout=10).status_code == 200
@@ -57,3 +70,30 @@ def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in pids)
     logs = {path.name for path in (run_dir / "logs").iterdir()}
     assert {"gateway.log", "coordinator.log", "worker-0.log", "redis.log"} <= logs
+
+
+def test_crashed_processes_are_restarted_and_all_die_with_cluster_up(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cluster"
+    process = start_cluster(run_dir, GLS_TOKENS="ops-token=ops")
+    try:
+        info = json.loads((run_dir / "cluster.json").read_text())
+        assert info["token"] == "ops-token"  # the token written is one the gateway accepts
+        with GlsClient(info["gateway_url"], info["token"]) as client:
+            assert client.jobs() == []
+        crashed = info["pids"]["worker-0"]
+        os.kill(crashed, signal.SIGKILL)
+
+        def restarted() -> bool:
+            pids = json.loads((run_dir / "cluster.json").read_text())["pids"]
+            return pids["worker-0"] != crashed and alive(pids["worker-0"])
+
+        wait_until(restarted, "the killed worker was not restarted")
+        assert process.poll() is None  # the rest kept running
+        assert httpx.get(f"{info['gateway_url']}/readyz", timeout=10).status_code == 200
+        pids = list(json.loads((run_dir / "cluster.json").read_text())["pids"].values())
+        process.kill()  # SIGKILL: no chance to stop its children itself
+        process.communicate(timeout=30)
+        wait_until(lambda: not any(alive(pid) for pid in pids), "children outlived a killed cluster up", 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
