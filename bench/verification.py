@@ -74,7 +74,7 @@ def main() -> None:
             if not prop.contains(verdict.counterexample) or float(
                     prop.rows(spec, theta64, verdict.counterexample.unsqueeze(0)).min()) > 0:
                 raise SystemExit(f"input {i}: the counterexample does not violate the property")
-        if (i + 1) % 50 == 0:
+        if (i + 1) % 10 == 0:
             counts = summarize(verdicts)
             print(f"{i + 1:5d} inputs, {time.monotonic() - started:7.1f} s: verified {counts['verified']} "
                   f"falsified {counts['falsified']} unknown {counts['unknown']}", flush=True)

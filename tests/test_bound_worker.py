@@ -550,3 +550,21 @@ def test_a_worker_token_is_required_from_every_caller_but_probes() -> None:
                 pool.close()
     finally:
         running.stop()
+
+
+def test_alpha_crown_stops_when_its_caller_has_gone(worker: RunningWorker,
+                                                     stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
+    inputs = DIGITS.x[:64]
+    request = bound_worker_pb2.BoundsRequest(params=inline(THETA), inputs=inline(inputs),
+                                             labels=inline(DIGITS.y[:64]),
+                                             perturbation=common_pb2.Perturbation(eps=EPS),
+                                             relaxation=codec.relaxation_to_proto("alpha-crown", {"steps": 1000}))
+    codec.spec_to_proto(SPEC, out=request.spec)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Bounds(request, timeout=1.0)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = started + 8  # the 1000 steps take about 20 s on this machine's 2 cores
+    while worker.service.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker.service.in_flight == 0, "the worker kept computing for a caller that had gone"

@@ -8,6 +8,7 @@ Evaluated without gradients in the network weights: it serves PGPE, which needs 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -30,7 +31,10 @@ def _alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> RowwiseRelaxation:
 
 def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
                        steps: int = 1, step_size: float = 0.5,
-                       init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both") -> Box:
+                       init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
+                       should_stop: Callable[[], bool] | None = None) -> Box:
+    """alpha-CROWN bounds; ``should_stop`` is polled before each slope step (any slopes give sound bounds, so
+    stopping early only loosens them: a server uses it to stop work whose caller has gone)."""
     if steps < 0 or step_size < 0:
         raise ValueError(f"alpha-crown needs steps >= 0 and step_size >= 0, got steps={steps}, step_size={step_size}")
     if init != "deeppoly":
@@ -43,11 +47,12 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)
-    return optimise_slopes(spec, params, state, C, steps, step_size, init, sides)
+    return optimise_slopes(spec, params, state, C, steps, step_size, init, sides, should_stop)
 
 
 def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int = 1,
-                    step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both") -> Box:
+                    step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
+                    should_stop: Callable[[], bool] | None = None) -> Box:
     """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits)."""
     start_value = 0.0 if init == "deeppoly" else float(init)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
@@ -63,6 +68,8 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
         steps = 0
     best: Box | None = None
     for step in range(steps + 1):
+        if step < steps and should_stop is not None and should_stop():
+            steps = step  # this evaluation becomes the last one
         optimising = step < steps  # the last evaluation needs no gradients (and runs on the native kernels)
         with torch.set_grad_enabled(optimising):
             for alpha in alphas.values():

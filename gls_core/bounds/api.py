@@ -134,7 +134,8 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
     ``sides`` ("both", "lower" or "upper") asks for one side only: the robust loss and certification
     need only the upper bounds of the margins, and one side costs about half of both; the side not
     asked for is returned as -inf (lower) or inf (upper).
-    ``options`` go to the method: alpha-crown takes ``steps``, ``step_size`` and ``init``.
+    ``options`` go to the method: alpha-crown takes ``steps``, ``step_size``, ``init`` and ``should_stop``
+    (polled before each slope step; stopping early gives looser, still sound, bounds).
     """
     if sides not in ("both", "lower", "upper"):
         raise ValueError(f"sides must be 'both', 'lower' or 'upper', got {sides!r}")
