@@ -53,6 +53,7 @@ def _die_with_parent() -> None:
 
 
 PR_SET_PDEATHSIG = 1
+REDIS_MAX_MEMORY_MB = 2048
 RESTARTS_PER_MINUTE = 5
 """A child that dies more often than this is left down and the cluster stops: it will not get better."""
 
@@ -134,8 +135,16 @@ class Cluster:
             child.start()
             restarted.append(name)
         if restarted:
-            (self.run_dir / CLUSTER_FILE).write_text(json.dumps(self.info(), indent=2))  # the new pids
+            self.write_info()  # the new pids
         return restarted
+
+    def write_info(self) -> None:
+        """``cluster.json``, readable by its owner only: it holds the token and the Redis password."""
+        path = self.run_dir / CLUSTER_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(json.dumps(self.info(), indent=2))
+        path.chmod(0o600)
 
     def stop(self) -> None:
         """Gateway first (no new work), then the coordinator (finishes its step), workers, Redis last."""
@@ -178,10 +187,15 @@ def _start_redis(run_dir: Path) -> tuple[Child, str]:
     port = free_port()
     data = run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
+    # A password only this cluster's processes know, and a memory ceiling: past it writes fail (the gateway
+    # answers 503) instead of the machine swapping; nothing stored is evicted.
+    password = secrets.token_urlsafe(24)
     child = Child("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                            "--appendonly", "yes", "--save", ""], dict(os.environ), run_dir / "logs" / "redis.log")
+                            "--appendonly", "yes", "--save", "", "--requirepass", password,
+                            "--maxmemory", f"{REDIS_MAX_MEMORY_MB}mb", "--maxmemory-policy", "noeviction"],
+                  dict(os.environ), run_dir / "logs" / "redis.log")
     child.start()
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     _wait(client.ping, "redis-server", 20, {"redis": child})
     client.close()
@@ -232,5 +246,5 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
     except BaseException:
         cluster.stop()
         raise
-    (run_dir / CLUSTER_FILE).write_text(json.dumps(cluster.info(), indent=2))
+    cluster.write_info()
     return cluster

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from services.client import GlsClient
 
@@ -55,6 +56,11 @@ def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     try:
         info = json.loads((run_dir / "cluster.json").read_text())
         assert {"gateway_url", "certifier_address", "token"} <= info.keys()
+        assert (run_dir / "cluster.json").stat().st_mode & 0o777 == 0o600  # it holds secrets
+        url = info["redis_url"]
+        assert redis.Redis.from_url(url).ping()
+        with pytest.raises(redis.AuthenticationError):  # Redis asks for the cluster's password
+            redis.Redis.from_url("redis://" + url.split("@", 1)[1]).ping()
         assert httpx.get(f"{info['gateway_url']}/readyz", timeout=10).status_code == 200
         with GlsClient(info["gateway_url"], info["token"]) as client:
             assert client.jobs() == []
