@@ -8,7 +8,7 @@ Evaluated without gradients in the network weights: it serves PGPE, which needs 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -20,13 +20,13 @@ from .relu import deeppoly_lower_slope, deeppoly_relaxation
 from .types import Box, RowwiseRelaxation
 
 
-def _alpha_relaxation(bounds: Box, alpha: torch.Tensor) -> RowwiseRelaxation:
+def _alpha_relaxation(bounds: Box, alpha: torch.Tensor, input_term: torch.Tensor | None = None) -> RowwiseRelaxation:
     """DeepPoly's upper line; lower slope alpha on unstable neurons. alpha is [P, B, R, 1, *shape]."""
     base = deeppoly_relaxation(bounds)
     lower, upper = bounds.lower.unsqueeze(2).unsqueeze(3), bounds.upper.unsqueeze(2).unsqueeze(3)
     unstable = (lower < 0) & (upper > 0)
     slope = torch.where(unstable, alpha, (lower >= 0).to(alpha.dtype))
-    return RowwiseRelaxation(slope, None, base.upper_slope, base.upper_offset)
+    return RowwiseRelaxation(slope, None, base.upper_slope, base.upper_offset, input_term)
 
 
 def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
@@ -52,11 +52,18 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
 
 def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int = 1,
                     step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
-                    should_stop: Callable[[], bool] | None = None) -> Box:
-    """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits)."""
+                    should_stop: Callable[[], bool] | None = None, splits: Mapping[int, torch.Tensor] | None = None,
+                    beta_step_size: float = 0.05) -> Box:
+    """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits).
+
+    With ``splits`` (ReLU layer index -> [B, *shape] in {-1, 0, 1}, the walk's subdomains) the split
+    constraints also enter the bound as beta-CROWN's Lagrangian terms, one multiplier beta >= 0 per
+    row and split neuron, optimised with the slopes (projected signed-gradient steps of ``beta_step_size``).
+    """
     start_value = 0.0 if init == "deeppoly" else float(init)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
+    signs: dict[int, torch.Tensor] = {}
     for index, bounds in state.pre_relu.items():
         shape = (*bounds.lower.shape[:2], rows, 1, *bounds.lower.shape[2:])
         if init == "deeppoly":
@@ -64,6 +71,10 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
         else:
             start = torch.full(shape, start_value, dtype=bounds.lower.dtype, device=bounds.lower.device)
         alphas[index] = start.contiguous()
+        split = None if splits is None else splits.get(index)
+        if split is not None and bool((split != 0).any()):
+            signs[index] = split.to(bounds.lower.dtype).unsqueeze(0).unsqueeze(2).unsqueeze(3)  # [1, B, 1, 1, *shape]
+    betas = {index: torch.zeros_like(alphas[index]) for index in signs}
     if not alphas:  # no ReLU: DeepPoly is exact, nothing to optimise
         steps = 0
     best: Box | None = None
@@ -72,9 +83,11 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
             steps = step  # this evaluation becomes the last one
         optimising = step < steps  # the last evaluation needs no gradients (and runs on the native kernels)
         with torch.set_grad_enabled(optimising):
-            for alpha in alphas.values():
-                alpha.requires_grad_(optimising)
-            relaxations = {i: _alpha_relaxation(state.pre_relu[i], a) for i, a in alphas.items()}
+            for tensor in (*alphas.values(), *betas.values()):
+                tensor.requires_grad_(optimising)
+            relaxations = {i: _alpha_relaxation(state.pre_relu[i], a,
+                                                -betas[i] * signs[i] if i in betas else None)
+                           for i, a in alphas.items()}
             bounds = final_bounds(spec, params, state, C, relaxations, sides)
             if step < steps:
                 objective = torch.zeros((), dtype=bounds.upper.dtype, device=bounds.upper.device)
@@ -82,12 +95,15 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
                     objective = objective + bounds.lower.sum()
                 if sides != "lower":
                     objective = objective - bounds.upper.sum()
-                grads = torch.autograd.grad(objective, list(alphas.values()), allow_unused=True)
+                grads = torch.autograd.grad(objective, [*alphas.values(), *betas.values()], allow_unused=True)
         lower, upper = bounds.lower.detach(), bounds.upper.detach()
         best = Box(lower, upper) if best is None else Box(torch.maximum(best.lower, lower),
                                                           torch.minimum(best.upper, upper))
         if step < steps:
+            alpha_grads, beta_grads = grads[:len(alphas)], grads[len(alphas):]
             alphas = {i: a.detach() if g is None else (a.detach() + step_size * g.sign()).clamp(0, 1)
-                      for (i, a), g in zip(alphas.items(), grads)}
+                      for (i, a), g in zip(alphas.items(), alpha_grads)}
+            betas = {i: b.detach() if g is None else (b.detach() + beta_step_size * g.sign()).clamp(min=0)
+                     for (i, b), g in zip(betas.items(), beta_grads)}
     assert best is not None
     return best

@@ -248,7 +248,8 @@ def _last_relu_step(coeffs: Coefficients, relaxation: ReluRelaxation, weight: to
     form = "selected" if coeffs.rows is not None else "image" if coeffs.windows is None else "patch"
     shared = A.stride(1) == 0 or A.shape[1] == 1
     key = ("relax-concretize", kernels.Geometry.of(A, weight, conv.stride), conv.padding,
-           form, shared, isinstance(relaxation, RowwiseRelaxation), tuple(box.lower.shape[1:]),
+           form, shared, isinstance(relaxation, RowwiseRelaxation),
+           isinstance(relaxation, RowwiseRelaxation) and relaxation.input_term is not None, tuple(box.lower.shape[1:]),
            *kernels.size_key(A.shape[0], math.prod(A.shape[1:4])), *kernels.tensor_key(A, weight, box.lower))
     args = (coeffs, relaxation, weight, bias, conv, box)
     name = kernels.choose("relax-concretize", key, LAST_RELU_STEP, args)
@@ -377,6 +378,8 @@ def _native_last_step_applies(coeffs: Coefficients, relaxation: ReluRelaxation, 
     per_row = isinstance(relaxation, RowwiseRelaxation)
     if relaxation.lower_offset is not None or (per_row and coeffs.rows is not None):
         return False
+    if isinstance(relaxation, RowwiseRelaxation) and relaxation.input_term is not None:
+        return False  # split multipliers: the step-by-step path adds them
     if any(t.requires_grad for t in tensors[:3]) and torch.is_grad_enabled():  # gradients: whole-map rows only
         whole_map = coeffs.windows is None and coeffs.rows is None
         return whole_map and kernels.native_applies(conv.kernel, conv.stride, *tensors[3:]) and native.usable(

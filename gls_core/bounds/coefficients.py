@@ -97,6 +97,8 @@ def through_relu(coeffs: Coefficients, relaxation: ReluRelaxation) -> Coefficien
     lower_slope = relaxation.lower_slope if rowwise else seen(relaxation.lower_slope)
     negative = A.clamp(max=0)
     new_A = torch.addcmul(A * lower_slope, negative, seen(relaxation.upper_slope) - lower_slope)
+    if isinstance(relaxation, RowwiseRelaxation) and relaxation.input_term is not None:
+        new_A = new_A + relaxation.input_term
     bias = coeffs.bias
     window_dims = tuple(range(4, A.dim()))
     if relaxation.upper_offset is not None:

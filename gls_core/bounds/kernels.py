@@ -289,7 +289,7 @@ def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, 
             raise ValueError(f"GLS_KERNELS: unknown {operation} kernel {pinned!r}; expected one of {sorted(table)}")
         if pinned in applicable:
             return pinned
-    if key in _chosen:
+    if key in _chosen and _chosen[key] in applicable:  # the key may not capture every applicability condition
         return _chosen[key]
     if len(applicable) == 1 or os.environ.get("GLS_KERNEL_TUNING", "1") == "0":
         untimed = untimed_order(args, applicable)

@@ -46,5 +46,9 @@ class RowwiseRelaxation(ReluRelaxation):
     """A relaxation whose lower slopes differ per specification row (alpha-CROWN's optimised slopes).
 
     ``lower_slope`` is [P, B, R, 1, *shape], already laid out as the rows see it; the other fields
-    are per neuron as in :class:`ReluRelaxation`.
+    are per neuron as in :class:`ReluRelaxation`. ``input_term`` ([P, B, R, 1, *shape] or None) is
+    added to the rows' coefficients on the ReLU's input: beta-CROWN's Lagrangian terms -beta * s for
+    split neurons (s = +1 active, -1 inactive), sound on the subdomain for any beta >= 0.
     """
+
+    input_term: torch.Tensor | None = None

@@ -72,7 +72,8 @@ def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits:
     for bounds in pre_relu.values():
         empty |= (bounds.lower > bounds.upper).flatten(1).any(1)
     if method == "alpha-crown" and alpha_steps > 0:
-        result = optimise_slopes(spec, params, state, C, alpha_steps, alpha_step_size, "deeppoly", "lower")
+        result = optimise_slopes(spec, params, state, C, alpha_steps, alpha_step_size, "deeppoly", "lower",
+                                 splits=splits)
     else:
         with torch.no_grad():
             result = final_bounds(spec, params, state, C, sides="lower")
