@@ -28,9 +28,19 @@ CLUSTER_FILE = "cluster.json"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all sockets stay bound until every port is known, so none repeats."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
@@ -219,13 +229,14 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
     tokens = tokens or f"{token}=default"
     env = _base_env(redis_url, tokens, threads)
     python = sys.executable
-    gateway_port = gateway_port or free_port()
-    certifier_port = certifier_port or free_port()
+    ports = free_ports(workers + 2)  # distinct: one for each worker, the gateway and the Certifier
+    gateway_port = gateway_port or ports[-2]
+    certifier_port = certifier_port or ports[-1]
     cluster = Cluster(run_dir, redis_url, token, f"http://127.0.0.1:{gateway_port}", f"127.0.0.1:{certifier_port}",
                       redis_child=redis_child)
     try:
         for index in range(workers):
-            port = free_port()
+            port = ports[index]
             worker_env = {**env, "GLS_WORKER_HOST": "127.0.0.1", "GLS_WORKER_PORT": str(port)}
             name = f"worker-{index}"
             cluster.children[name] = Child(name, [python, "-m", "services.bound_worker"], worker_env,
