@@ -24,6 +24,8 @@ def test_every_preset_is_valid_and_round_trips(tmp_path: Path) -> None:
     ({"estimator": "sgd"}, "estimator: Input should be 'grad', 'pgd', 'pgpe' or 'rgs'"),
     ({"relaxation": "zonotope"}, "relaxation: unknown relaxation 'zonotope'"),
     ({"eps": -0.1}, "eps: Input should be greater than or equal to 0"),
+    ({"eps": 5}, "eps: Input should be less than or equal to 1"),
+    ({"evaluation": {"eps": 1.5}}, "evaluation.eps: Input should be less than or equal to 1"),
     ({"learning_rate": 0.1}, "learning_rate: unknown key"),
     ({"pgpe": {"popsize": 7}}, "pgpe.popsize: popsize must be even"),
     ({"pgpe": {"sigma": 0.1}}, "pgpe.sigma: unknown key"),

@@ -139,7 +139,7 @@ class WarmupConfig(Strict):
 
 class EvalConfig(Strict):
     method: str = Field("deeppoly", description="relaxation used to certify")
-    eps: float | None = Field(None, ge=0, description="default: the training eps")
+    eps: float | None = Field(None, ge=0, le=1, description="default: the training eps")
     every_epochs: int = Field(1, gt=0)
     batch_size: int = Field(250, gt=0)
     pgd_steps: int = Field(20, gt=0)
@@ -163,7 +163,7 @@ class TrainConfig(Strict):
     seed: int = Field(0, ge=0, description="job seed: batches, noise and attacks derive from it")
     estimator: Estimator = "grad"
     relaxation: str | None = Field(None, description="ibp, hbox, crown-ibp, deeppoly, alpha-crown; none: standard")
-    eps: float = Field(0.1, ge=0, description="L_inf radius in [0,1] pixel space")
+    eps: float = Field(0.1, ge=0, le=1, description="L_inf radius in [0,1] pixel space (more covers every image)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
