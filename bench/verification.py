@@ -29,7 +29,7 @@ from gls_core import compute_bounds, margin_spec, network  # noqa: E402
 from gls_core.attacks import pgd_attack  # noqa: E402
 from gls_core.data import load_mnist  # noqa: E402
 from gls_core.population import forward  # noqa: E402
-from gls_core.verify import VerifyOptions, robustness, summarize, verify_property  # noqa: E402
+from gls_core.verify import VerifyOptions, robustness, summarize, verify_each  # noqa: E402
 
 
 def certified(spec, theta, x, y, eps, method, **options) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -61,9 +61,8 @@ def main() -> None:
     verdicts = []
     started = time.monotonic()
     theta64 = theta.double()
-    for i in range(x.shape[0]):
-        prop = robustness(spec, x[i].double(), int(y[i]), args.eps)
-        verdict = verify_property(spec, theta64, prop, options, torch.Generator().manual_seed(i))
+    for i, verdict in enumerate(verify_each(spec, theta, x, y, args.eps, options)):
+        prop = robustness(spec, x[i].double(), int(y[i]), args.eps)  # for the checks below
         verdicts.append(verdict)
         if verdict.status == "verified" and not bool(robust[i]):
             raise SystemExit(f"input {i}: verified, but the attack or the clean input breaks it")

@@ -22,7 +22,7 @@ from .bounds import METHODS, compute_bounds, margin_spec
 from .bounds.region import check_inputs
 from .losses import certified
 from .nets.spec import NetSpec
-from .verify import VerifyOptions, robustness, verify_property
+from .verify import VerifyOptions, verify_each
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PGD_STEPS = 50
@@ -112,12 +112,8 @@ def _certified_batch(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: tor
 def _verified_batch(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
                     timeout: float, seed: int) -> torch.Tensor:
     """Where the complete verifier proves robustness within ``timeout`` seconds per input: [B] bool."""
-    options = VerifyOptions(timeout=timeout)
-    theta = theta.detach().double().cpu()
-    verdicts = [verify_property(spec, theta, robustness(spec, x[i].detach().double().cpu(), int(y[i]), eps), options,
-                                torch.Generator().manual_seed(seed + i)).status == "verified"
-                for i in range(x.shape[0])]
-    return torch.tensor(verdicts, dtype=torch.bool, device=x.device)
+    verdicts = verify_each(spec, theta, x, y, eps, VerifyOptions(timeout=timeout), seed)
+    return torch.tensor([v.status == "verified" for v in verdicts], dtype=torch.bool, device=x.device)
 
 
 def _correct(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def verify_command(
     import torch
 
     from gls_core.data import load_dataset
-    from gls_core.verify import VerifyOptions, robustness, summarize, verify_property
+    from gls_core.verify import VerifyOptions, summarize, verify_each, verify_property
     from gls_core.verify.vnnlib import read_vnnlib, result_text
 
     if threads:
@@ -100,9 +100,7 @@ def verify_command(
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("verify", total=x.shape[0], status="")
-        for index in range(x.shape[0]):
-            verdict = verify_property(spec, theta, robustness(spec, x[index], int(y[index]), eps), options,
-                                      torch.Generator().manual_seed(index))
+        for index, verdict in enumerate(verify_each(spec, theta, x, y, eps, options)):
             verdicts.append(verdict)
             rows.append({"index": index, "label": int(y[index]), **verdict.to_dict()})
             counts = summarize(verdicts)

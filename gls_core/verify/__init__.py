@@ -1,7 +1,8 @@
 """Complete verification by branch and bound on batched subdomains, with exact MILP leaves."""
 
-from .bab import Verdict, VerifyOptions, verify, verify_property
+from .bab import Verdict, VerifyOptions, verify, verify_each, verify_property
 from .property import Property, robustness
 from .report import summarize
 
-__all__ = ["Property", "Verdict", "VerifyOptions", "robustness", "summarize", "verify", "verify_property"]
+__all__ = ["Property", "Verdict", "VerifyOptions", "robustness", "summarize", "verify", "verify_each",
+           "verify_property"]

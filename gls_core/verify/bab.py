@@ -15,7 +15,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -276,11 +276,25 @@ def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options:
     return _Search(spec, theta, prop, options, started, generator, should_stop).run()
 
 
-def verify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
-           options: VerifyOptions | None = None, seed: int = 0) -> list[Verdict]:
-    """Complete verification of L_inf robustness at radius eps for each input of a batch (x [B, ...], y [B])."""
+def verify_each(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
+                options: VerifyOptions | None = None, seed: int = 0,
+                should_stop: Callable[[], bool] | None = None) -> Iterator[Verdict]:
+    """Verdicts on L_inf robustness of each input (x [B, ...], y [B]), yielded as decided.
+
+    ``eps`` is one radius or one per input [B]. Input i's attacks draw from a generator seeded with
+    ``seed + i``, so a verdict does not depend on which other inputs share the call. The search runs
+    in float64 on the CPU, where the MILP leaves are solved anyway.
+    """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} inputs but y has {y.shape[0]} labels")
-    generator = torch.Generator().manual_seed(seed)
-    return [verify_property(spec, theta, robustness(spec, x[i], int(y[i]), eps), options, generator)
-            for i in range(x.shape[0])]
+    theta = theta.detach().double().cpu()
+    for i in range(x.shape[0]):
+        radius = float(eps[i]) if isinstance(eps, torch.Tensor) and eps.dim() > 0 else float(eps)
+        prop = robustness(spec, x[i].detach().double().cpu(), int(y[i]), radius)
+        yield verify_property(spec, theta, prop, options, torch.Generator().manual_seed(seed + i), should_stop)
+
+
+def verify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
+           options: VerifyOptions | None = None, seed: int = 0) -> list[Verdict]:
+    """Complete verification of L_inf robustness at radius eps for each input of a batch (x [B, ...], y [B])."""
+    return list(verify_each(spec, theta, x, y, eps, options, seed))

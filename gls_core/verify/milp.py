@@ -107,16 +107,21 @@ class _Program:
             self.upper[column] = min(self.upper[column], zu)
         out = self.columns(np.maximum(lo, 0.0), np.maximum(hi, 0.0))
         active = lo >= 0
+        z, a = inputs[active], out[active]  # a = z
+        count = z.size
+        self.rows(np.repeat(np.arange(count), 2), np.stack([a, z], 1).ravel(), np.tile([1.0, -1.0], count),
+                  np.zeros(count), np.zeros(count))
         unstable = (lo < 0) & (hi > 0)
-        for z, a in zip(inputs[active].tolist(), out[active].tolist()):
-            self.rows(np.zeros(2, dtype=np.int64), np.array([a, z]), np.array([1.0, -1.0]), np.zeros(1), np.zeros(1))
-        flags = self.columns(np.zeros(int(unstable.sum())), np.ones(int(unstable.sum())), binary=True)
-        for z, a, flag, zl, zu in zip(inputs[unstable].tolist(), out[unstable].tolist(), flags.tolist(),
-                                      lo[unstable].tolist(), hi[unstable].tolist()):
-            # a >= z;  a <= u d;  a <= z - l (1 - d)
-            self.rows(np.array([0, 0, 1, 1, 2, 2, 2]), np.array([a, z, a, flag, a, z, flag]),
-                      np.array([1.0, -1.0, 1.0, -zu, 1.0, -1.0, -zl]),
-                      np.array([0.0, -np.inf, -np.inf]), np.array([np.inf, 0.0, -zl]))
+        z, a, zl, zu = inputs[unstable], out[unstable], lo[unstable], hi[unstable]
+        count = z.size
+        flag = self.columns(np.zeros(count), np.ones(count), binary=True)
+        one = np.ones(count)
+        # Three rows per neuron: a >= z;  a <= u d;  a <= z - l (1 - d)
+        self.rows((np.array([0, 0, 1, 1, 2, 2, 2]) + 3 * np.arange(count)[:, None]).ravel(),
+                  np.stack([a, z, a, flag, a, z, flag], 1).ravel(),
+                  np.stack([one, -one, one, -zu, one, -one, -zl], 1).ravel(),
+                  np.stack([0 * one, -np.inf * one, -np.inf * one], 1).ravel(),
+                  np.stack([np.inf * one, 0 * one, -zl], 1).ravel())
         return out
 
     def matrix(self) -> sparse.csr_matrix:

@@ -18,7 +18,7 @@ import torch
 
 from gls_core.bounds.api import NotDifferentiableError, compute_bounds, margin_spec
 from gls_core.training.points import evaluate_members
-from gls_core.verify import VerifyOptions, robustness, verify_property
+from gls_core.verify import VerifyOptions, verify_each
 
 from ..codec import tensor_to_proto
 from ..proto.gls.v1 import bound_worker_pb2
@@ -139,16 +139,11 @@ class BoundWorkerService:
                 context: grpc.ServicerContext) -> bound_worker_pb2.VerifyResponse:
         job = self.decoder.verify(request, self.verify_max_timeout)
         response = bound_worker_pb2.VerifyResponse()
-        options = VerifyOptions(timeout=job.timeout)
-        theta = job.params.double()
         with self._compute_slot(context):
             started = time.perf_counter()
-            for index in range(job.x.shape[0]):
-                eps = float(job.eps[index]) if isinstance(job.eps, torch.Tensor) else job.eps
-                prop = robustness(job.spec, job.x[index].double(), int(job.labels[index]), eps)
-                # A caller that has gone (cancelled, deadline passed) stops the search at its next batch.
-                verdict = verify_property(job.spec, theta, prop, options, torch.Generator().manual_seed(index),
-                                          should_stop=lambda: not context.is_active())
+            # A caller that has gone (cancelled, deadline passed) stops the search at its next batch.
+            for verdict in verify_each(job.spec, job.params, job.x, job.labels, job.eps,
+                                       VerifyOptions(timeout=job.timeout), should_stop=lambda: not context.is_active()):
                 item = response.verdicts.add(status=verdict.status, seconds=verdict.seconds,
                                              subdomains=verdict.subdomains, bound=verdict.bound,
                                              decided_by=verdict.decided_by)
