@@ -9,6 +9,7 @@ same operators (Sub, Div, Conv, Gemm, Relu, Flatten) and checks the file with on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,31 @@ def from_onnx(source: str | Path | bytes) -> tuple[NetSpec, torch.Tensor]:
     return _Reader(model).read()
 
 
+Constant = Callable[[str, np.ndarray], str]  # adds an initializer of the layer, returns its name
+
+
+def _normalize_nodes(layer: Any, inputs: list[str], out: str, constant: Constant) -> list[onnx.NodeProto]:
+    shifted = f"{out}.shifted"
+    return [helper.make_node("Sub", [inputs[0], constant("mean", np.array(layer.mean).reshape(-1, 1, 1))],
+                             [shifted], name=f"{out}.sub"),
+            helper.make_node("Div", [shifted, constant("std", np.array(layer.std).reshape(-1, 1, 1))], [out],
+                             name=f"{out}.div")]
+
+
+# The nodes that compute each layer type; ``inputs`` is the running tensor, then weight and bias if any.
+_NODES: dict[type, Callable[[Any, list[str], str, Constant], list[onnx.NodeProto]]] = {
+    Normalize: _normalize_nodes,
+    Conv2d: lambda layer, inputs, out, constant: [helper.make_node(
+        "Conv", inputs, [out], name=f"{out}.conv", kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
+        pads=[layer.padding] * 4)],
+    Linear: lambda layer, inputs, out, constant: [helper.make_node("Gemm", inputs, [out], name=f"{out}.gemm",
+                                                                   transB=1)],
+    ReLU: lambda layer, inputs, out, constant: [helper.make_node("Relu", inputs, [out], name=f"{out}.relu")],
+    Flatten: lambda layer, inputs, out, constant: [helper.make_node("Flatten", inputs, [out], name=f"{out}.flatten",
+                                                                    axis=1)],
+}
+
+
 def to_onnx(spec: NetSpec, theta: torch.Tensor, path: str | Path | None = None, check: bool = True) -> bytes:
     """An ONNX model computing the network (batch axis first); written to ``path`` when given.
 
@@ -235,27 +261,12 @@ def to_onnx(spec: NetSpec, theta: torch.Tensor, path: str | Path | None = None, 
             initializers.append(numpy_helper.from_array(value.astype(np.float32), f"layer{index}.{name}"))
             return f"layer{index}.{name}"
 
+        inputs = [current]
         if layer.affine:
             params = theta.view(1, -1)
-            names = [current, constant("weight", spec.weight(params, index)[0].numpy()),
-                     constant("bias", spec.bias(params, index)[0].numpy())]
-        if isinstance(layer, Normalize):
-            shifted = f"layer{index}.shifted"
-            nodes.append(helper.make_node("Sub", [current, constant("mean", np.array(layer.mean).reshape(-1, 1, 1))],
-                                          [shifted], name=f"layer{index}.sub"))
-            nodes.append(helper.make_node("Div", [shifted, constant("std", np.array(layer.std).reshape(-1, 1, 1))],
-                                          [out], name=f"layer{index}.div"))
-        elif isinstance(layer, Conv2d):
-            nodes.append(helper.make_node("Conv", names, [out],
-                                          name=f"layer{index}.conv", kernel_shape=[layer.kernel] * 2,
-                                          strides=[layer.stride] * 2, pads=[layer.padding] * 4))
-        elif isinstance(layer, Linear):
-            nodes.append(helper.make_node("Gemm", names, [out],
-                                          name=f"layer{index}.gemm", transB=1))
-        elif isinstance(layer, ReLU):
-            nodes.append(helper.make_node("Relu", [current], [out], name=f"layer{index}.relu"))
-        else:
-            nodes.append(helper.make_node("Flatten", [current], [out], name=f"layer{index}.flatten", axis=1))
+            inputs += [constant("weight", spec.weight(params, index)[0].numpy()),
+                       constant("bias", spec.bias(params, index)[0].numpy())]
+        nodes += _NODES[type(layer)](layer, inputs, out, constant)
         current = out
     graph = helper.make_graph(
         nodes, spec.name,
