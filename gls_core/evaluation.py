@@ -9,13 +9,11 @@ unsound bound: :func:`evaluate` checks it on every batch and raises :class:`Soun
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attacks import logit_margin, pgd_attack, predict_logits
 from .bounds import METHODS, compute_bounds, margin_spec
@@ -84,15 +82,6 @@ def _check_radius(eps: float, name: str = "eps") -> float:
     return value
 
 
-@contextmanager
-def _progress_bar(enabled: bool, description: str, total: int) -> Iterator[Progress]:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, disable=not enabled) as bar:
-        bar.add_task(description, total=total)
-        yield bar
-
-
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -133,7 +122,8 @@ def _check_sound(cert: torch.Tensor, robust: torch.Tensor, offset: int, method: 
 def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, *,
              method: str = "deeppoly", batch_size: int = DEFAULT_BATCH_SIZE, pgd_steps: int = DEFAULT_PGD_STEPS,
              pgd_restarts: int = DEFAULT_PGD_RESTARTS, alpha_steps: int = DEFAULT_ALPHA_STEPS, seed: int = 0,
-             progress: bool = False, complete_timeout: float = DEFAULT_COMPLETE_TIMEOUT) -> EvalResult:
+             progress: Callable[[int], None] | None = None,
+             complete_timeout: float = DEFAULT_COMPLETE_TIMEOUT) -> EvalResult:
     """Natural, PGD-adversarial and certified accuracy of theta on (x, y) at L_inf radius eps.
 
     Adversarial counts a sample when it is correct on the clean input and on the PGD point
@@ -144,6 +134,7 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     :class:`SoundnessError`. The result depends on ``batch_size`` only through the random starts.
     ``method`` "complete" decides each correct input with the branch and bound instead, at most
     ``complete_timeout`` seconds each (an input left undecided counts as not certified).
+    ``progress`` is called with the number of inputs done after each batch.
     """
     eps = _check_radius(eps)
     theta = _check_data(spec, theta, x, y)
@@ -151,24 +142,24 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     options = {} if complete else bound_options(method, alpha_steps)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     counts = torch.zeros(3, dtype=torch.long)
-    with _progress_bar(progress, f"{method} eps={eps:g}", x.shape[0]) as bar:
-        for part in _batches(x.shape[0], batch_size):
-            xb, yb = x[part], y[part]
-            natural = _correct(spec, theta, xb, yb)
-            robust = natural.clone()
-            if bool(natural.any()):
-                attacked = pgd_attack(spec, theta, xb[natural], yb[natural], eps, steps=pgd_steps,
-                                      restarts=pgd_restarts, generator=generator)
-                robust[natural] = _correct(spec, theta, attacked, yb[natural])
-            if complete:  # only correct inputs can be certified; verify those alone
-                cert = torch.zeros_like(natural)
-                cert[natural] = _verified_batch(spec, theta, xb[natural], yb[natural], eps, complete_timeout,
-                                                seed + part.start)
-            else:
-                cert = _certified_batch(spec, theta, xb, yb, eps, method, options)
-            _check_sound(cert, robust, part.start, method, eps)
-            counts += torch.stack([natural.sum(), robust.sum(), (cert & natural).sum()]).cpu()
-            bar.advance(bar.task_ids[0], xb.shape[0])
+    for part in _batches(x.shape[0], batch_size):
+        xb, yb = x[part], y[part]
+        natural = _correct(spec, theta, xb, yb)
+        robust = natural.clone()
+        if bool(natural.any()):
+            attacked = pgd_attack(spec, theta, xb[natural], yb[natural], eps, steps=pgd_steps,
+                                  restarts=pgd_restarts, generator=generator)
+            robust[natural] = _correct(spec, theta, attacked, yb[natural])
+        if complete:  # only correct inputs can be certified; verify those alone
+            cert = torch.zeros_like(natural)
+            cert[natural] = _verified_batch(spec, theta, xb[natural], yb[natural], eps, complete_timeout,
+                                            seed + part.start)
+        else:
+            cert = _certified_batch(spec, theta, xb, yb, eps, method, options)
+        _check_sound(cert, robust, part.start, method, eps)
+        counts += torch.stack([natural.sum(), robust.sum(), (cert & natural).sum()]).cpu()
+        if progress is not None:
+            progress(part.stop)
     n = x.shape[0]
     natural_acc, adversarial_acc, certified_acc = (int(c) / n for c in counts)
     return EvalResult(natural_acc, adversarial_acc, certified_acc, n, method, eps)

@@ -1,8 +1,11 @@
 """`gls train` and `gls evaluate` as a user runs them: real processes, real files."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -22,9 +25,13 @@ CONFIG = {
 }
 
 
-def gls(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+def gls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gls_core.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
+
+
+def run_files(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(out.iterdir()) if path.is_file()}
 
 
 def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path: Path) -> None:
@@ -55,15 +62,90 @@ def test_train_writes_the_run_directory_and_evaluate_reads_it(tmp_path: Path) ->
     assert load_model(out)[1].equal(theta)  # nothing stored was touched
 
 
-def test_resume_continues_and_refuses_a_different_config(tmp_path: Path) -> None:
+def test_resume_of_a_finished_run_changes_nothing_and_refuses_a_different_experiment(tmp_path: Path) -> None:
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
     out = tmp_path / "run"
     assert gls("train", str(config), "--out", str(out)).returncode == 0
-    changed = gls("train", str(config), "--out", str(out), "--resume", "--set", "eps=0.05")
-    assert changed.returncode == 2 and "differs from" in changed.stderr
+    before = run_files(out)
+    changed = gls("train", str(config), "--out", str(out), "--resume", "--set", "eps=0.05",
+                  "--set", "pgpe.popsize=10")
+    assert changed.returncode == 2
+    assert "eps: cannot change when resuming (run has 0.02, config has 0.05)" in changed.stderr, changed.stderr
+    assert "pgpe.popsize: cannot change" in changed.stderr
     resumed = gls("train", str(config), "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    assert "finished training at step 6; nothing to do" in resumed.stdout
+    assert run_files(out) == before  # nothing rewritten
+
+
+def test_resume_without_a_run_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    missing = gls("train", str(config), "--out", str(tmp_path / "nothing"), "--resume")
+    assert missing.returncode == 2
+    assert "no run to resume in" in missing.stderr and "start it without --resume" in missing.stderr
+
+
+def test_extending_a_finished_run_equals_training_longer_from_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "estimator": "grad"}))
+    short, long = tmp_path / "short", tmp_path / "long"
+    assert gls("train", str(config), "--out", str(short)).returncode == 0
+    extended = gls("train", str(config), "--out", str(short), "--resume", "--set", "schedule.epochs=3")
+    assert extended.returncode == 0, extended.stderr
+    assert "resuming with schedule.epochs: 1 -> 3" in extended.stderr
+    assert yaml.safe_load((short / "config.yaml").read_text())["schedule"]["epochs"] == 3
+    assert gls("train", str(config), "--out", str(long), "--set", "schedule.epochs=3").returncode == 0
+    assert load_model(short)[1].equal(load_model(long)[1])
+    strip = [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in read_metrics(short)]
+    assert strip == [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in read_metrics(long)]
+    fewer = gls("train", str(config), "--out", str(short), "--resume", "--set", "schedule.epochs=2")
+    assert fewer.returncode == 2 and "already trained 3 epochs" in fewer.stderr
+
+
+def test_sigint_writes_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "warmup": None, "evaluation": {"every_epochs": 100, "pgd_steps": 1,
+                                      "pgd_restarts": 1},
+                                      "schedule": {**CONFIG["schedule"], "epochs": 50, "steps_per_epoch": 10}}))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "gls_core.cli", "train", str(config), "--out", str(out)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(1 for _ in _lines(out / "metrics.jsonl")) < 5:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "checkpoint written" in stderr and f"--out {out} --resume" in stderr, stderr
+    position = json.loads((out / "state.json").read_text())
+    assert 0 < position["step"] < 500 and not position["finished"]
+    assert (out / "curves.png").is_file()
+    assert metadata_step(out) == position["step"]
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def metadata_step(out: Path) -> int:
+    return int(load_model(out)[2]["step"])
+
+
+def test_progress_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    done = gls("train", str(config), "--out", str(tmp_path / "run"), env={"GLS_LOG_EVERY_S": "0"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert any("step 3/6 (50.0%) warmup loss" in line and "ETA" in line for line in lines), done.stderr
+    epochs = [line for line in lines if " epoch " in line and "natural" in line]
+    assert len(epochs) == 3 and epochs[-1].startswith("main epoch 2 (step 6): natural"), epochs
+    assert "(deeppoly, eps 0.02, 60 test inputs)" in epochs[-1]
 
 
 def test_bad_config_and_bad_arguments_get_clear_errors(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import json
@@ -479,7 +480,8 @@ def test_dockerfile_installs_pinned_torch_then_project(variant: str) -> None:
     assert re.match(r"python:3\.11[.-]", base) or "3.11" in base, f"base image {base} is not Python 3.11"
     runs = [(index, arguments) for index, (keyword, arguments) in enumerate(instructions) if keyword == "RUN"]
     torch_runs = [index for index, arguments in runs if re.search(r"pip install\b.*\btorch==", arguments)]
-    project_runs = [index for index, arguments in runs if re.search(r"pip install\b[^&;|]*\s\.(\s|$)", arguments)]
+    project_runs = [index for index, arguments in runs
+                    if re.search(r"""pip install\b[^&;|]*\s["']?\.\[services\]["']?(\s|$)""", arguments)]
     assert len(torch_runs) == 1 and len(project_runs) == 1, (torch_runs, project_runs)
     torch_line = instructions[torch_runs[0]][1]
     assert f'"{torch_pin()}"' in torch_line or f" {torch_pin()} " in f" {torch_line} ", \
@@ -545,12 +547,14 @@ def test_dockerfile_copies_exist_and_are_not_dockerignored(variant: str) -> None
 
 
 def test_project_script_gls_exists() -> None:
+    """`gls` is the core command line; the services join it through the gls.cli entry point."""
     target = pyproject()["project"]["scripts"]["gls"]
     module, _, attribute = target.partition(":")
-    assert module == "services.cli" and attribute == "app"
-    from services import cli
-
-    assert hasattr(cli, attribute)
+    assert module == "gls_core.cli" and attribute == "main"
+    assert callable(getattr(importlib.import_module(module), attribute))
+    plugin = pyproject()["project"]["entry-points"]["gls.cli"]["services"]
+    plugin_module, _, plugin_function = plugin.partition(":")
+    assert callable(getattr(importlib.import_module(plugin_module), plugin_function))
 
 
 def test_entrypoint_script_sets_worker_address() -> None:
@@ -584,9 +588,11 @@ def test_command_check_knows_gls_verbs() -> None:
             check_command(argv, "self-test")
 
 
-def _declared_closure() -> set[str]:
-    """Distributions `pip install .` brings: the project's dependencies and theirs (from installed metadata)."""
-    pending = [requirement_name(req) for req in pyproject()["project"]["dependencies"]]
+def _declared_closure(*extras: str) -> set[str]:
+    """Distributions `pip install .[extras]` brings: the project's dependencies and theirs (installed metadata)."""
+    project = pyproject()["project"]
+    pending = [requirement_name(req) for req in project["dependencies"]]
+    pending += [requirement_name(req) for extra in extras for req in project["optional-dependencies"][extra]]
     closure: set[str] = set()
     while pending:
         name = pending.pop()
@@ -628,15 +634,20 @@ def _runtime_imports(path: Path) -> set[str]:
     return found
 
 
-def test_pip_install_brings_every_import_of_the_services() -> None:
-    """The image runs `pip install .`: every third-party module gls_core and services import must come with it."""
+@pytest.mark.parametrize(("packages", "extras"), [(("gls_core",), ()), (("gls_core", "services"), ("services",))],
+                         ids=["core", "services"])
+def test_pip_install_brings_every_import(packages: tuple[str, ...], extras: tuple[str, ...]) -> None:
+    """`pip install .` must bring every third-party module gls_core imports, `.[services]` those of the services too.
+
+    The image runs `pip install ".[services]"`; a researcher who only trains installs the core alone.
+    """
     first_party = {"gls_core", "services", "__future__"}
     # services/protogen.py regenerates the committed stubs with grpcio-tools: a development tool, not run in images.
     build_tools = {ROOT / "services" / "protogen.py"}
     distributions = importlib.metadata.packages_distributions()
-    closure = _declared_closure()
+    closure = _declared_closure(*extras)
     missing: dict[str, set[str]] = {}
-    for package in ("gls_core", "services"):
+    for package in packages:
         for path in sorted((ROOT / package).rglob("*.py")):
             if path in build_tools:
                 continue
@@ -645,9 +656,9 @@ def test_pip_install_brings_every_import_of_the_services() -> None:
                 if not providers & closure:
                     label = "/".join(sorted(providers)) or f"<no installed distribution provides {module}>"
                     missing.setdefault(label, set()).add(str(path.relative_to(ROOT)))
-    assert not missing, "imported but not in pyproject.toml [project].dependencies (nor required by one), so " \
-                        "missing from the image:\n" + "\n".join(f"  {name}: {sorted(files)}"
-                                                              for name, files in sorted(missing.items()))
+    listing = "\n".join(f"  {name}: {sorted(files)}" for name, files in sorted(missing.items()))
+    assert not missing, f"imported but not in pyproject.toml's dependencies (extras {extras}) nor required by one:\n" \
+                        f"{listing}"
 
 
 # ---------------------------------------------------------------------------------------------- gateway

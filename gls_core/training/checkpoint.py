@@ -110,11 +110,16 @@ def save_checkpoint(run_dir: Path, config: TrainConfig, state: dict[str, torch.T
     _atomic_write_bytes(run_dir / POSITION_FILE, json.dumps(asdict(position)).encode())
 
 
+def read_position(run_dir: Path) -> Position:
+    """Where the run's last checkpoint stands (without loading its tensors)."""
+    return Position(**json.loads((run_dir / POSITION_FILE).read_text()))
+
+
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], Position]:
     position_file, state_file = run_dir / POSITION_FILE, run_dir / STATE_FILE
     if not position_file.is_file() or not state_file.is_file():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume ({POSITION_FILE}, {STATE_FILE})")
-    position = Position(**json.loads(position_file.read_text()))
+    position = read_position(run_dir)
     with safe_open(str(state_file), framework="pt") as handle:
         if (handle.metadata() or {}).get("step") != str(position.step):
             raise ValueError(f"{run_dir}: {STATE_FILE} and {POSITION_FILE} disagree on the step; checkpoint is torn")

@@ -7,6 +7,7 @@ makes every row logged before it durable together with it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from .checkpoint import (
     write_config,
 )
 from .config import TrainConfig
+from .plots import PLOT_FILE, plot_curves
 
 State = dict[str, torch.Tensor]
 
@@ -45,11 +47,17 @@ class RunStorage(Protocol):
 
 
 class DirectoryStorage:
-    """A run directory (model.safetensors, state.safetensors, state.json, config.yaml, metrics.jsonl)."""
+    """A run directory (model.safetensors, state.safetensors, state.json, config.yaml, metrics.jsonl, curves.png).
 
-    def __init__(self, run_dir: str | Path, config: TrainConfig) -> None:
+    The curves are redrawn with the checkpoint (at most every ``plot_every_s`` seconds, and always
+    at the end), so an interrupted or running job has a current figure too.
+    """
+
+    def __init__(self, run_dir: str | Path, config: TrainConfig, plot_every_s: float | None = 30.0) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
+        self.plot_every_s = plot_every_s
+        self._plotted = time.monotonic()
 
     def begin(self, config: TrainConfig) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +74,13 @@ class DirectoryStorage:
 
     def commit(self, state: State, position: Position) -> None:
         save_checkpoint(self.run_dir, self.config, state, position)
+        if self.plot_every_s is not None and (position.finished
+                                              or time.monotonic() - self._plotted >= self.plot_every_s):
+            self.plot()
+
+    def plot(self) -> Path:
+        self._plotted = time.monotonic()
+        return plot_curves(self.rows(), self.run_dir / PLOT_FILE, self.config)
 
     def rows(self) -> list[dict[str, Any]]:
         return read_metrics(self.run_dir)

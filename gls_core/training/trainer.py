@@ -31,6 +31,7 @@ from .stages import Stage, build_stages
 from .storage import DirectoryStorage, RunStorage
 
 Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float], Evaluated]
+# (step, total steps, row): called with every step row and every evaluation ("epoch") row.
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 
@@ -154,6 +155,11 @@ class Trainer:
         result = self.last_eval = self.evaluate(theta)
         return {"kind": "epoch", "stage": stage, "epoch": epoch, "step": step, **result.to_dict()}
 
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        self.storage.log(row)
+        if self.progress:
+            self.progress(row["step"], self.total_steps, row)
+
     def evaluate(self, theta: torch.Tensor) -> EvalResult:
         settings = self.config.evaluation
         test = self.data.test
@@ -166,7 +172,7 @@ class Trainer:
     def _start(self, resume: bool) -> tuple[State, Position]:
         if resume:
             state, position = self.storage.resume()
-            return {key: value.to(self.device) for key, value in state.items()}, position
+            return {key: value.to(self.device) for key, value in state.items()}, self._reopened(position)
         self.storage.begin(self.config)
         theta = self.initial_theta if self.initial_theta is not None else starting_weights(self.config, self.spec)
         if theta.shape != (self.spec.num_params,):
@@ -174,7 +180,7 @@ class Trainer:
                              f"({self.spec.num_params},)")
         theta = theta.to(self.device)
         position = Position()
-        self.storage.log(self._eval_row(theta, "init", 0, 0))
+        self._log_epoch(self._eval_row(theta, "init", 0, 0))
         return self.stages[0].estimator.init_state(theta), position
 
     def run(self, resume: bool = False, stop_after_steps: int | None = None,
@@ -217,9 +223,15 @@ class Trainer:
                 row = self._eval_row(state["theta"], stage.name, global_epoch + 1, position.step)
                 row.update(train_loss=sum(losses) / max(len(losses), 1),
                            epoch_time_s=time.perf_counter() - epoch_start)
-                self.storage.log(row)
+                self._log_epoch(row)
             self.storage.commit(state, position)
         return TrainResult(state["theta"], position, self.last_eval)
+
+    def _reopened(self, position: Position) -> Position:
+        """A finished run whose config now asks for more epochs continues with the next epoch."""
+        if position.finished and position.epoch + 1 < self.stages[position.stage].epochs:
+            return Position(position.stage, position.epoch + 1, 0, position.step)
+        return position
 
     def _logged_losses(self, stage: str, epoch: int) -> list[float]:
         """Step losses an interrupted epoch logged before the checkpoint, so a resumed epoch counts every step."""

@@ -7,16 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print("error:", message, style="red", markup=False, highlight=False)
-    return typer.Exit(2)
+from .console import Reporter, fail, out
 
 
 def _load(model: Path):  # type: ignore[no-untyped-def]
@@ -77,7 +70,7 @@ def verify_command(
                 raise ValueError("an ONNX model carries no dataset: give --dataset")
             test = load_dataset(name, "test", data_dir, subset=limit)
     except (FileNotFoundError, ValueError) as error:  # OnnxError and VnnlibError are ValueErrors
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     if prop is not None:
         verdict = verify_property(spec, theta, prop_value, options, torch.Generator().manual_seed(0))
         undecided = "timeout" if verdict.decided_by == "timeout" else "unknown"
@@ -97,15 +90,13 @@ def verify_command(
     x, y = test.x.double(), test.y
     verdicts = []
     rows = []
-    with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("verify", total=x.shape[0], status="")
+    with Reporter("verify", x.shape[0], unit="input") as bar:
         for index, verdict in enumerate(verify_each(spec, theta, x, y, eps, options)):
             verdicts.append(verdict)
             rows.append({"index": index, "label": int(y[index]), **verdict.to_dict()})
             counts = summarize(verdicts)
-            bar.update(task, advance=1, status=f"verified {counts['verified']} falsified {counts['falsified']} "
-                                               f"unknown {counts['unknown']}")
+            bar.update(index + 1, status=f"verified {counts['verified']} falsified {counts['falsified']} "
+                                         f"unknown {counts['unknown']}")
     summary = {**summarize(verdicts), "eps": eps, "timeout": timeout, "method": method, "model": str(model)}
     if json_file is not None:
         json_file.write_text(json.dumps({"summary": summary, "verdicts": rows}))
@@ -114,4 +105,4 @@ def verify_command(
         table.add_column(key.replace("_", " "))
     table.add_row(*(str(summary[key]) for key in ("n", "verified", "falsified", "unknown", "seconds_median",
                                                    "seconds_p95", "subdomains_per_second")))
-    Console().print(table)
+    out.print(table)

@@ -1,0 +1,5 @@
+"""``python -m gls_core.cli``: the `gls` command line."""
+
+from . import main
+
+main()

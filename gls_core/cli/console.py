@@ -1,0 +1,111 @@
+"""Terminal and log output of the CLI: one progress reporter for people (a rich bar) and for logs (plain lines).
+
+A run under nohup or a batch scheduler has no terminal: a bar would print nothing until the end, so
+the reporter writes a plain line (step, rate, ETA and the caller's status) every ``GLS_LOG_EVERY_S``
+seconds (30) instead, and notes (one per epoch) as lines in both cases.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from types import TracebackType
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+DEFAULT_LOG_EVERY_S = 30.0
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the exit to raise (2: bad usage or input)."""
+    console.print("error:", message, style="red", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m``, ``3m 07s``, ``12s``: short enough for a log line."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+class Reporter:
+    """Progress of ``total`` units: a bar on a terminal, else a plain line every ``every`` seconds."""
+
+    def __init__(self, description: str, total: int | None, *, completed: int = 0, unit: str = "step",
+                 every: float | None = None, stream: Console | None = None) -> None:
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.stream = stream or console
+        self.every = every if every is not None else float(os.environ.get("GLS_LOG_EVERY_S", DEFAULT_LOG_EVERY_S))
+        self.completed = self.start_completed = completed
+        self.status = ""
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._started = self._last_line = time.monotonic()
+
+    def __enter__(self) -> Reporter:
+        if self.stream.is_terminal:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.stream)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.completed, status="")
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(kind, error, trace)
+        elif self.completed != self.start_completed and kind is None:
+            self._line()
+
+    def update(self, completed: int | None = None, status: str | None = None, total: int | None = None) -> None:
+        if completed is not None:
+            self.completed = completed
+        if status is not None:
+            self.status = status
+        if total is not None:
+            self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.completed, status=self.status, total=self.total)
+        elif time.monotonic() - self._last_line >= self.every:
+            self._line()
+
+    def note(self, text: str) -> None:
+        """A line that stays (above the bar on a terminal)."""
+        self.stream.print(text, markup=False, highlight=False)
+
+    def _line(self) -> None:
+        self._last_line = now = time.monotonic()
+        done = self.completed - self.start_completed
+        rate = done / max(now - self._started, 1e-9)
+        where = f"{self.unit} {self.completed}" + (f"/{self.total} ({self.completed / self.total:.1%})"
+                                                   if self.total else "")
+        eta = (f", ETA {duration((self.total - self.completed) / rate)}" if self.total and rate > 0 else "")
+        status = f" {self.status}" if self.status else ""
+        self.note(f"{time.strftime('%H:%M:%S')} {self.description} {where}{status} | {rate:.2f} {self.unit}s/s{eta}")
+
+
+def result_table(result: dict[str, Any], title: str) -> Table:
+    """An evaluation result (n, eps, method, the three accuracies) as a one-row table."""
+    keys = ("n", "eps", "method", "natural_acc", "adversarial_acc", "certified_acc")
+    table = Table(title=title)
+    for key in keys:
+        table.add_column(key)
+    table.add_row(*(percent(result[k]) if k.endswith("_acc") else str(result[k]) for k in keys))
+    return table
