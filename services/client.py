@@ -146,6 +146,11 @@ class GlsClient:
         result: list[JSON] = self._json("GET", f"/v1/jobs/{job_id}/metrics", params={"start": start})
         return result
 
+    def curves(self, job_id: str) -> bytes:
+        """The job's training curves as PNG bytes."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/curves.png")
+        return response.content
+
     def events(self, job_id: str, after: str | None = None, reconnects: int = 5) -> Iterator[JSON]:
         """The job's events as dicts (``type`` says which; ``event_id`` resumes), ending with ``type: end``.
 

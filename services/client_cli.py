@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from gls_core.cli.console import Reporter, epoch_line
+from gls_core.cli.evaluate import MethodOption
 
 if TYPE_CHECKING:  # imported when a verb runs: `gls --help` need not load torch and grpc
     from .client import GlsClient
@@ -114,10 +116,27 @@ def jobs(url: UrlOption = None, token: TokenOption = None, cluster: ClusterOptio
 
 
 def job(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = None, token: TokenOption = None,
-        cluster: ClusterOption = None) -> None:
-    """Show one job (JSON)."""
+        cluster: ClusterOption = None, as_json: JsonOption = False) -> None:
+    """Show one job: status, progress and its latest metrics (the last step and the last evaluation)."""
     with connect(url, token, cluster) as client:
-        _print_json(client.job(job_id))
+        current = client.job(job_id)
+        rows = client.metrics(job_id)
+    if as_json:
+        _print_json(current)
+        return
+    step = next((row for row in reversed(rows) if row.get("kind") == "step"), None)
+    evaluation = next((row for row in reversed(rows) if row.get("kind") == "epoch"), None)
+    name = f" ({current['name']})" if current.get("name") else ""
+    out.print(f"{job_id}{name}: {current['status']}, step {current['step']}/"
+              f"{current['total_steps'] or '?'}" + (f", error: {current['error']}" if current.get("error") else ""),
+              markup=False, highlight=False)
+    if step is not None:
+        out.print(f"latest step {step['step']} ({step['stage']}, epoch {step['epoch']}): "
+                  f"{_describe(step)} lr {step.get('lr')}", markup=False, highlight=False)
+    if evaluation is not None:
+        out.print(f"latest evaluation: {epoch_line(evaluation)}", markup=False, highlight=False)
+    if step is None and evaluation is None:
+        out.print("no metrics yet", markup=False)
 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = None, token: TokenOption = None,
@@ -145,15 +164,16 @@ def _describe(row: dict[str, Any]) -> str:
 
 def watch(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = None, token: TokenOption = None,
           cluster: ClusterOption = None) -> None:
-    """Follow a job's progress live until it finishes; exit 0 if it succeeded, 1 if it failed, 3 if cancelled."""
+    """Follow a job's progress live until it finishes; exit 0 if it succeeded, 1 if it failed, 3 if cancelled.
+
+    A bar on a terminal, plain lines (every GLS_LOG_EVERY_S seconds) otherwise; one line per evaluated epoch.
+    """
     with connect(url, token, cluster) as client:
         current = client.job(job_id)
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         final = current
-        with Progress(*columns, console=console) as bar:
-            task = bar.add_task(current.get("name") or job_id, total=current["total_steps"] or None,
-                                completed=current["step"], status=current["status"])
+        with Reporter(current.get("name") or job_id, current["total_steps"] or None,
+                      completed=current["step"]) as bar:
+            bar.update(status=current["status"])
             for event in client.events(job_id):
                 kind = event.get("type")
                 if kind == "end":
@@ -161,15 +181,14 @@ def watch(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption 
                     break
                 step = _number(event.get("step"))
                 if kind == "status":
-                    total = _number(event.get("total_steps"))
-                    if total:
-                        bar.update(task, total=total)
-                    if "status" in event:
-                        bar.update(task, status=str(event["status"]))
+                    bar.update(total=_number(event.get("total_steps")) or None,
+                               status=str(event["status"]) if "status" in event else None)
+                elif kind == "metrics" and event.get("kind") == "epoch":
+                    bar.note(epoch_line(event))
                 elif kind == "metrics":
-                    bar.update(task, status=_describe(event))
+                    bar.update(status=_describe(event))
                 if step is not None:
-                    bar.update(task, completed=step)
+                    bar.update(step)
     status = final.get("status")
     message = f"{job_id} {status}" + (f": {final['error']}" if final.get("error") else "")
     if status == "succeeded":
@@ -193,8 +212,8 @@ def download(job_id: Annotated[str, typer.Argument(help="job id")],
 
 def certify(model: Annotated[str, typer.Option("--model", help="model id (or the id of the job that trained it)")],
             data: Annotated[str, typer.Option("--data", help="built-in dataset whose test split is certified")],
-            eps: Annotated[float, typer.Option(min=0.0, help="L_inf radius")],
-            method: Annotated[str, typer.Option(help="relaxation")] = "deeppoly",
+            eps: Annotated[float, typer.Option(min=0.0, max=1.0, help="L_inf radius in [0, 1] pixel space")],
+            method: MethodOption = "deeppoly",
             limit: Annotated[int, typer.Option(min=1, help="first N test images")] = 100,
             data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
             use_grpc: Annotated[bool, typer.Option("--grpc", help="use the gRPC Certifier (streaming)")] = False,
@@ -203,7 +222,8 @@ def certify(model: Annotated[str, typer.Option("--model", help="model id (or the
             chunk: Annotated[int, typer.Option(min=1, help="inputs per request / stream message")] = 500,
             url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None,
             as_json: JsonOption = False) -> None:
-    """Certify the first --limit test images of --data against a stored model."""
+    """Certify the first --limit test images of --data against a stored model (--json: fractions and verdicts)."""
+    from gls_core.cli.console import percent
     from gls_core.data import load_dataset
 
     from .client import CertifierClient, ClientError, GlsClient
@@ -234,24 +254,28 @@ def certify(model: Annotated[str, typer.Option("--model", help="model id (or the
         raise _fail(str(error)) from None
     certified = sum(v["certified"] for v in verdicts)
     correct = sum(v["correct"] for v in verdicts)
-    summary = {"model": model, "data": data, "n": len(verdicts), "eps": eps, "method": method,
-               "natural_acc": correct / len(verdicts), "certified_acc": certified / len(verdicts)}
+    n = len(verdicts)
+    summary = {"model": model, "data": data, "n": n, "eps": eps, "method": method,
+               "natural_acc": correct / n, "certified_acc": certified / n}
     if as_json:
         _print_json({**summary, "verdicts": verdicts})
         return
-    _table(f"{model} on {len(verdicts)} {data} test images", [summary],
-           ["n", "eps", "method", "natural_acc", "certified_acc"])
+    shown = {**summary, "natural_acc": percent(correct / n), "certified_acc": percent(certified / n)}
+    _table(f"{model} on {n} {data} test images", [shown], ["n", "eps", "method", "natural_acc", "certified_acc"])
 
 
 # datasets and models ----------------------------------------------------------------------------------
 
-datasets_app = typer.Typer(help="Your uploaded datasets.", no_args_is_help=True)
-models_app = typer.Typer(help="Your uploaded and trained models.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Your datasets on the gateway (train on one with data.dataset: file and "
+                                "data.dataset_id): upload, list, delete.", no_args_is_help=True)
+models_app = typer.Typer(help="Your models on the gateway, uploaded or trained by your jobs: upload, list, download, "
+                              "delete.", no_args_is_help=True)
 
 
 @datasets_app.command("list")
 def datasets_list(url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None,
                   as_json: JsonOption = False) -> None:
+    """List your uploaded datasets: id, name, size, input shape and classes."""
     with connect(url, token, cluster) as client:
         rows = client.datasets()
     if as_json:
@@ -274,8 +298,9 @@ def datasets_upload(path: Annotated[Path, typer.Argument(help=".npz or .safetens
 
 
 @datasets_app.command("delete")
-def datasets_delete(dataset_id: str, url: UrlOption = None, token: TokenOption = None,
-                    cluster: ClusterOption = None) -> None:
+def datasets_delete(dataset_id: Annotated[str, typer.Argument(help="dataset id (see `gls datasets list`)")],
+                    url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None) -> None:
+    """Delete one of your uploaded datasets."""
     with connect(url, token, cluster) as client:
         client.delete_dataset(dataset_id)
     console.print(f"deleted {dataset_id}")
@@ -284,6 +309,7 @@ def datasets_delete(dataset_id: str, url: UrlOption = None, token: TokenOption =
 @models_app.command("list")
 def models_list(url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None,
                 as_json: JsonOption = False) -> None:
+    """List your models, uploaded or trained by your jobs: id, architecture, dataset, size and source."""
     with connect(url, token, cluster) as client:
         rows = client.models()
     if as_json:
@@ -303,23 +329,39 @@ def models_upload(path: Annotated[Path, typer.Argument(help="a GLS model.safeten
 
 
 @models_app.command("download")
-def models_download(model_id: str, path: Annotated[Path, typer.Option("--out", help="where to write it")],
+def models_download(model_id: Annotated[str, typer.Argument(help="model id (see `gls models list`)")],
+                    path: Annotated[Path, typer.Option("--out", help="where to write it")],
                     url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None) -> None:
+    """Download a stored model as a GLS model.safetensors (for `gls evaluate` or `gls verify`)."""
     with connect(url, token, cluster) as client:
         written = client.download_stored_model(model_id, path)
     console.print(f"wrote {written}")
 
 
 @models_app.command("delete")
-def models_delete(model_id: str, url: UrlOption = None, token: TokenOption = None,
-                  cluster: ClusterOption = None) -> None:
+def models_delete(model_id: Annotated[str, typer.Argument(help="model id (see `gls models list`)")],
+                  url: UrlOption = None, token: TokenOption = None, cluster: ClusterOption = None) -> None:
+    """Delete one of your stored models."""
     with connect(url, token, cluster) as client:
         client.delete_model(model_id)
     console.print(f"deleted {model_id}")
 
 
+def job_curves(job_id: str) -> bytes:
+    """A job's curves for `gls plot JOB`, from the gateway named by GLS_URL/GLS_TOKEN or GLS_CLUSTER."""
+    import os
+
+    cluster = os.environ.get("GLS_CLUSTER")
+    with connect(os.environ.get("GLS_URL"), os.environ.get("GLS_TOKEN"), Path(cluster) if cluster else None) as client:
+        return client.curves(job_id)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client verbs to the `gls` app."""
+    from gls_core.cli.plot import JOB_CURVES
+
+    if job_curves not in JOB_CURVES:
+        JOB_CURVES.append(job_curves)
     for command in (submit, jobs, job, cancel, watch, download, certify):
         app.command()(command)
     app.add_typer(datasets_app, name="datasets")

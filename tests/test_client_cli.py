@@ -44,7 +44,7 @@ def test_submit_jobs_show_and_cancel(stack: Stack, tmp_path: Path) -> None:
     submitted = gls(stack, "submit", str(config), "--set", "eps=0.03", "--set", "name=from-cli")
     assert submitted.exit_code == 0, submitted.output
     job_id = submitted.stdout.strip()
-    shown = json.loads(gls(stack, "job", job_id).stdout)
+    shown = json.loads(gls(stack, "job", job_id, "--json").stdout)
     assert shown["config"]["eps"] == 0.03 and shown["name"] == "from-cli" and shown["status"] == "queued"
     listed = json.loads(gls(stack, "jobs", "--json").stdout)
     assert job_id in [item["id"] for item in listed]
@@ -71,6 +71,10 @@ def test_connection_from_cluster_json(stack: Stack, tmp_path: Path) -> None:
     assert unreachable.exit_code == 1 and "cannot reach the gateway" in unreachable.stderr
 
 
+EPOCH_ROW = {"kind": "epoch", "stage": "main", "epoch": 1, "step": 3, "natural_acc": 0.5, "adversarial_acc": 0.25,
+             "certified_acc": 0.125, "n": 40, "method": "ibp", "eps": 0.05}
+
+
 def simulate(stack: Stack, job_id: str, final: JobStatus, error: str = "") -> threading.Thread:
     """The coordinator's writes for a three-step job, a little after the watcher connected."""
     def run() -> None:
@@ -80,6 +84,7 @@ def simulate(stack: Stack, job_id: str, final: JobStatus, error: str = "") -> th
         for step in (1, 2, 3):
             store.commit(job_id, save_tensors({"theta": torch.zeros(2)}), {"step": step},
                          [{"kind": "step", "step": step, "stage": "main", "loss": 0.5, "eps": 0.01}])
+        store.commit(job_id, save_tensors({"theta": torch.zeros(2)}), {"step": 3}, [EPOCH_ROW])
         store.update_job(job_id, status=final, error=error)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -96,8 +101,29 @@ def test_watch_follows_the_job_and_exits_with_its_outcome(stack: Stack, final: J
     writer.join(5)
     assert watched.exit_code == code, watched.output
     assert f"{job_id} {final.value}" in watched.stderr
+    assert "main epoch 1 (step 3): natural 50.00%, adversarial 25.00%, certified 12.50% (ibp, eps 0.05, 40 test " \
+           "inputs)" in watched.stderr, watched.stderr
     if final == JobStatus.FAILED:
         assert "boom" in watched.stderr
+
+
+def test_job_shows_its_latest_metrics_and_plot_draws_its_curves(stack: Stack, tmp_path: Path) -> None:
+    job_id = stack.client().submit(JOB)["id"]
+    store = stack.store()
+    store.update_job(job_id, status=JobStatus.RUNNING, total_steps=9)
+    rows = [{"kind": "step", "step": step, "stage": "main", "epoch": 1, "loss": 1.0 / step, "eps": 0.01 * step,
+             "lr": 0.001} for step in (1, 2, 3)]
+    store.commit(job_id, save_tensors({"theta": torch.zeros(2)}), {"step": 3}, [*rows, EPOCH_ROW])
+    shown = gls(stack, "job", job_id)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines()[0] == f"{job_id}: running, step 3/9", shown.stdout
+    assert "latest step 3 (main, epoch 1): main loss 0.3333 eps 0.0300 lr 0.001" in shown.stdout, shown.stdout
+    assert "latest evaluation: main epoch 1 (step 3): natural 50.00%" in shown.stdout
+    plotted = gls(stack, "plot", job_id, "--out", str(tmp_path / "job.png"))
+    assert plotted.exit_code == 0, plotted.output
+    png = (tmp_path / "job.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == stack.client().curves(job_id)
+    assert gls(stack, "plot", "job-missing", "--out", str(tmp_path / "none.png")).exit_code == 1
 
 
 def test_download_a_trained_model(stack: Stack, tmp_path: Path) -> None:

@@ -21,13 +21,19 @@ PLUGIN_GROUP = "gls.cli"
 
 
 def _register_core_verbs() -> None:
+    from .config_cmd import config_app
     from .evaluate import evaluate_command
+    from .export import export_command
+    from .plot import plot_command
     from .train import train
     from .verify import verify_command
 
     app.command("train")(train)
     app.command("evaluate")(evaluate_command)
     app.command("verify")(verify_command)
+    app.command("plot")(plot_command)
+    app.command("export")(export_command)
+    app.add_typer(config_app, name="config")
 
 
 def load_plugins(target: typer.Typer = app) -> list[str]:

@@ -57,6 +57,7 @@ class Reporter:
         self._bar: Progress | None = None
         self._task: Any = None
         self._started = self._last_line = time.monotonic()
+        self._line_completed: int | None = None
 
     def __enter__(self) -> Reporter:
         if self.stream.is_terminal:
@@ -71,7 +72,7 @@ class Reporter:
                  trace: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(kind, error, trace)
-        elif self.completed != self.start_completed and kind is None:
+        elif self.completed not in (self.start_completed, self._line_completed) and kind is None:
             self._line()
 
     def update(self, completed: int | None = None, status: str | None = None, total: int | None = None) -> None:
@@ -92,6 +93,7 @@ class Reporter:
 
     def _line(self) -> None:
         self._last_line = now = time.monotonic()
+        self._line_completed = self.completed
         done = self.completed - self.start_completed
         rate = done / max(now - self._started, 1e-9)
         where = f"{self.unit} {self.completed}" + (f"/{self.total} ({self.completed / self.total:.1%})"
@@ -99,6 +101,15 @@ class Reporter:
         eta = (f", ETA {duration((self.total - self.completed) / rate)}" if self.total and rate > 0 else "")
         status = f" {self.status}" if self.status else ""
         self.note(f"{time.strftime('%H:%M:%S')} {self.description} {where}{status} | {rate:.2f} {self.unit}s/s{eta}")
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """One line per evaluated epoch: the accuracies and what they were measured with."""
+    extra = f", train loss {row['train_loss']:.4f}" if "train_loss" in row else ""
+    took = f", {row['epoch_time_s']:.0f} s" if "epoch_time_s" in row else ""
+    return (f"{row['stage']} epoch {row['epoch']} (step {row['step']}): natural {percent(row['natural_acc'])}, "
+            f"adversarial {percent(row['adversarial_acc'])}, certified {percent(row['certified_acc'])} "
+            f"({row['method']}, eps {row['eps']:g}, {row['n']} test inputs){extra}{took}")
 
 
 def result_table(result: dict[str, Any], title: str) -> Table:

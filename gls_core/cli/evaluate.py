@@ -1,40 +1,69 @@
-"""`gls evaluate`: natural, PGD-adversarial and certified accuracy of a trained model on its test set."""
+"""`gls evaluate`: natural, PGD-adversarial and certified accuracy of a trained model on its test set.
+
+Its defaults are the library's (``gls_core.evaluation.DEFAULT_*``), so the command line, ``evaluate()``
+and the docs cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from gls_core.evaluation import (
+    CERTIFY_METHODS,
+    DEFAULT_ALPHA_STEPS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPLETE_TIMEOUT,
+    DEFAULT_PGD_RESTARTS,
+    DEFAULT_PGD_STEPS,
+)
+
 from .console import Reporter, fail, out, result_table
 
 
+def choice(choices: Sequence[str], what: str = "method") -> Callable[[str], str]:
+    """A typer ``parser`` that accepts one of ``choices`` and names them all when refusing a value."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"unknown {what} {value!r}; expected one of {list(choices)}")
+        return value
+
+    return parse
+
+
+METHOD_HELP = f"relaxation that certifies, or complete (branch and bound): {', '.join(CERTIFY_METHODS)}"
+MethodOption = Annotated[str, typer.Option(parser=choice(CERTIFY_METHODS), metavar="<method>", help=METHOD_HELP)]
+
+
 def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or model.safetensors")],
-                     eps: Annotated[float, typer.Option(help="L_inf radius")],
-                     method: Annotated[str, typer.Option(help="relaxation that certifies, or complete")] = "deeppoly",
+                     eps: Annotated[float, typer.Option(min=0.0, max=1.0, help="L_inf radius in [0, 1] pixel space")],
+                     method: MethodOption = "deeppoly",
                      as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
-                     limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
+                     limit: Annotated[int | None, typer.Option(min=1, help="first N test images")] = None,
                      data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
-                     batch_size: Annotated[int, typer.Option(help="inputs per batch")] = 250,
-                     pgd_steps: Annotated[int, typer.Option()] = 20,
-                     pgd_restarts: Annotated[int, typer.Option()] = 2,
-                     alpha_steps: Annotated[int, typer.Option(help="alpha-CROWN slope steps")] = 20,
-                     timeout: Annotated[float, typer.Option(help="method complete: seconds per input")] = 30.0
+                     batch_size: Annotated[int, typer.Option(min=1, help="inputs per batch")] = DEFAULT_BATCH_SIZE,
+                     pgd_steps: Annotated[int, typer.Option(min=1, help="PGD steps per restart (adversarial "
+                                                            "accuracy)")] = DEFAULT_PGD_STEPS,
+                     pgd_restarts: Annotated[int, typer.Option(min=1, help="PGD random restarts per input")
+                                             ] = DEFAULT_PGD_RESTARTS,
+                     alpha_steps: Annotated[int, typer.Option(min=0, help="alpha-CROWN slope steps")
+                                            ] = DEFAULT_ALPHA_STEPS,
+                     timeout: Annotated[float, typer.Option(help="method complete: seconds per input")
+                                        ] = DEFAULT_COMPLETE_TIMEOUT
                      ) -> None:
     """Natural, adversarial (PGD) and certified accuracy of a trained model on the test set."""
     from gls_core.data import load_dataset
-    from gls_core.evaluation import CERTIFY_METHODS, evaluate
+    from gls_core.evaluation import evaluate
     from gls_core.training import load_model
 
-    if method not in CERTIFY_METHODS:
-        raise fail(f"unknown method {method!r}; expected one of {list(CERTIFY_METHODS)}")
     if not timeout > 0:
         raise fail(f"--timeout must be > 0 seconds, got {timeout}")
-    if eps < 0:
-        raise fail(f"eps must be >= 0, got {eps}")
     try:
         spec, theta, metadata = load_model(run)
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .console import Reporter, console, fail, out, percent, result_table
+from .console import Reporter, console, epoch_line, fail, out, result_table
 
 if TYPE_CHECKING:
     from gls_core.training import TrainConfig
@@ -29,15 +29,6 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 def _step_status(row: dict[str, Any]) -> str:
     return f"{row['stage']} loss {row['loss']:.4f} eps {row['eps']:.4g} lr {row['lr']:.3g}"
-
-
-def epoch_line(row: dict[str, Any]) -> str:
-    """One line per evaluated epoch: the accuracies and what they were measured with."""
-    extra = f", train loss {row['train_loss']:.4f}" if "train_loss" in row else ""
-    took = f", {row['epoch_time_s']:.0f} s" if "epoch_time_s" in row else ""
-    return (f"{row['stage']} epoch {row['epoch']} (step {row['step']}): natural {percent(row['natural_acc'])}, "
-            f"adversarial {percent(row['adversarial_acc'])}, certified {percent(row['certified_acc'])} "
-            f"({row['method']}, eps {row['eps']:g}, {row['n']} test inputs){extra}{took}")
 
 
 class StopRequest:

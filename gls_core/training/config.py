@@ -2,6 +2,9 @@
 
 Every hyper-parameter the paper lists (App. E) is a field, with the paper's value as default where
 the paper gives one. Unknown keys are errors, so a typo never silently falls back to a default.
+Fields are also checked against each other (an eps ramp longer than the schedule, a learning-rate
+milestone after the last epoch), because such a config trains without complaint and certifies
+something other than what its author meant. ``docs/config.md`` is generated from these fields.
 """
 
 from __future__ import annotations
@@ -10,14 +13,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..bounds.api import DIFFERENTIABLE, METHODS
-from ..evaluation import CERTIFY_METHODS
+from ..data.registry import TRAIN_SIZES
+from ..evaluation import (
+    CERTIFY_METHODS,
+    DEFAULT_ALPHA_STEPS,
+    DEFAULT_COMPLETE_TIMEOUT,
+    DEFAULT_PGD_RESTARTS,
+    DEFAULT_PGD_STEPS,
+)
 from ..nets.zoo import ARCHITECTURES, DATASETS
 
 Estimator = Literal["grad", "pgd", "pgpe", "rgs"]
 DATASET_CHOICES = (*DATASETS, "file")
+RELAXATION_CHOICES = (*sorted(METHODS), "none")
+
+# The checks across fields, as docs/config.md states them (each error names the field to change).
+CROSS_FIELD_CHECKS = (
+    "`schedule.eps_zero_epochs` < `schedule.epochs` and `schedule.eps_zero_epochs + schedule.eps_ramp_epochs` "
+    "<= `schedule.epochs`: eps reaches its target within the stage (the same for `warmup`).",
+    "`schedule.lr_milestones`: increasing, each within 1..`schedule.epochs` - 1 (a milestone is an epoch "
+    "after which lr decays).",
+    "`data.batch_size` <= the training examples (`data.train_subset`, or the built-in set's size): short "
+    "batches are dropped, so a larger batch leaves an epoch with nothing to train on.",
+    "`data.dataset: file` needs `data.path` (or `data.dataset_id`) and `data.input_like`.",
+    "`estimator: pgd` needs `relaxation: none`; `grad` and `rgs` need a relaxation with weight gradients "
+    f"({', '.join(sorted(DIFFERENTIABLE))}) or none.",
+)
 
 
 class Strict(BaseModel):
@@ -26,25 +50,73 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _training_examples(dataset: str | None, subset: int | None) -> int | None:
+    """Training examples an epoch draws from, when the config alone tells (a file's size it does not)."""
+    known = TRAIN_SIZES.get(dataset or "")
+    if known is None:
+        return subset
+    return known if subset is None else min(known, subset)
+
+
+def _zero_epochs_fit(section: str, zero: int, epochs: int | None) -> int:
+    if epochs is not None and zero >= epochs:
+        raise ValueError(f"all {epochs} epochs of the stage ({section}.epochs) would train at eps = 0: set "
+                         f"{section}.eps_zero_epochs below {epochs}")
+    return zero
+
+
+def _ramp_fits(section: str, ramp: int, info: ValidationInfo) -> int:
+    epochs, zero = info.data.get("epochs"), info.data.get("eps_zero_epochs")
+    if epochs is None or zero is None or zero + ramp <= epochs:
+        return ramp
+    raise ValueError(f"eps reaches its target only after eps_zero_epochs + eps_ramp_epochs = {zero} + {ramp} = "
+                     f"{zero + ramp} epochs, but {section}.epochs is {epochs}: set {section}.eps_ramp_epochs to at "
+                     f"most {epochs - zero} (0: the full eps from epoch {zero}), or raise {section}.epochs")
+
+
 class DataConfig(Strict):
-    dataset: str = Field("mnist", description="built-in dataset name or 'file' for a user .npz/.safetensors")
-    path: Path | None = Field(None, description="user dataset file (dataset: file)")
-    test_path: Path | None = Field(None, description="held-out user dataset file (dataset: file)")
-    dataset_id: str | None = Field(None, description="a dataset uploaded to the services (dataset: file)")
-    test_dataset_id: str | None = Field(None, description="held-out uploaded dataset (default: dataset_id)")
-    input_like: str | None = Field(None, description="built-in dataset whose input shape user data has (for "
-                                   "the architecture), e.g. mnist")
-    data_dir: Path | None = Field(None, description="where datasets live; default $GLS_DATA_DIR or ~/.cache/gls/data")
-    train_subset: int | None = Field(None, gt=0, description="use the first N training examples")
-    test_subset: int | None = Field(1000, gt=0, description="evaluate on the first N test examples")
-    batch_size: int = Field(512, gt=0)
-    augment: bool = Field(True, description="the dataset's standard augmentation (crop + flip for colour sets)")
+    dataset: str = Field("mnist", description="built-in dataset, or `file` for your own data (`data.path`, or "
+                         "`data.dataset_id` in the services)", json_schema_extra={"enum": list(DATASET_CHOICES)})
+    path: Path | None = Field(None, description="dataset `file`: your training data, an `.npz` (as `numpy.savez` "
+                              "writes) or `.safetensors` holding `x` (N x C x H x W, uint8 0..255 or float in "
+                              "[0, 1]) and `y` (integer labels 0..classes-1); relative to the working directory, "
+                              "not to `data.data_dir`")
+    test_path: Path | None = Field(None, description="dataset `file`: held-out data in the same format, for the "
+                                   "evaluation during training (default: `data.path` itself, the training data)")
+    dataset_id: str | None = Field(None, description="dataset `file` in the services: the id of an uploaded "
+                                   "dataset (`gls datasets upload`) instead of `data.path`")
+    test_dataset_id: str | None = Field(None, description="held-out uploaded dataset (default: `data.dataset_id`)")
+    input_like: str | None = Field(None, description="dataset `file`: the built-in dataset whose input shape "
+                                   "(C x H x W), number of classes and normalisation your data share; it sets the "
+                                   "network's input layer and outputs, e.g. `mnist` for 1 x 28 x 28 grey images "
+                                   "of 10 classes", json_schema_extra={"enum": [*DATASETS, None]})
+    data_dir: Path | None = Field(None, description="where built-in datasets live (default: `$GLS_DATA_DIR`, "
+                                  "else `~/.cache/gls/data`)")
+    train_subset: int | None = Field(None, gt=0, description="train on the first N training examples "
+                                     "(default: all)")
+    test_subset: int | None = Field(1000, gt=0, description="evaluate during training on the first N test "
+                                    "examples (null: all)")
+    batch_size: int = Field(512, gt=0, validate_default=True, description="training minibatch size; an epoch "
+                            "drops its last, short batch")
+    augment: bool = Field(True, description="the dataset's standard training augmentation (random crop after "
+                          "padding, and flip, for the colour sets; none for the grey ones and files)")
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         if value not in DATASET_CHOICES:
             raise ValueError(f"unknown dataset {value!r}; expected one of {list(DATASET_CHOICES)}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _full_batches(cls, value: int, info: ValidationInfo) -> int:
+        subset = info.data.get("train_subset")
+        examples = _training_examples(info.data.get("dataset"), subset)
+        if examples is not None and value > examples:
+            source = "data.train_subset" if subset == examples else f"the {info.data.get('dataset')} training split"
+            raise ValueError(f"{value} is more than the {examples} training examples ({source}): short batches are "
+                             f"dropped, so an epoch would train on nothing; set data.batch_size to at most {examples}")
         return value
 
     @model_validator(mode="after")
@@ -58,8 +130,11 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: str = Field("cnn3-tiny", description="cnn3-tiny, cnn3, cnn5, cnn5-l, cnn7 or fc-WxW")
-    init: Literal["ibp", "kaiming"] = Field("ibp", description="IBP initialisation (Shi et al. 2021) or Kaiming")
+    arch: str = Field("cnn3-tiny", description="network: a CNN of the paper (Table 7) or CNN7, or `fc-WxW...` "
+                      "(fully connected, hidden widths separated by x, e.g. `fc-64x64`)",
+                      json_schema_extra={"examples": [*ARCHITECTURES, "fc-64x64"]})
+    init: Literal["ibp", "kaiming"] = Field("ibp", description="initialisation: IBP (Shi et al. 2021) or Kaiming "
+                                            "uniform")
     checkpoint: Path | None = Field(None, description="start from this model.safetensors (or run directory)")
     checkpoint_id: str | None = Field(None, description="start from a model stored in the services (its id)")
 
@@ -74,31 +149,56 @@ class ModelConfig(Strict):
 
 
 class ScheduleConfig(Strict):
-    epochs: int = Field(70, gt=0)
+    epochs: int = Field(70, gt=0, description="epochs of the main stage (after any warm-up)")
     lr: float = Field(5e-5, gt=0, description="starting learning rate (Adam; PGPE centre learning rate)")
-    lr_milestones: list[int] = Field(default_factory=lambda: [50, 60], description="epochs after which lr decays")
-    lr_decay: float = Field(0.2, gt=0, le=1)
-    eps_zero_epochs: int = Field(0, ge=0, description="first epochs trained at eps = 0")
-    eps_ramp_epochs: int = Field(20, ge=0, description="epochs over which eps grows to its final value")
-    eps_ramp: Literal["smooth", "linear"] = Field("smooth", description="smooth: Shi et al. (2021) exp-then-linear")
-    grad_clip: float | None = Field(10.0, gt=0, description="gradient norm clipping (GRAD, PGD, RGS)")
-    steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (short schedules)")
+    lr_milestones: list[int] = Field(default_factory=lambda: [50, 60], validate_default=True,
+                                     description="epochs after which lr is multiplied by `lr_decay`: increasing, "
+                                     "each within 1..`epochs` - 1")
+    lr_decay: float = Field(0.2, gt=0, le=1, description="factor applied to lr at each milestone")
+    eps_zero_epochs: int = Field(0, ge=0, validate_default=True, description="first epochs trained at eps = 0")
+    eps_ramp_epochs: int = Field(20, ge=0, validate_default=True, description="epochs over which eps then grows "
+                                 "to its target; `eps_zero_epochs + eps_ramp_epochs` at most `epochs`")
+    eps_ramp: Literal["smooth", "linear"] = Field("smooth", description="ramp shape; smooth: Shi et al. (2021), "
+                                                  "polynomial growth, then linear")
+    grad_clip: float | None = Field(10.0, gt=0, description="gradient norm clipping (GRAD, PGD, RGS; null: none)")
+    steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (short schedules; "
+                                        "default: every full batch)")
 
     @field_validator("lr_milestones")
     @classmethod
-    def _sorted_milestones(cls, value: list[int]) -> list[int]:
-        if any(m <= 0 for m in value) or value != sorted(value):
+    def _milestones_in_schedule(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if any(m <= 0 for m in value) or any(b <= a for a, b in zip(value, value[1:], strict=False)):
             raise ValueError(f"lr_milestones must be positive and increasing, got {value}")
-        return value
+        epochs = info.data.get("epochs")
+        if epochs is None or all(m < epochs for m in value):
+            return value
+        if epochs == 1:
+            raise ValueError(f"{value} cannot apply: with schedule.epochs 1 no epoch is left for lr to decay in; "
+                             "set schedule.lr_milestones to [] (or raise schedule.epochs)")
+        raise ValueError(f"{value} must lie within 1..{epochs - 1} (schedule.epochs is {epochs}; lr decays after each "
+                         f"milestone epoch): set schedule.lr_milestones to epochs below {epochs}, [] for a constant "
+                         "lr, or raise schedule.epochs")
+
+    @field_validator("eps_zero_epochs")
+    @classmethod
+    def _zero_in_schedule(cls, value: int, info: ValidationInfo) -> int:
+        return _zero_epochs_fit("schedule", value, info.data.get("epochs"))
+
+    @field_validator("eps_ramp_epochs")
+    @classmethod
+    def _ramp_in_schedule(cls, value: int, info: ValidationInfo) -> int:
+        return _ramp_fits("schedule", value, info)
 
 
 class PGPEConfig(Strict):
     popsize: int = Field(256, ge=2, description="population size n_ps (even: symmetric pairs)")
-    sigma_init: float = Field(1e-3, gt=0)
+    sigma_init: float = Field(1e-3, gt=0, description="initial standard deviation of the weight perturbations")
     sigma_lr: float = Field(0.1, ge=0, description="learning rate of sigma (0 keeps it fixed)")
-    sigma_max_change: float | None = Field(0.2, gt=0, description="largest relative change of sigma per step")
-    optimizer: Literal["adam", "clipup", "sgd"] = "adam"
-    ranking: Literal["centered", "linear", "nes", "normalized", "raw"] = "centered"
+    sigma_max_change: float | None = Field(0.2, gt=0, description="largest relative change of sigma per step "
+                                           "(null: no limit)")
+    optimizer: Literal["adam", "clipup", "sgd"] = Field("adam", description="optimiser of the centre")
+    ranking: Literal["centered", "linear", "nes", "normalized", "raw"] = Field(
+        "centered", description="fitness shaping of the population's losses before the update")
 
     @field_validator("popsize")
     @classmethod
@@ -115,38 +215,61 @@ class RGSConfig(Strict):
 
 
 class PGDConfig(Strict):
-    steps: int = Field(8, gt=0)
+    steps: int = Field(8, gt=0, description="attack steps per restart when training with estimator pgd (and a "
+                       "pgd warm-up)")
     step_size: float = Field(0.25, gt=0, description="step as a fraction of eps")
-    restarts: int = Field(1, gt=0)
+    restarts: int = Field(1, gt=0, description="random restarts of the training attack")
 
 
 class AlphaConfig(Strict):
-    steps: int = Field(1, ge=0, description="slope optimisation steps (paper: 1 when training)")
-    step_size: float = Field(0.5, ge=0)
-    init: float = Field(0.5, ge=0, le=1)
+    steps: int = Field(1, ge=0, description="alpha-CROWN slope optimisation steps when training (paper: 1)")
+    step_size: float = Field(0.5, ge=0, description="learning rate of the slopes")
+    init: float = Field(0.5, ge=0, le=1, description="initial lower slope of unstable ReLUs")
 
 
 class WarmupConfig(Strict):
     """A first stage of plain gradient training (the paper warm-starts PGPE from PGD training)."""
 
-    estimator: Literal["pgd", "grad"] = "pgd"
-    epochs: int = Field(1, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    init: Literal["ibp", "kaiming"] = "kaiming"
-    eps_zero_epochs: int = Field(0, ge=0, description="first epochs of standard training")
-    eps_ramp_epochs: int = Field(1, ge=0, description="epochs over which the attack radius grows linearly")
+    estimator: Literal["pgd", "grad"] = Field("pgd", description="pgd: adversarial training; grad: standard "
+                                              "training (the warm-up never uses `relaxation`)")
+    epochs: int = Field(1, gt=0, description="epochs of the warm-up stage")
+    lr: float = Field(1e-3, gt=0, description="learning rate (Adam, constant)")
+    init: Literal["ibp", "kaiming"] = Field("kaiming", description="initialisation; replaces `model.init` when "
+                                            "there is a warm-up")
+    eps_zero_epochs: int = Field(0, ge=0, validate_default=True, description="first epochs of standard training")
+    eps_ramp_epochs: int = Field(1, ge=0, validate_default=True, description="epochs over which the attack radius "
+                                 "grows linearly; `eps_zero_epochs + eps_ramp_epochs` at most `epochs`")
+
+    @field_validator("eps_zero_epochs")
+    @classmethod
+    def _zero_in_warmup(cls, value: int, info: ValidationInfo) -> int:
+        return _zero_epochs_fit("warmup", value, info.data.get("epochs"))
+
+    @field_validator("eps_ramp_epochs")
+    @classmethod
+    def _ramp_in_warmup(cls, value: int, info: ValidationInfo) -> int:
+        return _ramp_fits("warmup", value, info)
 
 
 class EvalConfig(Strict):
-    method: str = Field("deeppoly", description="relaxation used to certify")
-    eps: float | None = Field(None, ge=0, le=1, description="default: the training eps")
-    every_epochs: int = Field(1, gt=0)
-    batch_size: int = Field(250, gt=0)
-    pgd_steps: int = Field(20, gt=0)
-    pgd_restarts: int = Field(2, gt=0)
-    alpha_steps: int = Field(20, ge=0, description="alpha-CROWN steps when certifying (more than training)")
-    complete_timeout: float = Field(30.0, gt=0, le=3600,
-                                    description="method complete: seconds per input for the branch and bound")
+    """The evaluation after each `every_epochs` epochs of training; `gls evaluate` is the full one."""
+
+    method: str = Field("deeppoly", description="relaxation that certifies, or `complete` (branch and bound)",
+                        json_schema_extra={"enum": list(CERTIFY_METHODS)})
+    eps: float | None = Field(None, ge=0, le=1, description="radius evaluated at, in [0, 1] like `eps` (default: "
+                              "the training eps)")
+    every_epochs: int = Field(1, gt=0, description="evaluate after every N epochs (and always at the end)")
+    batch_size: int = Field(250, gt=0, description="inputs per evaluation batch (250 splits the default "
+                            "`data.test_subset` of 1000 evenly)")
+    pgd_steps: int = Field(20, gt=0, description="PGD steps of the adversarial accuracy: per-epoch evaluation "
+                           f"during training, lighter than `gls evaluate`'s {DEFAULT_PGD_STEPS} steps")
+    pgd_restarts: int = Field(2, gt=0, description="PGD restarts: per-epoch evaluation during training, lighter "
+                              f"than `gls evaluate`'s {DEFAULT_PGD_RESTARTS} restarts")
+    alpha_steps: int = Field(DEFAULT_ALPHA_STEPS, ge=0, description="alpha-CROWN slope steps when certifying "
+                             "(more than training uses; as `gls evaluate`)")
+    complete_timeout: float = Field(DEFAULT_COMPLETE_TIMEOUT, gt=0, le=3600,
+                                    description="method complete: seconds per input for the branch and bound "
+                                    "(as `gls evaluate`)")
 
     @field_validator("method")
     @classmethod
@@ -159,23 +282,31 @@ class EvalConfig(Strict):
 class TrainConfig(Strict):
     """A training job: what to train, with which estimator and relaxation, on which data."""
 
-    name: str | None = None
+    name: str | None = Field(None, description="job name in logs and job lists (default: the config file's name)")
     seed: int = Field(0, ge=0, description="job seed: batches, noise and attacks derive from it")
-    estimator: Estimator = "grad"
-    relaxation: str | None = Field(None, description="ibp, hbox, crown-ibp, deeppoly, alpha-crown; none: standard")
-    eps: float = Field(0.1, ge=0, le=1, description="L_inf radius in [0,1] pixel space (more covers every image)")
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    pgpe: PGPEConfig = Field(default_factory=PGPEConfig)
-    rgs: RGSConfig = Field(default_factory=RGSConfig)
-    pgd: PGDConfig = Field(default_factory=PGDConfig)
-    alpha: AlphaConfig = Field(default_factory=AlphaConfig)
-    warmup: WarmupConfig | None = None
-    evaluation: EvalConfig = Field(default_factory=EvalConfig)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    estimator: Estimator = Field("grad", description="how the weights are updated: grad (gradients of the loss), "
+                                 "pgd (adversarial training), pgpe (population of perturbed weights, losses "
+                                 "only), rgs (gradients at randomly perturbed weights)")
+    relaxation: str | None = Field(None, description="relaxation that bounds the training loss; none (or null): "
+                                   "standard training on clean inputs",
+                                   json_schema_extra={"enum": [*RELAXATION_CHOICES, None]})
+    eps: float = Field(0.1, ge=0, le=1, description="L_inf radius in pixel space: data lie in [0, 1], so 1 already "
+                       "covers every image")
+    data: DataConfig = Field(default_factory=DataConfig, description="what to train on")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network and its starting weights")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="epochs, learning rate and eps "
+                                     "annealing of the main stage")
+    pgpe: PGPEConfig = Field(default_factory=PGPEConfig, description="estimator pgpe")
+    rgs: RGSConfig = Field(default_factory=RGSConfig, description="estimator rgs")
+    pgd: PGDConfig = Field(default_factory=PGDConfig, description="the attack of estimator pgd (and a pgd warm-up)")
+    alpha: AlphaConfig = Field(default_factory=AlphaConfig, description="relaxation alpha-crown when training")
+    warmup: WarmupConfig | None = Field(None, description="a first stage of plain gradient training in the same "
+                                        "job (null: none)")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="evaluation during training")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train (auto: cuda when available)")
     threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's)")
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch (default: at "
+                                               "the end of each epoch only)")
     block_members: int = Field(32, gt=0, description="members bounded in one batched call; work is split at "
                                "these boundaries, so results do not depend on how many workers share a step")
 
@@ -200,6 +331,18 @@ class TrainConfig(Strict):
     def zoo_dataset(self) -> str:
         """The built-in dataset that fixes the network's input shape, classes and normalisation."""
         return self.data.input_like if self.data.dataset == "file" and self.data.input_like else self.data.dataset
+
+
+def config_warnings(config: TrainConfig) -> list[str]:
+    """Fields that are legal but have no effect as set, one ``field: why`` line each (worth saying, not refusing)."""
+    lines = []
+    data, cap = config.data, config.schedule.steps_per_epoch
+    examples = _training_examples(data.dataset, data.train_subset) if data.dataset in TRAIN_SIZES else None
+    if cap is not None and examples is not None and cap > examples // data.batch_size:
+        lines.append(f"schedule.steps_per_epoch: {cap} is more than the {examples // data.batch_size} full batches "
+                     f"of an epoch ({examples} {data.dataset} training examples / data.batch_size {data.batch_size}), "
+                     "so it has no effect")
+    return lines
 
 
 def format_errors(error: ValidationError, source: str) -> str:

@@ -95,9 +95,10 @@ def _sigma_panel(axis: Axes, steps: list[dict[str, Any]]) -> None:
     axis.set(title="sigma (mean over weights)", xlabel="step", ylabel="sigma")
 
 
-def render_curves(rows: list[dict[str, Any]], *, title: str | None = None,
-                  loss_names: dict[str, str] | None = None) -> bytes:
-    """The curves of ``rows`` as PNG bytes; ``loss_names`` maps a stage to what its loss is."""
+def render_curves(rows: list[dict[str, Any]], config: Any = None) -> bytes:
+    """The curves of ``rows`` as PNG bytes; ``config`` (a TrainConfig) names the run and each stage's loss."""
+    title = curves_title(config) if config is not None else None
+    loss_names = loss_names_of(config) if config is not None else None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,8 +147,7 @@ def curves_title(config: Any) -> str:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, config: Any = None) -> Path:
     """Write the curves of ``rows`` to ``path`` (atomically: a reader never sees half a PNG)."""
-    data = render_curves(rows, title=curves_title(config) if config is not None else None,
-                         loss_names=loss_names_of(config) if config is not None else None)
+    data = render_curves(rows, config)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

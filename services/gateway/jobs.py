@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gls_core.training.checkpoint import FORMAT
 from gls_core.training.config import TrainConfig
+from gls_core.training.plots import render_curves
 
 from ..store import Job, NotFound
 from .context import Gateway
@@ -111,6 +112,20 @@ async def job_event_stream(job_id: str, request: Request, gateway: GatewayDep, t
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(job_events(gateway, job, resume, request.app.state.stream_limiter),
                              media_type="text/event-stream", headers=headers)
+
+
+@router.get("/{job_id}/curves.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "loss, accuracy, eps/lr (and sigma) curves"},
+                       404: {"description": "no such job for this tenant"}})
+def job_curves(job_id: str, gateway: GatewayDep, tenant: Tenant) -> Response:
+    """The job's training curves drawn from the metrics acknowledged so far (as `gls train` writes curves.png)."""
+    job = _job(gateway, tenant, job_id)
+    try:
+        config: TrainConfig | None = TrainConfig.model_validate(job.config)
+    except ValueError:  # a config stored by an older gateway: draw without the labels it would give
+        config = None
+    png = render_curves([finite(row) for row in gateway.store.metrics(job_id, 0)], config)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
 
 
 def _checkpoint_model(gateway: Gateway, job: Job) -> bytes | None:
