@@ -24,6 +24,7 @@ def _register_core_verbs() -> None:
     from .config_cmd import config_app
     from .evaluate import evaluate_command
     from .export import export_command
+    from .landscape import landscape_command
     from .plot import plot_command
     from .train import train
     from .verify import verify_command
@@ -33,6 +34,7 @@ def _register_core_verbs() -> None:
     app.command("verify")(verify_command)
     app.command("plot")(plot_command)
     app.command("export")(export_command)
+    app.command("landscape")(landscape_command)
     app.add_typer(config_app, name="config")
 
 

@@ -20,10 +20,15 @@ STAGE_LABELS = {"warmup": "warm-up", "main": "main"}
 
 
 def _plain(axis: Axes) -> None:
-    """Tick labels as numbers (no offset such as ``1e-7+1e-3``, no scientific exponent on the axis)."""
-    from matplotlib.ticker import FuncFormatter
+    """Tick labels as plain numbers: no offset such as ``1e-7+1e-3``, no exponent above the axis.
 
-    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.4g}"))
+    The y labels keep as many digits as the tick spacing needs (sigma moves in its fifth digit).
+    """
+    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+
+    values = ScalarFormatter(useOffset=False)
+    values.set_scientific(False)
+    axis.yaxis.set_major_formatter(values)
     axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
@@ -108,7 +113,9 @@ def render_curves(rows: list[dict[str, Any]], config: Any = None) -> bytes:
     epochs = [row for row in rows if row.get("kind") == "epoch"]
     spans = _stage_spans(steps)
     panels = 4 if any("sigma" in row for row in steps) else 3
-    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    rows_, columns = (2, 2) if panels == 4 else (1, 3)
+    figure, grid = plt.subplots(rows_, columns, figsize=(6 * columns, 4.2 * rows_), squeeze=False)
+    axes = list(grid.flat)
     _loss_panel(axes[0], steps, spans, loss_names or {})
     _accuracy_panel(axes[1], epochs)
     _schedule_panel(axes[2], steps)
