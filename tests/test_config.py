@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from gls_core.training.config import ConfigError, TrainConfig, apply_overrides, dump_config, load_config, parse_config
+from gls_core.evaluation import DEFAULT_ALPHA_STEPS, DEFAULT_COMPLETE_TIMEOUT, DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
+from gls_core.training.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_warnings,
+    dump_config,
+    load_config,
+    parse_config,
+)
 from gls_core.training.schedules import Schedule, linear_ramp, smooth_ramp
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -101,3 +110,79 @@ def test_schedule_decays_lr_and_sigma_after_milestones() -> None:
     assert schedule.at(24, sigma_decay=0.4).sigma_scale == pytest.approx(0.16)
     assert schedule.eps_at(3) == 0.0 and schedule.eps_at(12) == pytest.approx(0.2)
     assert Schedule(config.schedule, eps=0.2, steps_per_epoch=4, anneal_eps=False).eps_at(0) == 0.2
+
+
+# Meaning across fields -------------------------------------------------------------------------------------
+
+README_RGS = CONFIGS / "mnist-cnn3-deeppoly-rgs.yaml"
+SHORT_RGS = ["schedule.epochs=5", "schedule.eps_ramp_epochs=2", "schedule.lr_milestones=[3, 4]"]
+
+
+def test_a_short_schedule_keeping_the_long_ramp_and_milestones_is_refused() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(README_RGS, ["schedule.epochs=5"])
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"invalid training config {README_RGS}:"
+    milestones = next(line for line in lines if line.startswith("  schedule.lr_milestones: "))
+    ramp = next(line for line in lines if line.startswith("  schedule.eps_ramp_epochs: "))
+    assert "[50, 60] must lie within 1..4" in milestones
+    assert "set schedule.lr_milestones to epochs below 5" in milestones
+    assert "0 + 20 = 20 epochs, but schedule.epochs is 5" in ramp
+    assert "set schedule.eps_ramp_epochs to at most 5" in ramp
+    assert len(lines) == 3
+    config = load_config(README_RGS, SHORT_RGS)
+    assert (config.schedule.epochs, config.schedule.eps_ramp_epochs, config.schedule.lr_milestones) == (5, 2, [3, 4])
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"schedule": {"epochs": 5}}, "schedule.eps_ramp_epochs: eps reaches its target only after"),  # the defaults too
+    ({"schedule": {"epochs": 5, "eps_ramp_epochs": 0}}, "schedule.lr_milestones: [50, 60] must lie within 1..4"),
+    ({"schedule": {"epochs": 1, "eps_ramp_epochs": 0}}, "schedule.lr_milestones: [50, 60] cannot apply"),
+    ({"schedule": {"epochs": 10, "lr_milestones": [5, 10], "eps_ramp_epochs": 2}}, "must lie within 1..9"),
+    ({"schedule": {"lr_milestones": [5, 5]}}, "schedule.lr_milestones: lr_milestones must be positive and increasing"),
+    ({"schedule": {"epochs": 10, "lr_milestones": [], "eps_zero_epochs": 4, "eps_ramp_epochs": 7}},
+     "schedule.eps_ramp_epochs: eps reaches its target only after eps_zero_epochs + eps_ramp_epochs = 4 + 7 = 11"),
+    ({"schedule": {"epochs": 10, "lr_milestones": [], "eps_zero_epochs": 10, "eps_ramp_epochs": 0}},
+     "schedule.eps_zero_epochs: all 10 epochs of the stage (schedule.epochs) would train at eps = 0"),
+    ({"warmup": {"epochs": 2, "eps_ramp_epochs": 3}}, "warmup.eps_ramp_epochs: eps reaches its target only after"),
+    ({"warmup": {"epochs": 2, "eps_zero_epochs": 2}}, "warmup.eps_zero_epochs: all 2 epochs of the stage"),
+    ({"data": {"train_subset": 100}}, "data.batch_size: 512 is more than the 100 training examples (data.train_sub"),
+    ({"data": {"dataset": "digits", "batch_size": 2000}}, "more than the 1500 training examples (the digits training"),
+])
+def test_fields_that_contradict_each_other_name_the_field(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, "job.yaml")
+    assert fragment in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("data", [
+    {"schedule": {"epochs": 5, "eps_zero_epochs": 1, "eps_ramp_epochs": 4, "lr_milestones": [1, 4]}},  # edges
+    {"schedule": {"epochs": 1, "eps_ramp_epochs": 0, "lr_milestones": []}},
+    {"warmup": {"epochs": 2, "eps_zero_epochs": 1, "eps_ramp_epochs": 1}},
+    {"data": {"dataset": "digits", "batch_size": 1500}, "schedule": {"epochs": 3, "eps_ramp_epochs": 3,
+                                                                    "lr_milestones": [2]}},
+    {"data": {"train_subset": 512}},
+    {"eps": 1, "evaluation": {"eps": 1}},
+])
+def test_consistent_schedules_at_the_edges_are_accepted(data: dict) -> None:
+    parse_config(data)
+
+
+def test_a_cap_on_steps_above_the_epoch_is_a_warning_not_an_error() -> None:
+    config = parse_config({"data": {"train_subset": 2000, "batch_size": 500}, "schedule": {"steps_per_epoch": 5}})
+    assert config_warnings(config) == ["schedule.steps_per_epoch: 5 is more than the 4 full batches of an epoch "
+                                       "(2000 mnist training examples / data.batch_size 500), so it has no effect"]
+    assert config_warnings(parse_config({"schedule": {"steps_per_epoch": 4}, "data": {"train_subset": 2000,
+                                                                                      "batch_size": 500}})) == []
+    for preset in sorted(CONFIGS.glob("*.yaml")):
+        assert config_warnings(load_config(preset)) == [], preset.name
+
+
+def test_per_epoch_evaluation_shares_gls_evaluates_defaults_or_says_why_not() -> None:
+    evaluation = TrainConfig().evaluation
+    assert evaluation.alpha_steps == DEFAULT_ALPHA_STEPS and evaluation.complete_timeout == DEFAULT_COMPLETE_TIMEOUT
+    fields = type(evaluation).model_fields
+    assert evaluation.pgd_steps < DEFAULT_PGD_STEPS and evaluation.pgd_restarts < DEFAULT_PGD_RESTARTS
+    assert f"lighter than `gls evaluate`'s {DEFAULT_PGD_STEPS} steps" in (fields["pgd_steps"].description or "")
+    assert f"lighter than `gls evaluate`'s {DEFAULT_PGD_RESTARTS} restarts" in (fields["pgd_restarts"].description
+                                                                                 or "")

@@ -360,3 +360,26 @@ def test_download_tinyimagenet_archive(served: tuple[Path, str], tmp_path: Path,
     root = tmp_path / "data"
     assert load_dataset("tinyimagenet", "test", root).y.tolist() == [1]
     assert load_dataset("tinyimagenet", "train", root, download=False).y.tolist() == [0, 1]
+
+
+def test_train_sizes_are_the_real_training_splits(mnist_train: Dataset) -> None:
+    """The sizes a config checks its batch size against: the real splits (CIFAR-10 here is the 4,000 subset)."""
+    from gls_core.data import TRAIN_SIZES
+
+    assert set(TRAIN_SIZES) == set(DATASETS)
+    assert len(mnist_train) == TRAIN_SIZES["mnist"]
+    assert len(load_dataset("fashion-mnist", "train", DATA, download=False)) == TRAIN_SIZES["fashion-mnist"]
+    assert len(load_dataset("digits", "train")) == TRAIN_SIZES["digits"]
+    assert len(load_dataset("cifar10", "train", DATA, download=False)) <= TRAIN_SIZES["cifar10"]
+
+
+def test_published_formats_name_the_first_bad_label(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    (folder / "test_batch.bin").write_bytes(cifar_records([3, 1, 12, 11], seed=0)[0])
+    with pytest.raises(ValueError, match="labels must be 0..9, found 12 \\(the first above 9 is record 2;"):
+        load_dataset("cifar10", "test", tmp_path, download=False)
+    images = np.zeros((3, 28, 28), np.uint8)
+    write_idx_split(tmp_path / "mnist", "test", images, np.array([0, 10, 2], np.uint8))
+    with pytest.raises(ValueError, match="labels must be 0..9, found 10 \\(the first above 9 is at index 1\\)"):
+        load_dataset("mnist", "test", tmp_path, download=False)

@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
-from gls_core.data import load_dataset
+from gls_core.data import Dataset, load_dataset
 
 
 def images(n: int = 6, shape: tuple[int, int, int] = (3, 4, 5)) -> np.ndarray:
@@ -87,3 +87,45 @@ def test_unreadable_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "pickled.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, np.int64))
     with pytest.raises(ValueError, match="pickled.npz: cannot read it as .npz"):  # never unpickled
         load_dataset("file", path=tmp_path / "pickled.npz")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_labels_out_of_range_are_named_with_their_index(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"labels{suffix}"
+    arrays = {"x": images(), "y": np.array([0, 1, 12, 3, 11, 0], dtype=np.int64)}
+    if suffix == ".npz":
+        np.savez(path, **arrays)
+    else:
+        save_numpy(arrays, path)
+    with pytest.raises(ValueError) as error:
+        load_dataset("file", path=path, num_classes=10)
+    assert str(error.value) == (f"{path}: 'y' has label 12, which needs more than num_classes=10 classes (the first "
+                                "label outside 0..9 is 12 at index 2, 2 in all)")
+    arrays["y"] = np.array([0, 1, 2, 3, -4, 0], dtype=np.int64)
+    if suffix == ".npz":
+        np.savez(path, **arrays)
+    else:
+        save_numpy(arrays, path)
+    with pytest.raises(ValueError, match=r"negative labels \(min -4\); the first is -4 at index 4;"):
+        load_dataset("file", path=path)
+
+
+def test_a_file_named_npz_that_is_not_one_is_named_plainly(tmp_path: Path) -> None:
+    text = tmp_path / "table.npz"
+    text.write_text("x,y\n0,1\n")
+    with pytest.raises(ValueError) as error:
+        load_dataset("file", path=text)
+    message = str(error.value)
+    assert message.startswith(f"{text}: cannot read it as .npz: it is not a zip archive") and "pickle" not in message
+    single = tmp_path / "array.npz"
+    np.save(tmp_path / "array.npy", images())
+    (tmp_path / "array.npy").rename(single)
+    with pytest.raises(ValueError, match=r"array.npz: cannot read it as .npz: it is a single .npy array; an .npz is "
+                                         r"the zip of named arrays that numpy.savez\(path, x=..., y=...\) writes"):
+        load_dataset("file", path=single)
+
+
+def test_a_dataset_names_its_first_bad_label() -> None:
+    with pytest.raises(ValueError, match=r"^d: labels must lie in \[0, 10\): the first label outside 0..9 is 13 at "
+                                         r"index 1$"):
+        Dataset("d", torch.zeros(3, 1, 2, 2), torch.tensor([0, 13, 2]), 10)

@@ -10,10 +10,10 @@ from .dataset import Dataset
 from .idx import read_idx
 from .mnist import load_mnist
 from .paths import DATA_DIR_ENV, data_dir
-from .registry import DATASET_NAMES, SPLITS, default_augmentation, load_dataset
+from .registry import DATASET_NAMES, SPLITS, TRAIN_SIZES, default_augmentation, load_dataset
 
 __all__ = [
-    "DATASET_NAMES", "DATA_DIR_ENV", "NO_AUGMENTATION", "SPLITS", "Augmentation", "Dataset", "batch_generator",
-    "data_dir", "default_augmentation", "derive_seed", "epoch_batches", "epoch_permutation", "load_dataset",
-    "load_mnist", "read_idx",
+    "DATASET_NAMES", "DATA_DIR_ENV", "NO_AUGMENTATION", "SPLITS", "TRAIN_SIZES", "Augmentation", "Dataset",
+    "batch_generator", "data_dir", "default_augmentation", "derive_seed", "epoch_batches", "epoch_permutation",
+    "load_dataset", "load_mnist", "read_idx",
 ]

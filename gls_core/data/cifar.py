@@ -35,7 +35,8 @@ def read_cifar_bin(path: Path, limit: int | None = None) -> tuple[np.ndarray, np
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD)[:limit]
     labels = records[:, 0]
     if len(labels) and int(labels.max()) > 9:
-        raise ValueError(f"{path}: labels must be 0..9, found {int(labels.max())} (not the CIFAR-10 binary format?)")
+        raise ValueError(f"{path}: labels must be 0..9, found {int(labels.max())} (the first above 9 is record "
+                         f"{int(np.argmax(labels > 9))}; not the CIFAR-10 binary format?)")
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
 
 

@@ -10,6 +10,22 @@ import torch
 from .augment import NO_AUGMENTATION, Augmentation
 
 
+def first_index(mask: torch.Tensor) -> int:
+    """The index of the first True of a 1-D mask that has one."""
+    return int(mask.nonzero()[0, 0])
+
+
+def label_problem(y: torch.Tensor, num_classes: int) -> str | None:
+    """The first label outside 0..num_classes-1 with its index (what to look up in the file), or None."""
+    bad = (y < 0) | (y >= num_classes)
+    if not bool(bad.any()):
+        return None
+    index = first_index(bad)
+    count = int(bad.sum())
+    return (f"the first label outside 0..{num_classes - 1} is {int(y[index])} at index {index}"
+            + (f", {count} in all" if count > 1 else ""))
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
     """Images ``x`` float32 [N, C, H, W] in [0, 1] and labels ``y`` int64 [N] in [0, num_classes).
@@ -32,8 +48,9 @@ class Dataset:
             raise ValueError(f"{self.name}: x must be float32 N x C x H x W, got {self.x.dtype} {tuple(self.x.shape)}")
         if self.y.dtype != torch.int64 or self.y.dim() != 1 or len(self.y) != len(self.x):
             raise ValueError(f"{self.name}: y must be int64 [{len(self.x)}], got {self.y.dtype} {tuple(self.y.shape)}")
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes):
-            raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        problem = label_problem(self.y, self.num_classes)
+        if problem:
+            raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes}): {problem}")
 
     def __len__(self) -> int:
         return len(self.y)

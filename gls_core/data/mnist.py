@@ -48,7 +48,8 @@ def read_idx_split(name: str, split: str, root: str | Path | None = None, downlo
         raise ValueError(f"{paths[0].parent}: inconsistent {name} files (images {images.dtype} {images.shape}, "
                          f"labels {labels.shape})")
     if len(labels) and int(labels.max()) > 9:
-        raise ValueError(f"{paths[1]}: labels must be 0..9, found {int(labels.max())}")
+        raise ValueError(f"{paths[1]}: labels must be 0..9, found {int(labels.max())} (the first above 9 is at "
+                         f"index {int(np.argmax(labels > 9))})")
     return images[:limit, None], labels[:limit], str(paths[0])
 
 

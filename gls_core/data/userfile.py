@@ -15,12 +15,28 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .dataset import first_index, label_problem
+
 KEYS = ("x", "y")
 SUFFIXES = (".npz", ".safetensors")
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npz(path: Path) -> None:
+    """An .npz is a zip of .npy arrays; anything else would reach numpy's pickle fallback and its misleading message."""
+    if zipfile.is_zipfile(path):
+        return
+    with path.open("rb") as file:
+        head = file.read(6)
+    what = "a single .npy array" if head == NPY_MAGIC else "not a zip archive"
+    raise ValueError(f"{path}: cannot read it as .npz: it is {what}; an .npz is the zip of named arrays that "
+                     "numpy.savez(path, x=..., y=...) writes")
 
 
 def _read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The ``x`` and ``y`` arrays that are present, and the names of everything in the file."""
+    if path.suffix == ".npz":
+        _check_npz(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -60,12 +76,15 @@ def _labels(path: Path, y: torch.Tensor, n: int, num_classes: int | None) -> tup
         raise ValueError(f"{path}: 'x' has {n} examples but 'y' has {len(y)} labels")
     y = y.to(torch.int64)
     if int(y.min()) < 0:
-        raise ValueError(f"{path}: 'y' has negative labels (min {int(y.min())}); labels must be 0..num_classes-1")
+        first = first_index(y < 0)
+        raise ValueError(f"{path}: 'y' has negative labels (min {int(y.min())}); the first is {int(y[first])} at "
+                         f"index {first}; labels must be 0..num_classes-1")
     top = int(y.max())
     if num_classes is None:
         return y, top + 1
     if num_classes < 1 or top >= num_classes:
-        raise ValueError(f"{path}: 'y' has label {top}, which needs more than num_classes={num_classes} classes")
+        raise ValueError(f"{path}: 'y' has label {top}, which needs more than num_classes={num_classes} classes "
+                         f"({label_problem(y, num_classes)})")
     return y, num_classes
 
 
