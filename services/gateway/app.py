@@ -1,4 +1,4 @@
-"""Assemble the FastAPI app: routers, exception handlers, metrics middleware, OpenAPI details."""
+"""Assemble the FastAPI app: routers, the /ui dashboard, exception handlers, metrics middleware, OpenAPI details."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from gls_core.training.config import TrainConfig
 
-from . import certify_rest, datasets, health, jobs, models
+from . import certify_rest, datasets, health, jobs, models, ui
 from .context import Gateway
 from .errors import BodySizeLimit, install_handlers
 from .events import STREAM_THREADS
@@ -53,6 +53,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     install_handlers(app)
     for module in (jobs, datasets, models, certify_rest, health):
         app.include_router(module.router)
+    ui.mount(app)  # the web dashboard at /ui/ (static files; the page calls /v1 with the user's token)
     app.add_middleware(BodySizeLimit, max_upload_mb=gateway.settings.max_upload_mb)
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)  # outermost: counts every answer
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
