@@ -13,6 +13,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOOPBACK = "127.0.0.1"
+"""Where every listener binds unless configured: nothing is reachable from other machines by accident."""
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+"""Bind addresses that mean every interface; others dial such a server on loopback from the same machine."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GLS_", extra="ignore", frozen=True)
@@ -25,7 +30,8 @@ class Settings(BaseSettings):
     max_message_mb: int = Field(256, gt=0, description="largest gRPC message, both directions")
 
     # bound worker
-    worker_host: str = "0.0.0.0"
+    worker_host: str = Field(LOOPBACK, description="address the worker listens on (0.0.0.0: every interface; "
+                                                  "containers set it, with GLS_WORKER_TOKEN)")
     worker_port: int = Field(50051, ge=0, le=65535)
     worker_advertise: str | None = Field(None, description="address others dial (default host:port)")
     worker_concurrency: int = Field(2, gt=0, description="requests evaluated at once")
@@ -46,7 +52,8 @@ class Settings(BaseSettings):
     coordinator_id: str | None = Field(None, description="consumer name in the job group (default host-pid)")
 
     # gateway
-    gateway_host: str = "0.0.0.0"
+    gateway_host: str = Field(LOOPBACK, description="address REST and the gRPC Certifier listen on (0.0.0.0: "
+                                                   "every interface)")
     gateway_port: int = Field(8000, ge=0, le=65535)
     certifier_port: int = Field(50052, ge=0, le=65535)
     tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
@@ -90,8 +97,12 @@ class Settings(BaseSettings):
 
     @property
     def advertised_worker_address(self) -> str:
-        host = "127.0.0.1" if self.worker_host in ("0.0.0.0", "::") else self.worker_host
-        return self.worker_advertise or f"{host}:{self.worker_port}"
+        return self.worker_advertise or f"{dialable(self.worker_host)}:{self.worker_port}"
+
+
+def dialable(host: str) -> str:
+    """The address a local client dials for a server bound to ``host`` (a wildcard bind: loopback)."""
+    return LOOPBACK if host in WILDCARD_HOSTS else host
 
 
 ENVIRONMENT_VARIABLES = sorted({"REDIS_URL"} | {f"GLS_{name.upper()}" for name in Settings.model_fields})

@@ -4,20 +4,26 @@ Nothing here builds or runs a container (there is no Docker engine on the develo
 files are parsed and checked against the Compose Specification schema (shipped by the docker-compose
 1.29.2 wheel, installed by scripts/bootstrap), against Kubernetes' object structure, and against the
 code they start: modules, `gls` verbs, `Settings` fields and defaults, gateway routes and the
-distributions that `pip install .` brings into the image.
+distributions that `pip install .` brings into the image. The hardening they rely on (secrets without
+defaults, an authenticated Redis with a memory ceiling, listeners on loopback unless configured) is
+checked here too, the last also against a real worker process and a real gateway.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import tomllib
@@ -27,9 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 import jsonschema
 import pytest
+import redis
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from servers import RedisServer, free_port, wait_for_port
 
 from services.settings import ENVIRONMENT_VARIABLES, Settings
 
@@ -41,6 +51,19 @@ DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "cuda": DEPLOY / "Dockerfile.cuda"}
 ENTRYPOINT_SCRIPT = DEPLOY / "docker-entrypoint.sh"
 SERVICE_MODULES = {"services.gateway", "services.coordinator", "services.bound_worker"}
 NAMESPACE = "gls"
+
+# The secrets an operator provides (deploy/README.md): docker-compose.yml gives these variables no default ...
+COMPOSE_SECRETS = {"GLS_TOKENS": f"{secrets.token_hex(32)}=tenant-a,{secrets.token_hex(32)}=tenant-b",
+                   "GLS_WORKER_TOKEN": secrets.token_hex(32), "REDIS_PASSWORD": secrets.token_hex(32)}
+# ... and deploy/k8s ships no Secret object: `kubectl create secret generic NAME --from-literal=KEY=...` makes them.
+K8S_SECRETS = {"gls-tokens": {"GLS_TOKENS": COMPOSE_SECRETS["GLS_TOKENS"]},
+               "gls-worker-token": {"GLS_WORKER_TOKEN": COMPOSE_SECRETS["GLS_WORKER_TOKEN"]},
+               "gls-redis": {"REDIS_PASSWORD": COMPOSE_SECRETS["REDIS_PASSWORD"]}}
+SECRET_LIKE = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|REDISCLI_AUTH|API_?KEY", re.I)
+# Values that have shipped as "defaults" in deployment files and are the first an attacker tries.
+WELL_KNOWN_SECRETS = re.compile(r"change[-_]?me|dev[-_](?:worker[-_])?token|\bfoobared\b|\bhunter2\b", re.I)
+# Every listener's bind-address setting, by the module that serves it; the coordinator listens on nothing.
+BIND_SETTINGS = {"services.bound_worker": "worker_host", "services.gateway": "gateway_host"}
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -162,8 +185,9 @@ def compose_raw() -> dict[str, Any]:
 
 @functools.cache
 def compose() -> dict[str, Any]:
-    """docker-compose.yml as `docker compose config` sees it with no variables set (YAML merge keys resolved)."""
-    return interpolate(compose_raw(), {})
+    """docker-compose.yml as `docker compose config` sees it with only the required secrets set (merge keys
+    resolved)."""
+    return interpolate(compose_raw(), COMPOSE_SECRETS)
 
 
 def compose_services() -> dict[str, dict[str, Any]]:
@@ -304,16 +328,79 @@ def test_compose_commands_exist_in_the_code() -> None:
         check_command(compose_command(service), f"docker-compose.yml service {name}")
 
 
+def option(argv: list[str], name: str) -> str:
+    """The value after ``name`` in a command line (redis-server --name value)."""
+    assert argv.count(name) == 1, f"{name} must appear once in {argv}"
+    return argv[argv.index(name) + 1]
+
+
 def test_compose_redis() -> None:
-    redis = compose_services()["redis"]
-    assert redis["image"] == "redis:7"
-    command = compose_command(redis)
+    redis_service = compose_services()["redis"]
+    assert redis_service["image"] == "redis:7"
+    command = compose_command(redis_service)
     assert command[0] == "redis-server"
-    assert "--appendonly" in command and command[command.index("--appendonly") + 1] == "yes"
+    assert option(command, "--appendonly") == "yes"
     assert any(isinstance(volume, str) and volume.endswith(":/data") and not volume.startswith((".", "/"))
-               for volume in redis["volumes"]), "redis data must live on a named volume at /data"
-    assert redis["healthcheck"]["test"] in (["CMD", "redis-cli", "ping"], ["CMD-SHELL", "redis-cli ping"])
-    assert not redis.get("ports"), "redis must not be published on the host"
+               for volume in redis_service["volumes"]), "redis data must live on a named volume at /data"
+    assert not redis_service.get("ports"), "redis must not be published on the host"
+
+
+def test_compose_redis_password_and_memory_ceiling() -> None:
+    """requirepass from a variable without default; maxmemory with noeviction; the health check authenticates."""
+    raw_command = compose_command(compose_raw()["services"]["redis"])
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", option(raw_command, "--requirepass")), \
+        "--requirepass must be ${REDIS_PASSWORD:?message}: compose then refuses to start without one"
+    redis_service = compose_services()["redis"]
+    command = compose_command(redis_service)
+    assert option(command, "--requirepass") == COMPOSE_SECRETS["REDIS_PASSWORD"]
+    assert re.fullmatch(r"\d+(?:[kmg]b?)?", option(command, "--maxmemory"), flags=re.I), option(command, "--maxmemory")
+    assert option(command, "--maxmemory-policy") == "noeviction", "job state must never be evicted"
+    # redis-cli reads REDISCLI_AUTH; without the password `ping` answers NOAUTH and the grep fails
+    assert compose_environment(redis_service)["REDISCLI_AUTH"] == COMPOSE_SECRETS["REDIS_PASSWORD"]
+    assert redis_service["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+
+
+def required_variables(text: str) -> set[str]:
+    """The variables a compose file interpolates as ``${NAME:?message}`` (refused when unset or empty)."""
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?", text))
+
+
+def test_compose_refuses_to_start_without_each_secret() -> None:
+    assert required_variables(COMPOSE_FILE.read_text()) == set(COMPOSE_SECRETS)
+    for name in COMPOSE_SECRETS:
+        for missing in ({key: value for key, value in COMPOSE_SECRETS.items() if key != name},
+                        {**COMPOSE_SECRETS, name: ""}):
+            with pytest.raises(AssertionError, match=f"required variable {name} is not set"):
+                interpolate(compose_raw(), missing)
+
+
+def secret_defaults(text: str) -> list[str]:
+    """``${NAME:-value}`` / ``${NAME-value}`` fallbacks of secret-like variables."""
+    return [match.group(0) for match in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?-[^}]*\}", text)
+            if SECRET_LIKE.search(match.group(1))]
+
+
+def deployment_files() -> list[Path]:
+    return [COMPOSE_FILE, *sorted(path for path in DEPLOY.rglob("*") if path.is_file())]
+
+
+def test_no_secret_has_a_default_or_a_well_known_value() -> None:
+    assert secret_defaults("${GLS_TOKENS:-dev-token=dev} ${GLS_LOG_LEVEL:-info} ${REDIS_PASSWORD-x}") == \
+        ["${GLS_TOKENS:-dev-token=dev}", "${REDIS_PASSWORD-x}"]
+    assert WELL_KNOWN_SECRETS.search("GLS_WORKER_TOKEN: change-me-worker-token")
+    for path in deployment_files():
+        text = path.read_text()
+        where = path.relative_to(ROOT)
+        assert not secret_defaults(text), f"{where}: secrets with a default {secret_defaults(text)}"
+        assert not WELL_KNOWN_SECRETS.search(text), f"{where}: {WELL_KNOWN_SECRETS.search(text)}"
+    for name, service in compose_services().items():
+        for key, value in compose_environment(service).items():
+            if SECRET_LIKE.search(key):
+                assert value in COMPOSE_SECRETS.values(), f"{name}: {key} must come from a required variable"
+    for path in DOCKERFILES.values():
+        for keyword, arguments in dockerfile_instructions(path):
+            if keyword in ("ENV", "ARG"):
+                assert not SECRET_LIKE.search(arguments), f"{path.name}: {keyword} {arguments} bakes a secret in"
 
 
 def test_compose_shared_environment_anchor() -> None:
@@ -325,9 +412,14 @@ def test_compose_shared_environment_anchor() -> None:
     for name, service in gls_compose_services().items():
         environment = compose_environment(service)
         assert shared_environment.items() <= environment.items(), f"{name} does not use x-gls-environment"
-    assert shared_environment["GLS_REDIS_URL"] == "redis://redis:6379/0"
+    assert shared_environment["GLS_REDIS_URL"] == f"redis://:{COMPOSE_SECRETS['REDIS_PASSWORD']}@redis:6379/0"
     assert shared_environment["GLS_DATA_DIR"] == "/data"
-    assert shared_environment["GLS_TOKENS"], "GLS_TOKENS must be set (a gateway without tokens admits no one)"
+    assert shared_environment["GLS_WORKER_TOKEN"] == COMPOSE_SECRETS["GLS_WORKER_TOKEN"]
+    # the tenants' tokens only where they are checked
+    assert {name for name, service in gls_compose_services().items() if "GLS_TOKENS" in compose_environment(service)} \
+        == {"gateway"}
+    assert settings_from(compose_environment(compose_services()["gateway"])).tenants_by_token, \
+        "GLS_TOKENS must be set (a gateway without tokens admits no one)"
 
 
 def test_compose_environment_is_settings() -> None:
@@ -766,18 +858,17 @@ _K8S_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def k8s_environment(container: dict[str, Any]) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: envFrom, then env with $(VAR) expanded."""
-    configmaps, secrets = k8s_objects("ConfigMap"), k8s_objects("Secret")
+    """A container's environment as the kubelet builds it: envFrom, then env with $(VAR) expanded.
+
+    Secrets are the operator's (``K8S_SECRETS``), referenced key by key, so a missing one stops the pod.
+    """
+    configmaps = k8s_objects("ConfigMap")
     environment: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            name = source["configMapRef"]["name"]
-            assert name in configmaps, f"{container['name']}: envFrom ConfigMap {name} is not defined"
-            environment.update(configmaps[name]["data"])
-        else:
-            name = source["secretRef"]["name"]
-            assert name in secrets, f"{container['name']}: envFrom Secret {name} is not defined"
-            environment.update(secrets[name].get("stringData", {}))
+        assert "configMapRef" in source, f"{container['name']}: envFrom {source}: reference secrets key by key"
+        name = source["configMapRef"]["name"]
+        assert name in configmaps, f"{container['name']}: envFrom ConfigMap {name} is not defined"
+        environment.update(configmaps[name]["data"])
     fields = {"status.podIP": "10.1.2.3", "metadata.name": "pod-0", "metadata.namespace": NAMESPACE,
               "spec.nodeName": "node-0", "status.hostIP": "10.0.0.1"}
     for variable in container.get("env", []):
@@ -795,7 +886,10 @@ def k8s_environment(container: dict[str, Any]) -> dict[str, str]:
                 environment[variable["name"]] = configmaps[key["name"]]["data"][key["key"]]
             elif "secretKeyRef" in reference:
                 key = reference["secretKeyRef"]
-                environment[variable["name"]] = secrets[key["name"]]["stringData"][key["key"]]
+                assert not key.get("optional"), f"{container['name']}: {variable['name']} must not start without it"
+                assert key["key"] in K8S_SECRETS.get(key["name"], {}), \
+                    f"{container['name']}: Secret {key['name']} key {key['key']} is not one deploy/README.md creates"
+                environment[variable["name"]] = K8S_SECRETS[key["name"]][key["key"]]
             else:
                 raise AssertionError(f"unsupported valueFrom {reference}")
     return environment
@@ -897,12 +991,10 @@ def test_k8s_commands_exist_in_the_code() -> None:
 
 
 def test_k8s_environment_is_settings() -> None:
-    """Every GLS_* variable (ConfigMap, Secret, env) is a Settings field and validates; ports agree with it."""
-    for kind in ("ConfigMap", "Secret"):
-        for name, document in k8s_objects(kind).items():
-            keys = set(document.get("data", {})) | set(document.get("stringData", {}))
-            stray = sorted(keys - set(ENVIRONMENT_VARIABLES))
-            assert not stray, f"{kind} {name}: {stray} are not GLS settings"
+    """Every GLS_* variable (ConfigMap, env) is a Settings field and validates; ports agree with it."""
+    for name, document in k8s_objects("ConfigMap").items():
+        stray = sorted(set(document.get("data", {})) - set(ENVIRONMENT_VARIABLES))
+        assert not stray, f"ConfigMap {name}: {stray} are not GLS settings"
     for where, workload in k8s_workloads():
         for container in workload["spec"]["template"]["spec"]["containers"]:
             if container["image"].split(":")[0] != "gls":
@@ -959,15 +1051,84 @@ def test_k8s_workers() -> None:
     assert settings.advertised_worker_address == f"10.1.2.3:{settings.worker_port}"
 
 
-def test_k8s_redis() -> None:
+def memory_bytes(value: str) -> int:
+    """A Kubernetes quantity (4Gi, 512Mi) or a redis-server size (2gb, 512mb, 1g) in bytes."""
+    match = re.fullmatch(r"(\d+)([KMGT]i|[kmgt]b?)?", value.strip(), flags=re.I)
+    assert match, value
+    unit = (match.group(2) or "").lower().removesuffix("b").removesuffix("i")
+    return int(match.group(1)) * 1024 ** " kmgt".index(unit or " ")
+
+
+def redis_container() -> tuple[dict[str, Any], list[str]]:
     statefulset = k8s_objects("StatefulSet")["redis"]
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
-    argv = [*container.get("command", []), *container.get("args", [])]
-    assert "--appendonly" in argv and argv[argv.index("--appendonly") + 1] == "yes"
-    directory = argv[argv.index("--dir") + 1] if "--dir" in argv else "/data"
+    return container, [*container.get("command", []), *container.get("args", [])]
+
+
+def test_k8s_redis() -> None:
+    statefulset = k8s_objects("StatefulSet")["redis"]
+    container, argv = redis_container()
+    assert option(argv, "--appendonly") == "yes"
+    directory = option(argv, "--dir") if "--dir" in argv else "/data"
     claims = {claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]}
     assert any(mount["mountPath"] == directory and mount["name"] in claims for mount in container["volumeMounts"]), \
         "the append-only file must be on the persistent volume"
+
+
+def test_k8s_redis_password_from_a_secret_and_memory_ceiling() -> None:
+    container, argv = redis_container()
+    environment = k8s_environment(container)
+    password = option(argv, "--requirepass")
+    assert password == "$(REDIS_PASSWORD)", "the kubelet expands $(VAR) in args: the password stays in the Secret"
+    source = next(variable for variable in container["env"] if variable["name"] == "REDIS_PASSWORD")
+    assert source["valueFrom"]["secretKeyRef"] == {"name": "gls-redis", "key": "REDIS_PASSWORD"}
+    assert _K8S_REFERENCE.sub(lambda match: environment[match.group(1)], password) == \
+        K8S_SECRETS["gls-redis"]["REDIS_PASSWORD"]
+    assert option(argv, "--maxmemory-policy") == "noeviction", "job state must never be evicted"
+    ceiling, limit = memory_bytes(option(argv, "--maxmemory")), memory_bytes(container["resources"]["limits"]["memory"])
+    assert ceiling <= limit * 3 // 4, "leave the AOF rewrite (a fork) headroom below the memory limit"
+    assert environment["REDISCLI_AUTH"] == K8S_SECRETS["gls-redis"]["REDIS_PASSWORD"]
+    for name in ("readinessProbe", "livenessProbe"):
+        assert container[name]["exec"]["command"] == ["sh", "-c", "redis-cli ping | grep -q PONG"], name
+
+
+def test_k8s_ships_no_secret_values() -> None:
+    """Secrets are created by the operator (deploy/README.md shows how); the manifests only reference them."""
+    assert not k8s_objects("Secret"), "a Secret in deploy/k8s carries a value everyone who has the repository knows"
+    readme = (DEPLOY / "README.md").read_text()
+    referenced = set()
+    for where, workload in k8s_workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            k8s_environment(container)  # every reference is to a documented secret and key, none optional
+            for variable in container.get("env", []):
+                if SECRET_LIKE.search(variable["name"]) and "value" in variable:
+                    assert _K8S_REFERENCE.fullmatch(str(variable["value"])), \
+                        f"{where}: {variable['name']} has a literal value; take it from a Secret"
+                reference = variable.get("valueFrom", {}).get("secretKeyRef")
+                if reference:
+                    referenced.add((reference["name"], reference["key"]))
+    assert referenced == {(name, key) for name, keys in K8S_SECRETS.items() for key in keys}
+    for name, key in referenced:
+        assert re.search(rf"kubectl -n {NAMESPACE} create secret generic {name} --from-literal={key}=", readme), \
+            f"deploy/README.md does not say how to create Secret {name} ({key})"
+
+
+def test_every_redis_url_carries_the_password() -> None:
+    """Every service's Redis URL (as Settings reads it, as redis-py parses it) has the password Redis requires."""
+    password = COMPOSE_SECRETS["REDIS_PASSWORD"]
+    urls = {f"compose {name}": (settings_from(compose_environment(service)).redis_url, password)
+            for name, service in gls_compose_services().items()}
+    for where, workload in k8s_workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if container["image"].split(":")[0] == "gls":
+                urls[f"k8s {where}"] = (settings_from(k8s_environment(container)).redis_url,
+                                        K8S_SECRETS["gls-redis"]["REDIS_PASSWORD"])
+    assert {"compose gateway", "compose coordinator", "compose worker", "k8s Deployment/gateway",
+            "k8s Deployment/coordinator", "k8s Deployment/worker"} <= set(urls), sorted(urls)
+    for where, (url, expected) in urls.items():
+        parsed = redis.connection.parse_url(url)
+        assert parsed.get("password") == expected, f"{where}: {url} does not carry the Redis password"
+        assert parsed.get("host") == "redis", where
 
 
 def test_k8s_coordinator() -> None:
@@ -988,10 +1149,11 @@ def test_k8s_autoscaler_targets_workers() -> None:
             assert resource in requests, f"HPA {name} scales on {resource}, which {target['name']} does not request"
 
 
-def test_k8s_secret_holds_tokens() -> None:
-    secret = k8s_objects("Secret")["gls-tokens"]
-    assert set(secret["stringData"]) == {"GLS_TOKENS"}
-    assert settings_from(secret["stringData"]).tenants_by_token
+def test_k8s_tokens_come_from_a_secret() -> None:
+    assert settings_from(K8S_SECRETS["gls-tokens"]).tenants_by_token
+    with_tokens = {where for where, workload in k8s_workloads() for container in
+                   workload["spec"]["template"]["spec"]["containers"] if "GLS_TOKENS" in k8s_environment(container)}
+    assert with_tokens == {"Deployment/gateway"}, "the tenants' tokens only where they are checked"
     configmap_keys = {key for configmap in k8s_objects("ConfigMap").values() for key in configmap["data"]}
     assert "GLS_TOKENS" not in configmap_keys, "tokens belong in the Secret, not a ConfigMap"
     assert all(isinstance(value, str) for configmap in k8s_objects("ConfigMap").values()
@@ -1003,3 +1165,124 @@ def test_images_match_project_version() -> None:
     images = {str(service["image"]) for service in gls_compose_services().values()}
     images |= {container["image"] for container in k8s_containers() if container["image"].startswith("gls:")}
     assert images == {f"gls:{version}", f"gls:{version}-cuda"}, images
+
+
+# ------------------------------------------------------------------------------------------- listeners
+
+
+def container_module(argv: list[str]) -> str | None:
+    """The service a container command runs: ``python -m MODULE`` or ``gls worker|gateway|coordinator``."""
+    if argv[:2] in (["python", "-m"], ["python3", "-m"]):
+        return argv[2]
+    verbs = {"worker": "services.bound_worker", "gateway": "services.gateway", "coordinator": "services.coordinator"}
+    return verbs.get(argv[1]) if argv[:1] == ["gls"] and len(argv) > 1 else None
+
+
+def test_listeners_default_to_loopback_and_containers_open_them() -> None:
+    """Outside containers nothing listens beyond loopback unless configured; in containers each listener is
+    configured to 0.0.0.0, or the published ports, Services and probes would reach nothing."""
+    assert {name for name in Settings.model_fields if name.endswith("_host")} == set(BIND_SETTINGS.values()), \
+        "a new listener needs its bind-address setting in BIND_SETTINGS"
+    defaults = default_settings()
+    for field in BIND_SETTINGS.values():
+        assert ipaddress.ip_address(getattr(defaults, field)).is_loopback, f"{field} must default to loopback"
+    configured: dict[str, str] = {}
+    for name, service in gls_compose_services().items():
+        module = container_module(compose_command(service))
+        if module in BIND_SETTINGS:
+            configured[f"compose {name}"] = getattr(settings_from(compose_environment(service)), BIND_SETTINGS[module])
+    for where, workload in k8s_workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            module = container_module([*container.get("command", []), *container.get("args", [])])
+            if container["image"].split(":")[0] == "gls" and module in BIND_SETTINGS:
+                configured[f"k8s {where}"] = getattr(settings_from(k8s_environment(container)), BIND_SETTINGS[module])
+    assert {"compose gateway", "compose worker", "compose worker-gpu", "k8s Deployment/gateway",
+            "k8s Deployment/worker"} <= set(configured), configured
+    closed = {where: host for where, host in configured.items() if host != "0.0.0.0"}
+    assert not closed, f"containers whose listener is not opened to 0.0.0.0: {closed}"
+
+
+def non_loopback_addresses() -> list[str]:
+    """This machine's own IPv4 addresses besides loopback: those a listener on 0.0.0.0 would also serve."""
+    candidates: set[str] = set()
+    with contextlib.suppress(OSError):
+        candidates.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, contextlib.suppress(OSError):  # no route
+        probe.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it picks the outgoing interface's address
+        candidates.add(probe.getsockname()[0])
+    local = []
+    for address in sorted(candidates):
+        if ipaddress.ip_address(address).is_loopback:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, 0))  # only the machine's own addresses can be bound
+            except OSError:
+                continue
+        local.append(address)
+    return local
+
+
+def reachable(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, port)) == 0
+
+
+def assert_loopback_only(port: int, addresses: list[str]) -> None:
+    assert reachable("127.0.0.1", port)
+    for address in addresses:
+        assert not reachable(address, port), f"port {port} answers on {address}: it listens beyond loopback"
+
+
+def test_wildcard_listener_is_reachable_on_the_other_addresses() -> None:
+    """The control of the loopback tests below: a socket on 0.0.0.0 does answer on those addresses."""
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert reachable("127.0.0.1", port)
+        assert all(reachable(address, port) for address in non_loopback_addresses())
+
+
+def test_worker_process_with_default_settings_listens_on_loopback_only(tmp_path: Path) -> None:
+    """`python -m services.bound_worker` with no bind address configured: 127.0.0.1 serves, no other address does."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in ("GLS_WORKER_HOST", "GLS_WORKER_ADVERTISE")}
+    env.update(GLS_WORKER_PORT=str(port), GLS_WORKER_REGISTER="false", GLS_THREADS="1", GLS_WORKER_GRACE_S="0")
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "services.bound_worker"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=60)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert_loopback_only(port, non_loopback_addresses())
+        # what the server reports it bound (the check that remains on a machine with loopback only)
+        assert f"listening on 127.0.0.1:{port} " in log_path.read_text(), log_path.read_text()
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_gateway_with_default_settings_listens_on_loopback_only(tmp_path: Path) -> None:
+    """REST and the gRPC Certifier of a gateway with no bind address configured: loopback only."""
+    from services.gateway.server import serve
+
+    server = RedisServer(tmp_path / "redis").start()
+    values = {"redis_url": server.url, "gateway_port": 0, "certifier_port": 0, "tokens": "t=tenant"}
+    settings = Settings(**values)  # type: ignore[arg-type]
+    assert settings.gateway_host == default_settings().gateway_host
+    running = serve(settings)
+    try:
+        rest_port = int(urlsplit(running.url).port or 0)
+        certifier_port = int(running.certifier_address.rsplit(":", 1)[1])
+        assert urlsplit(running.url).hostname == "127.0.0.1"
+        addresses = non_loopback_addresses()
+        for port in (rest_port, certifier_port):
+            assert_loopback_only(port, addresses)
+    finally:
+        running.stop(grace=0)
+        server.stop()

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from gls_core.training.trainer import resolve_device
 
 from ..discovery import Heartbeat, WorkerInfo
-from ..settings import Settings
+from ..settings import LOOPBACK, Settings, dialable
 from .auth import WorkerTokenInterceptor
 from .cache import BlobCache
 from .decoding import RequestDecoder
@@ -86,7 +86,7 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
                                  settings.verify_max_timeout_s)
     threads, max_rpcs = rpc_limits(settings.worker_concurrency)
     interceptors = [WorkerTokenInterceptor(settings.worker_token)] if settings.worker_token else []
-    if not settings.worker_token and settings.worker_host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.worker_token and settings.worker_host not in (LOOPBACK, "localhost", "::1"):
         log.warning("GLS_WORKER_TOKEN is empty and the worker listens on %s: anyone who can reach it can use it",
                     settings.worker_host)
     server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bound-worker"),
@@ -102,8 +102,7 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
     server.start()
     for name in HEALTH_NAMES:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    host = "127.0.0.1" if settings.worker_host in ("0.0.0.0", "::", "[::]") else settings.worker_host
-    address = settings.worker_advertise or f"{host}:{port}"
+    address = settings.worker_advertise or f"{dialable(settings.worker_host)}:{port}"
     info = WorkerInfo(id=worker_id or f"{socket.gethostname()}-{os.getpid()}-{port}-{uuid.uuid4().hex[:6]}",
                       address=address, device=str(device), pid=os.getpid(), started=time.time())
     client, heartbeat = None, None
@@ -114,7 +113,7 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
         timeout = max(0.5, min(5.0, settings.heartbeat_s))
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         heartbeat = Heartbeat(client, info, settings.heartbeat_s, settings.heartbeat_ttl_s).start()
-    log.info("bound worker %s serving on %s (advertised %s, device %s, %d compute slots)", info.id, port, address,
-             device, settings.worker_concurrency)
+    log.info("bound worker %s listening on %s:%d (advertised %s, device %s, %d compute slots)", info.id,
+             settings.worker_host, port, address, device, settings.worker_concurrency)
     return RunningWorker(server, port, address, info, service, health_servicer, cache, heartbeat, client,
                          threading.Event())

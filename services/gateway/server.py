@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from grpc_health.v1 import health
 
-from ..settings import Settings
+from ..settings import Settings, dialable
 from ..store import Store
 from ..worker_client import WorkerPool
 from .app import create_app
@@ -24,10 +24,6 @@ from .context import Gateway
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("services.gateway")
-
-
-def _loopback(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
 
 
 @dataclass
@@ -93,7 +89,7 @@ def serve(settings: Settings) -> RunningGateway:
             grpc_server.stop(0)
             raise RuntimeError(f"the REST server did not start on {settings.gateway_host}:{settings.gateway_port}")
         time.sleep(0.01)
-    host = _loopback(settings.gateway_host)
+    host = dialable(settings.gateway_host)
     url = f"http://{host}:{sock.getsockname()[1]}"
     running = RunningGateway(url, f"{host}:{certifier_port}", gateway, app, http, thread, grpc_server,
                              health_servicer)
