@@ -40,6 +40,7 @@ class BoundWorkerService:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.served = 0
+        self.abandoned = 0  # computations stopped early because their caller had gone
 
     def EvaluatePoints(self, request: bound_worker_pb2.PointsRequest,  # noqa: N802 (gRPC's name)
                        context: grpc.ServicerContext) -> bound_worker_pb2.PointsResponse:
@@ -95,6 +96,20 @@ class BoundWorkerService:
         context.abort(code, message)
         raise AssertionError("unreachable: context.abort raises")
 
+    def _caller_gone(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+        """A ``should_stop`` for the computation of one call; counts the call in ``abandoned`` once it stops it."""
+        stopped = False
+
+        def gone() -> bool:
+            nonlocal stopped
+            if not stopped and not context.is_active():
+                stopped = True
+                with self._lock:
+                    self.abandoned += 1
+            return stopped
+
+        return gone
+
     def _compute_slot(self, context: grpc.ServicerContext) -> _Slot:
         return _Slot(self._slots, context.time_remaining())
 
@@ -124,7 +139,7 @@ class BoundWorkerService:
                 sides = "upper"
             options = dict(job.options)
             if job.method == "alpha-crown":  # a caller that has gone (cancelled, deadline passed) stops the steps
-                options["should_stop"] = lambda: not context.is_active()
+                options["should_stop"] = self._caller_gone(context)
             with torch.no_grad():
                 lower, upper = compute_bounds(job.spec, job.x, job.eps, job.method, C=spec_matrix, params=job.params,
                                               sides=sides, **options)
