@@ -160,3 +160,17 @@ def test_bad_config_and_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(CONFIG))
     method = gls("evaluate", str(tmp_path), "--eps", "0.1", "--method", "zonotope")
     assert method.returncode == 2 and "unknown method 'zonotope'" in method.stderr
+
+
+def test_a_user_file_with_a_label_beyond_the_outputs_names_it(tmp_path: Path) -> None:
+    import numpy as np
+
+    labels = np.array([0, 1, 2, 12, 3, 4, 5, 6] * 8)
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32), y=labels)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "warmup": None, "data": {"dataset": "file", "input_like": "digits",
+                                                                         "path": str(tmp_path / "data.npz"),
+                                                                         "batch_size": 16}}))
+    done = gls("train", str(config), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert "label 12" in done.stderr and "index 3" in done.stderr, done.stderr

@@ -23,7 +23,7 @@ from services.client import GlsClient, parse_sse
 from services.store import JobStatus
 
 JOB = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05, "data": {"dataset": "digits"},
-       "model": {"arch": "fc-16"}, "schedule": {"epochs": 1, "lr_milestones": []}}
+       "model": {"arch": "fc-16"}, "schedule": {"epochs": 1, "lr_milestones": [], "eps_ramp_epochs": 0}}
 
 
 @pytest.fixture(scope="module")

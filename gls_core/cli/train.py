@@ -88,6 +88,7 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
 
     from gls_core.training import ConfigError, Trainer, load_config
     from gls_core.training.checkpoint import MODEL_FILE, write_config
+    from gls_core.training.config import config_warnings
     from gls_core.training.extend import main_epochs_done
     from gls_core.training.storage import DirectoryStorage
 
@@ -96,6 +97,8 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         settings = load_config(config, overrides)
     except (ConfigError, FileNotFoundError) as error:
         raise fail(str(error)) from None
+    for warning in config_warnings(settings):
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     changes: dict[str, tuple[Any, Any]] = {}
     if resume:
         position, changes = _resumable(out_dir, settings)

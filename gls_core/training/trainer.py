@@ -19,7 +19,7 @@ import torch
 from ..data import Dataset, batch_generator, epoch_batches, load_dataset
 from ..evaluation import EvalResult, evaluate
 from ..nets.spec import NetSpec
-from ..nets.zoo import network
+from ..nets.zoo import DATASETS, network
 from .checkpoint import Position, load_model
 from .config import TrainConfig
 from .estimators import Evaluated, Proposal, State
@@ -56,8 +56,9 @@ def load_data(config: TrainConfig) -> TrainData:
     if data.dataset == "file" and data.path is None:
         raise ValueError("data.dataset_id names a dataset stored in the services; in process, give data.path")
     if data.dataset == "file":
-        train = load_dataset("file", "train", root, path=data.path)
-        test = load_dataset("file", "test", root, path=data.test_path or data.path)
+        classes = DATASETS[config.zoo_dataset][1]  # a label outside the network's outputs is named with its index
+        train = load_dataset("file", "train", root, path=data.path, num_classes=classes)
+        test = load_dataset("file", "test", root, path=data.test_path or data.path, num_classes=classes)
     else:
         train = load_dataset(data.dataset, "train", root)
         test = load_dataset(data.dataset, "test", root)
