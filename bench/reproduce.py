@@ -1,0 +1,257 @@
+"""The paper's central result on this machine: the paradox of certified training and its resolution by GLS.
+
+    python -m bench.reproduce [--out runs/repro] [--budget HOURS] [--quick] [--doc docs/reproduction.md]
+
+Trains CNN3-tiny on MNIST at eps 0.1 with the paper's settings (Table 2 and Table 6): IBP-GRAD,
+DeepPoly-GRAD and DeepPoly-RGS with the GRAD schedule of App. E.1 (IBP initialisation, 70 epochs),
+and DeepPoly-PGPE and alpha-CROWN-PGPE at the paper's population (App. E.2) from a PGD warm start,
+with GRAD continued from the same warm start for the same wall time (equal compute). Then evaluates
+every model on the test set (PGD and alpha-CROWN; the complete verifier on a subset), draws loss
+landscapes and writes the report with the paper's numbers beside ours.
+
+Resumable and budgeted: every run continues from its checkpoint, and ``--budget`` hours of
+training are shared among the unfinished runs (each run trains until its share is spent, then
+checkpoints); call it again to continue. ``--quick`` runs a few-minute version on small subsets
+(a smoke test of the whole pipeline, not a result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gls_core.data import load_dataset
+from gls_core.evaluation import evaluate
+from gls_core.landscape import loss_landscape
+from gls_core.landscape_plot import plot_landscape
+from gls_core.training import Trainer, load_config, load_model, read_metrics
+from gls_core.training.checkpoint import POSITION_FILE, read_position
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS = 0.1
+# Table 2 / Table 6 of the paper (CNN3-tiny, MNIST, eps 0.1): natural, certified (MN-BaB), adversarial.
+PAPER = {"ibp-grad": (89.76, 82.46, 82.48), "deeppoly-grad": (89.24, 68.47, 68.57),
+         "deeppoly-rgs": (91.33, 82.66, 82.68), "deeppoly-pgpe": (91.94, 85.00, 85.04),
+         "alphacrown-pgpe": (92.15, 85.17, 85.15)}
+PAPER_EPOCHS = {"grad": 70, "rgs": 70, "pgpe": 150}
+MNIST_TRAIN = 60_000
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the reproduction: a shipped config plus the overrides this plan needs."""
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    warm_start: bool = False  # starts from the PGD model
+    share: float = 1.0  # of the training budget, relative to the other runs
+    label: str = ""
+
+
+@dataclass
+class Plan:
+    runs: list[Run]
+    evaluate_limit: int | None
+    complete_limit: int
+    complete_timeout: float
+    landscape_limit: int
+    landscape_points: int
+    landscape_samples: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def full_plan() -> Plan:
+    pgpe = ("schedule.epochs=150",)
+    return Plan(runs=[
+        Run("pgd", "configs/mnist-cnn3tiny-pgd.yaml", share=0.5, label="PGD warm start"),
+        Run("ibp-grad", "configs/mnist-cnn3tiny-ibp-grad.yaml", share=0.5, label="IBP-GRAD"),
+        Run("deeppoly-grad", "configs/mnist-cnn3tiny-deeppoly-grad.yaml", share=2, label="DeepPoly-GRAD"),
+        Run("deeppoly-rgs", "configs/mnist-cnn3tiny-deeppoly-rgs.yaml", share=3, label="DeepPoly-RGS"),
+        Run("deeppoly-pgpe", "configs/mnist-cnn3tiny-deeppoly-pgpe.yaml", pgpe, warm_start=True, share=3,
+            label="DeepPoly-PGPE"),
+        Run("alphacrown-pgpe", "configs/mnist-cnn3tiny-alphacrown-pgpe.yaml", pgpe, warm_start=True, share=3,
+            label="alpha-CROWN-PGPE"),
+        Run("ibp-grad-warm", "configs/mnist-cnn3tiny-ibp-grad.yaml",
+            ("schedule.eps_ramp_epochs=0", "schedule.lr=0.0003"), warm_start=True, share=1,
+            label="IBP-GRAD from the warm start (PGPE's wall time)"),
+        Run("deeppoly-grad-warm", "configs/mnist-cnn3tiny-deeppoly-grad.yaml",
+            ("schedule.eps_ramp_epochs=0", "schedule.lr=0.0003"), warm_start=True, share=1,
+            label="DeepPoly-GRAD from the warm start (PGPE's wall time)"),
+    ], evaluate_limit=None, complete_limit=200, complete_timeout=30.0, landscape_limit=256, landscape_points=41,
+        landscape_samples=64)
+
+
+def quick_plan() -> Plan:
+    """Minutes: 2,000 training images, 2 epochs, small populations; checks the pipeline end to end."""
+    small = ("data.train_subset=2000", "data.test_subset=200", "schedule.epochs=2", "schedule.eps_ramp_epochs=1",
+             "schedule.lr_milestones=[1]", "data.batch_size=128")
+    pgpe = ("data.train_subset=2000", "data.test_subset=200", "schedule.epochs=1", "schedule.lr_milestones=[]",
+            "pgpe.popsize=16", "data.batch_size=128", "schedule.steps_per_epoch=4")
+    return Plan(runs=[
+        Run("pgd", "configs/mnist-cnn3tiny-pgd.yaml", ("data.train_subset=2000", "data.test_subset=200",
+                                                       "schedule.epochs=3", "schedule.lr_milestones=[2]",
+                                                       "data.batch_size=128"), label="PGD warm start"),
+        Run("ibp-grad", "configs/mnist-cnn3tiny-ibp-grad.yaml", small, label="IBP-GRAD"),
+        Run("deeppoly-grad", "configs/mnist-cnn3tiny-deeppoly-grad.yaml", small, label="DeepPoly-GRAD"),
+        Run("deeppoly-rgs", "configs/mnist-cnn3tiny-deeppoly-rgs.yaml", small, label="DeepPoly-RGS"),
+        Run("deeppoly-pgpe", "configs/mnist-cnn3tiny-deeppoly-pgpe.yaml", pgpe, warm_start=True,
+            label="DeepPoly-PGPE"),
+        Run("alphacrown-pgpe", "configs/mnist-cnn3tiny-alphacrown-pgpe.yaml", pgpe, warm_start=True,
+            label="alpha-CROWN-PGPE"),
+    ], evaluate_limit=200, complete_limit=10, complete_timeout=2.0, landscape_limit=32, landscape_points=9,
+        landscape_samples=4)
+
+
+def member_samples(rows: list[dict[str, Any]], config: Any) -> int:
+    """Inputs x weight vectors evaluated by the main stage's steps: the compute a run received."""
+    steps = sum(1 for row in rows if row.get("kind") == "step" and row.get("stage") == "main")
+    members = {"pgpe": config.pgpe.popsize, "rgs": config.rgs.samples}.get(config.estimator, 1)
+    return steps * config.data.batch_size * members
+
+
+def paper_member_samples(estimator: str, popsize: int = 256, batch: int = 512) -> int:
+    epochs = PAPER_EPOCHS.get(estimator, 70)
+    if estimator == "pgpe":
+        return epochs * (MNIST_TRAIN // batch) * batch * popsize
+    return epochs * MNIST_TRAIN * (2 if estimator == "rgs" else 1)
+
+
+def train(run: Run, out: Path, seconds: float, warm: Path) -> dict[str, Any]:
+    """Train ``run`` for at most ``seconds`` (resuming its checkpoint); returns its progress."""
+    overrides = list(run.overrides) + ([f"model.checkpoint={warm}"] if run.warm_start else [])
+    config = load_config(ROOT / run.config, overrides)
+    folder = out / run.name
+    resume = (folder / POSITION_FILE).is_file()
+    if resume and read_position(folder).finished:
+        return {"finished": True, "step": read_position(folder).step}
+    trainer = Trainer(config, folder)
+    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    result = trainer.run(resume=resume, should_stop=lambda: time.monotonic() > deadline)
+    return {"finished": result.position.finished, "step": result.position.step,
+            "seconds": time.monotonic() - started, "total_steps": trainer.total_steps}
+
+
+def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
+    """Natural, PGD (50 x 3) and alpha-CROWN-certified accuracy on the test set, and the complete verifier's."""
+    spec, theta, metadata = load_model(out / run.name)
+    test = load_dataset(metadata["dataset"], "test", subset=plan.evaluate_limit)
+    result: dict[str, Any] = {"n": len(test)}
+    for method in ("deeppoly", "alpha-crown"):
+        started = time.monotonic()
+        value = evaluate(spec, theta, test.x, test.y, EPS, method=method)
+        result.update(natural=value.natural_acc, adversarial=value.adversarial_acc,
+                      **{f"certified_{method}": value.certified_acc, f"seconds_{method}": time.monotonic() - started})
+    subset = load_dataset(metadata["dataset"], "test", subset=plan.complete_limit)
+    complete = evaluate(spec, theta, subset.x, subset.y, EPS, method="complete",
+                        complete_timeout=plan.complete_timeout)
+    result.update(complete_n=len(subset), complete=complete.certified_acc,
+                  complete_adversarial=complete.adversarial_acc)
+    return result
+
+
+def landscapes(out: Path, plan: Plan, figures: Path) -> list[Path]:
+    """The robust loss around each trained GRAD and PGPE model (raw and smoothed), as in the paper's Figure 4."""
+    written = []
+    for name in ("deeppoly-grad", "ibp-grad", "deeppoly-pgpe"):
+        if not (out / name / "model.safetensors").is_file():
+            continue
+        spec, theta, metadata = load_model(out / name)
+        test = load_dataset(metadata["dataset"], "test", subset=plan.landscape_limit)
+        land = loss_landscape(spec, theta, test.x, test.y, EPS, ["ibp", "crown-ibp", "deeppoly"], radius=0.05,
+                              points=plan.landscape_points, sigmas=[1e-6, 5e-5, 5e-4],
+                              samples=plan.landscape_samples)
+        path = figures / f"landscape-{name}.png"
+        plot_landscape(land, path, f"{name}: robust loss along the DeepPoly gradient, eps {EPS}")
+        written.append(path)
+    return written
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: dict[str, dict[str, Any]],
+           figures: list[Path], doc: Path, command: str) -> str:
+    rows = ["| run | natural | PGD | DeepPoly-cert. | alpha-CROWN-cert. | complete (n) | paper nat. / cert. / adv. "
+            "| epochs | compute vs paper |", "|" + " --- |" * 9]
+    for run in plan.runs:
+        got = results.get(run.name, {})
+        config = load_config(ROOT / run.config, list(run.overrides))
+        metrics = read_metrics(out / run.name)
+        done_epochs = max((r["epoch"] for r in metrics if r.get("kind") == "epoch" and r.get("stage") == "main"),
+                          default=0)
+        compute = member_samples(metrics, config) / paper_member_samples(config.estimator)
+        paper = PAPER.get(run.name.removesuffix("-warm"))
+        paper_text = " / ".join(f"{v:.2f}" for v in paper) if paper and not run.name.endswith("-warm") else "-"
+        complete = f"{percent(got.get('complete'))} ({got.get('complete_n', '-')})"
+        rows.append(f"| {run.label or run.name} | {percent(got.get('natural'))} | {percent(got.get('adversarial'))} "
+                    f"| {percent(got.get('certified_deeppoly'))} | {percent(got.get('certified_alpha-crown'))} "
+                    f"| {complete} | {paper_text} | {done_epochs}/{config.schedule.epochs} | {compute:.2%} |")
+    images = "\n".join(f"![{path.stem}]({path.relative_to(doc.parent)})" for path in figures)
+    return f"""# Reproduction: the paradox of certified training and Gaussian loss smoothing
+
+Generated by `{command}` (CNN3-tiny, MNIST, eps {EPS}). Certified accuracy is measured on
+{results.get('ibp-grad', {}).get('n', '?')} test images with PGD (50 steps, 3 restarts) and alpha-CROWN
+(20 slope steps); the complete verifier (branch and bound, at most the time limit per input)
+on the first images. The paper certifies with MN-BaB, a complete verifier.
+
+{chr(10).join(rows)}
+
+"compute vs paper": inputs x weight vectors evaluated by the main stage, over the paper's
+(GRAD: 70 epochs x 60,000; RGS: twice that; PGPE: 150 epochs x 60,000 x 256).
+
+Training progress: {json.dumps(progress)}
+
+{images}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "repro")
+    parser.add_argument("--budget", type=float, default=2.0, help="hours of training to share among the runs")
+    parser.add_argument("--quick", action="store_true", help="a few-minute smoke test on small subsets")
+    parser.add_argument("--doc", type=Path, default=None, help="report to write [default: docs/reproduction.md, "
+                                                               "or OUT/reproduction.md with --quick]")
+    parser.add_argument("--skip-training", action="store_true", help="evaluate and report what is there")
+    args = parser.parse_args()
+    plan = quick_plan() if args.quick else full_plan()
+    doc = args.doc or (args.out / "reproduction.md" if args.quick else ROOT / "docs" / "reproduction.md")
+    figures = doc.parent / ("figures" if not args.quick else "")
+    figures.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    progress: dict[str, dict[str, Any]] = {}
+    warm = args.out / "pgd" / "model.safetensors"
+    if not args.skip_training:
+        pending = [run for run in plan.runs if not ((args.out / run.name / POSITION_FILE).is_file()
+                                                     and read_position(args.out / run.name).finished)]
+        total_share = sum(run.share for run in pending) or 1.0
+        for run in sorted(pending, key=lambda r: r.name != "pgd"):  # the warm start first
+            seconds = 3600 * args.budget * run.share / total_share
+            print(f"training {run.name} for at most {seconds / 60:.0f} min", flush=True)
+            progress[run.name] = train(run, args.out, seconds, warm)
+            print(f"  {progress[run.name]}", flush=True)
+    results = {}
+    for run in plan.runs:
+        if (args.out / run.name / "model.safetensors").is_file():
+            print(f"evaluating {run.name}", flush=True)
+            results[run.name] = evaluation(run, args.out, plan)
+            print(f"  {results[run.name]}", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    drawn = landscapes(args.out, plan, figures)
+    command = "scripts/reproduce-gls" + (" --quick" if args.quick else f" --budget {args.budget:g}")
+    doc.write_text(report(plan, args.out, results, progress, drawn, doc, command))
+    print(f"wrote {doc}")
+
+
+if __name__ == "__main__":
+    main()
