@@ -148,6 +148,14 @@ def test_progress_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
     assert "(deeppoly, eps 0.02, 60 test inputs)" in epochs[-1]
 
 
+def test_a_subset_larger_than_the_data_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "data": {**CONFIG["data"], "test_subset": 500}}))
+    done = gls("train", str(config), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "warning: data.test_subset: 500 is more than the 297 examples of digits; using all 297" in done.stderr
+
+
 def test_bad_config_and_bad_arguments_get_clear_errors(tmp_path: Path) -> None:
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "pgpe": {"popsize": 9}, "learning_rate": 1}))

@@ -97,8 +97,6 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         settings = load_config(config, overrides)
     except (ConfigError, FileNotFoundError) as error:
         raise fail(str(error)) from None
-    for warning in config_warnings(settings):
-        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     changes: dict[str, tuple[Any, Any]] = {}
     if resume:
         position, changes = _resumable(out_dir, settings)
@@ -114,6 +112,8 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         trainer = Trainer(settings, out_dir)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
+    for warning in [*config_warnings(settings), *trainer.data.warnings]:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False)
     if changes:
         write_config(out_dir, settings)
         for path, (before, after) in changes.items():

@@ -47,6 +47,7 @@ def resolve_device(name: str) -> torch.device:
 class TrainData:
     train: Dataset
     test: Dataset
+    warnings: tuple[str, ...] = ()
 
 
 def load_data(config: TrainConfig) -> TrainData:
@@ -62,7 +63,15 @@ def load_data(config: TrainConfig) -> TrainData:
     else:
         train = load_dataset(data.dataset, "train", root)
         test = load_dataset(data.dataset, "test", root)
-    return TrainData(first_examples(train, data.train_subset), first_examples(test, data.test_subset))
+    warnings = tuple(line for line in (_larger_than_data("data.train_subset", data.train_subset, train),
+                                       _larger_than_data("data.test_subset", data.test_subset, test)) if line)
+    return TrainData(first_examples(train, data.train_subset), first_examples(test, data.test_subset), warnings)
+
+
+def _larger_than_data(field: str, count: int | None, dataset: Dataset) -> str | None:
+    if count is None or count <= len(dataset):
+        return None
+    return f"{field}: {count} is more than the {len(dataset)} examples of {dataset.name}; using all {len(dataset)}"
 
 
 def first_examples(dataset: Dataset, count: int | None) -> Dataset:
