@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     # coordinator
     rpc_timeout_s: float = Field(300.0, gt=0, description="one worker call; on timeout its share is re-sent")
     checkpoint_every_steps: int = Field(1, gt=0, description="steps between checkpoints (each acknowledges steps)")
-    job_stale_s: float = Field(30.0, gt=0, description="a job whose coordinator is silent this long is taken over")
+    job_stale_s: float = Field(8.0, gt=0, description="a job whose coordinator is silent this long is taken over "
+                               "(its claim is refreshed every quarter of this, from a thread of its own)")
     coordinator_id: str | None = Field(None, description="consumer name in the job group (default host-pid)")
 
     # gateway
