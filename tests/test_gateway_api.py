@@ -25,7 +25,7 @@ from services.gateway.metrics import tenant_label
 
 DIGITS_JOB: dict[str, Any] = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05,
                               "data": {"dataset": "digits", "batch_size": 32}, "model": {"arch": "fc-16"},
-                              "schedule": {"epochs": 1, "lr": 0.01, "lr_milestones": []}}
+                              "schedule": {"epochs": 1, "eps_ramp_epochs": 0, "lr": 0.01, "lr_milestones": []}}
 
 
 @pytest.fixture(scope="module")

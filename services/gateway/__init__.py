@@ -2,12 +2,14 @@
 
 Every /v1 route needs ``Authorization: Bearer <token>`` (``GLS_TOKENS``: one tenant per token); a
 tenant sees only its own jobs, datasets and models, and another tenant's id answers 404 like a
-missing one. Bad input is a 4xx whose ``detail`` names each field (422: ``[{field, msg, ...}]``).
+missing one. Bad input is a 4xx whose ``detail`` names each field (422: ``[{field, msg, ...}]``);
+every error body is ``errors.ErrorBody``, and /openapi.json lists each status a route answers.
 
     POST   /v1/jobs                  training config (the YAML schema, as JSON) -> 201 job
     GET    /v1/jobs                  this tenant's jobs
     GET    /v1/jobs/{id}             one job
-    DELETE /v1/jobs/{id}             cancel (queued: at once; running: after its current step)
+    DELETE /v1/jobs/{id}             cancel, not delete (queued: at once; running: after its current step);
+                                     the job stays readable with its final status
     GET    /v1/jobs/{id}/metrics     acknowledged metric rows (?start=N)
     GET    /v1/jobs/{id}/events      server-sent events: history, then live; Last-Event-ID / ?after= resume
     GET    /v1/jobs/{id}/model       the trained model (409 before; ?latest=true: latest checkpoint)

@@ -7,7 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic.config import JsonDict, JsonValue
+
+from gls_core.bounds.api import METHODS
+from gls_core.nets.zoo import ARCHITECTURES, DATASETS
 
 from .certify import (
     COMPLETE,
@@ -24,42 +28,78 @@ from .certify import (
     stored_model,
     zoo_model,
 )
-from .deps import GatewayDep, Tenant
-from .errors import InvalidRequest
+from .deps import ID_PATTERN, PROTECTED, GatewayDep, Tenant
+from .errors import InvalidRequest, error_responses
 
-router = APIRouter(tags=["certify"])
+router = APIRouter(tags=["certify"], responses=PROTECTED)
+METHOD_NAMES: list[JsonValue] = [*sorted(METHODS), COMPLETE]
+PIXELS_DESCRIPTION = "[B, C, H, W] pixels in [0, 1]; C, H and W those the model takes, B at most GLS_CERTIFY_MAX_INPUTS"
+PIXEL: JsonDict = {"type": "number", "minimum": 0, "maximum": 1}
+PIXELS: JsonDict = {"type": "array", "minItems": 1, "description": PIXELS_DESCRIPTION,
+                    "items": {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": PIXEL}}}}
+EXACTLY_ONE_MODEL: list[JsonValue] = [{"required": ["model_id"], "properties": {"model_id": {"type": "string"}}},
+                                      {"required": ["model"], "properties": {"model": {"type": "object"}}}]
+"""The schema's form of 'give exactly one of model_id and model' (a null one counts as not given)."""
+EXAMPLE: JsonDict = {"model": {"arch": "fc-1", "dataset": "digits", "theta": [0.0] * 85},
+                     "inputs": [[[[0.5] * 8] * 8]], "labels": [3], "eps": 0.01, "relaxation": "deeppoly"}
+"""A whole request: fc-1 on digits (64 -> 1 -> 10, 85 parameters), one 1 x 8 x 8 input."""
+ARCH_PATTERN = f"^({'|'.join(sorted(ARCHITECTURES, key=len, reverse=True))}|fc-[0-9]+(x[0-9]+)*)$"
+
+
+def _name_or_object(schema: JsonDict) -> None:
+    """``relaxation`` takes a method name as well as the object (see ``CertifyIn._method_name``)."""
+    ref = schema.pop("$ref")
+    schema["anyOf"] = [{"type": "string", "enum": METHOD_NAMES}, {"$ref": ref}]
 
 
 class Strict(BaseModel):
-    """Unknown fields and NaN/Infinity are errors, never silently dropped or computed with."""
+    """Unknown fields and NaN/Infinity are errors, never silently dropped or computed with.
+
+    Numbers are ``StrictFloat``/``StrictInt``: JSON ``true`` or ``"0.5"`` is not a number (the schema says so too).
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class InlineModel(Strict):
-    arch: str = Field(max_length=64, description="cnn3-tiny, cnn3, cnn5, cnn5-l, cnn7 or fc-WxW")
-    dataset: str = Field(max_length=64, description="the built-in dataset fixing input shape and classes")
-    theta: list[float] = Field(description="flat parameters in parameters_to_vector order")
+    arch: str = Field(max_length=64, description="cnn3-tiny, cnn3, cnn5, cnn5-l, cnn7 or fc-WxW",
+                      json_schema_extra={"pattern": ARCH_PATTERN})
+    dataset: str = Field(max_length=64, description="the built-in dataset fixing input shape and classes",
+                         json_schema_extra={"enum": list(DATASETS)})
+    theta: list[StrictFloat] = Field(description="flat parameters in parameters_to_vector order (as many as the "
+                                                 "architecture has for the dataset)")
 
 
 class RelaxationIn(Strict):
     method: str = Field("deeppoly", max_length=32,
-                        description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown or complete")
+                        description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown or complete",
+                        json_schema_extra={"enum": METHOD_NAMES})
     steps: StrictInt | None = Field(None, ge=0, le=1000, description="alpha-crown slope steps (default 20)")
-    step_size: float | None = Field(None, ge=0, description="alpha-crown step size (default 0.1)")
-    init: float | str | None = Field(
-        None, description="alpha-crown initial slopes: 'deeppoly' (default) or a constant in [0, 1]")
-    timeout: float | None = Field(None, gt=0, description="complete: seconds per input (default and cap: settings)")
+    step_size: StrictFloat | None = Field(None, ge=0, description="alpha-crown step size (default 0.1)")
+    init: StrictFloat | str | None = Field(
+        None, description="alpha-crown initial slopes: 'deeppoly' (default) or a constant in [0, 1]",
+        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"const": "deeppoly"},
+                                     {"type": "null"}]})
+    timeout: StrictFloat | None = Field(None, gt=0, description="complete: seconds per input (default and cap: "
+                                                                "GLS_CERTIFY_COMPLETE_TIMEOUT_S, _MAX_TIMEOUT_S)")
 
 
 class CertifyIn(Strict):
-    model_id: str | None = Field(None, max_length=200, description="a model of this tenant (uploaded or trained)")
+    """Exactly one of ``model_id`` and ``model``. Rules that depend on the model (the inputs' shape, labels below
+    its number of classes) or cross fields (one label per input, alpha options only for alpha-crown, timeout only
+    for complete) are checked by the server and answered 422 naming the field."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": EXACTLY_ONE_MODEL, "examples": [EXAMPLE]})
+
+    model_id: str | None = Field(None, pattern=ID_PATTERN, description="a model of this tenant (uploaded or trained)")
     model: InlineModel | None = Field(None, description="or the model itself")
-    inputs: list[list[list[list[float]]]] = Field(description="[B, C, H, W] pixels in [0, 1]")
-    labels: list[StrictInt] = Field(description="[B] true classes")
+    inputs: list[list[list[list[StrictFloat]]]] = Field(description=PIXELS_DESCRIPTION, json_schema_extra=PIXELS)
+    labels: list[StrictInt] = Field(description="[B] true classes, one per input",
+                                    json_schema_extra={"minItems": 1, "items": {"type": "integer", "minimum": 0}})
     eps: float = Field(ge=0, description="L_inf radius (the region is clipped to [0, 1])")
     relaxation: RelaxationIn = Field(default_factory=RelaxationIn,
-                                     description="a method name, or an object with method and alpha options")
+                                     description="a method name, or an object with method and alpha options",
+                                     json_schema_extra=_name_or_object)
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -125,10 +165,14 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn) -> Certify
 
 
 @router.post("/v1/certify", response_model=CertifyOut,
-             responses={404: {"description": "model_id is not a model of this tenant"},
-                        413: {"description": "more inputs than GLS_CERTIFY_MAX_INPUTS"},
-                        422: {"description": "a field is invalid; detail names it"},
-                        503: {"description": "no bound worker is live"}})
+             responses=error_responses(
+                 (400, "the body is not JSON text (e.g. not UTF-8)"),
+                 (404, "model_id is not a model of this tenant (another tenant's ids answer exactly the same)"),
+                 (413, "the body is larger than GLS_MAX_UPLOAD_MB, or holds more inputs than GLS_CERTIFY_MAX_INPUTS "
+                       "(GLS_CERTIFY_COMPLETE_MAX_INPUTS for the complete method)"),
+                 (422, "a field is invalid, alone or with the model (shapes, classes, the theta length) or other "
+                       "fields; detail names it"),
+                 502, (503, "no bound worker is live, the workers are busy, or Redis is unavailable; retry shortly")))
 def certify_inputs(body: CertifyIn, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     """Certify each input at radius eps with a convex relaxation computed by the bound workers."""
     task = task_from_body(gateway, tenant, body)

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from gls_core.data.userfile import read_user_file
 
 from ..store import NotFound
 from .context import Gateway
-from .deps import GatewayDep, Tenant
-from .errors import InvalidRequest, NotFoundError
+from .deps import PROTECTED, DatasetId, GatewayDep, Tenant, leave_out
+from .errors import InvalidRequest, NotFoundError, error_responses
 from .schemas import DatasetOut
-from .uploads import check_suffix, client_name, reader_error, spooled
+from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROTECTED)
+NO_DATASET = (404, "no such dataset for this tenant (another tenant's ids answer exactly the same)")
+LOCATION = {"Location": {"description": "the path of the new dataset", "required": True,
+                         "schema": {"type": "string"}}}
+DATASET = {"dataset_id": "$response.body#/id"}
+CREATED = {"get": {"operationRef": "#/paths/~1v1~1datasets~1{dataset_id}/get", "parameters": DATASET},
+           "delete": {"operationRef": "#/paths/~1v1~1datasets~1{dataset_id}/delete", "parameters": DATASET}}
 
 
 def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
@@ -32,14 +38,17 @@ def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=DatasetOut,
-             responses={413: {"description": "larger than GLS_MAX_UPLOAD_MB"},
-                        422: {"description": "not a readable dataset; detail says why"}})
-def upload_dataset(gateway: GatewayDep, tenant: Tenant,
+             responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
+                 400, 413, (422, "not a readable dataset (the file's content, which the schema cannot describe, "
+                                 "or a field); detail says why"))})
+def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
                    file: Annotated[UploadFile, File(description=".npz or .safetensors with x (N x C x H x W, uint8 "
-                                                                "or float in [0, 1]) and y (integer labels)")],
-                   name: Annotated[str | None, Form(max_length=200, description="default: the file name")] = None,
-                   num_classes: Annotated[int | None, Form(ge=2, le=100000, description="default: largest "
-                                                                                        "label + 1")] = None
+                                                                "or float in [0, 1]) and y (integer labels); "
+                                                                + FILE_DESCRIPTION.format(".npz or .safetensors"))],
+                   name: Annotated[str | None, Form(max_length=200, description="default: the file name"),
+                                   leave_out({"type": "string", "maxLength": 200})] = None,
+                   num_classes: Annotated[int | None, Form(ge=2, le=100000, description="default: largest label + 1"),
+                                          leave_out({"type": "integer", "minimum": 2, "maximum": 100000})] = None
                    ) -> dict[str, Any]:
     suffix = check_suffix(file, (".npz", ".safetensors"))
     filename = client_name(file)
@@ -58,6 +67,7 @@ def upload_dataset(gateway: GatewayDep, tenant: Tenant,
                                          "(pass num_classes if some classes are absent)")
     info = gateway.store.put_dataset(tenant, name or filename, x, y, classes, source=filename)
     gateway.metrics.upload_bytes.labels("dataset").inc(size)
+    response.headers["Location"] = f"{router.prefix}/{info.id}"
     return info.public()
 
 
@@ -66,13 +76,13 @@ def list_datasets(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
     return [info.public() for info in gateway.store.list_datasets(tenant)]
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses={404: {"description": "no such dataset"}})
-def get_dataset(dataset_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(NO_DATASET, 422))
+def get_dataset(dataset_id: DatasetId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     return _dataset(gateway, tenant, dataset_id)
 
 
-@router.delete("/{dataset_id}", response_model=DatasetOut, responses={404: {"description": "no such dataset"}})
-def delete_dataset(dataset_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+@router.delete("/{dataset_id}", response_model=DatasetOut, responses=error_responses(NO_DATASET, 422))
+def delete_dataset(dataset_id: DatasetId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     """Delete the dataset (jobs already queued on it will fail when they start); returns what was deleted."""
     info = _dataset(gateway, tenant, dataset_id)
     if info["tenant"] != tenant:  # a shared dataset (tenant "") is visible but not the caller's to delete

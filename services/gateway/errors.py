@@ -4,6 +4,9 @@ Validation code raises :class:`InvalidRequest` (a list of ``(field, reason)``) o
 each edge maps them to its own status in one place: REST answers 4xx with a JSON ``detail``,
 gRPC answers INVALID_ARGUMENT / NOT_FOUND / UNAVAILABLE with ``field: reason`` text. Anything
 else is a bug: it is logged with an id and answered with a JSON 500 that leaks nothing.
+
+Every REST error body has the one shape :class:`ErrorBody`; routes declare the statuses they can
+answer with :func:`error_responses`, so the OpenAPI schema lists each of them with that body.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("services.gateway")
@@ -63,6 +68,48 @@ class InvalidRequest(ValueError):
     def detail(self) -> list[dict[str, Any]]:
         return [{"loc": ["body"] if field == "body" else ["body", *field.split(".")], "field": field, "msg": reason,
                  "type": "value_error"} for field, reason in self.errors]
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body, query, path or header, then the path inside it")
+    field: str = Field(description="the dotted field path ('body' for the body as a whole)")
+    msg: str = Field(description="the reason, in words")
+    type: str = Field(description="a machine-readable kind: 'value_error' or a pydantic error type")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer: a message, or (for invalid fields) one entry per field."""
+
+    detail: str | list[FieldError]
+
+
+REASONS = {
+    400: "the body cannot be parsed (e.g. malformed multipart)",
+    401: "missing, malformed or unknown bearer token",
+    404: "no such item for this tenant (another tenant's ids answer exactly the same)",
+    409: "the item is not ready for this request",
+    413: "the body is larger than GLS_MAX_UPLOAD_MB",
+    422: "a field is invalid; detail names each field and the reason",
+    502: "a bound worker gave an answer that cannot be used",
+    503: "a dependency is unavailable (Redis, or no live bound worker); retry shortly",
+}
+HEADERS = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "seconds to wait (when Redis is unavailable)", "schema": {"type": "string"}}},
+}
+
+
+def error_responses(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers, each with :class:`ErrorBody`.
+
+    A status alone takes the standard reason; ``(status, reason)`` says what it means for this route.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for item in statuses:
+        status, reason = item if isinstance(item, tuple) else (item, REASONS[item])
+        responses[status] = {"model": ErrorBody, "description": reason, **({"headers": HEADERS[status]}
+                                                                            if status in HEADERS else {})}
+    return responses
 
 
 def dotted(loc: Iterable[Any]) -> str:
@@ -127,6 +174,18 @@ class BodySizeLimit:
         await self.app(scope, counted, send)
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path: Starlette's 405 names only the first route whose path matched
+    (``GET`` for ``/v1/jobs/{id}``, though ``DELETE`` is served there too). Each method is tried on the router,
+    which sees through included routers."""
+    routes = request.app.router.routes
+    return ", ".join(method for method in HTTP_METHODS
+                     if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes))
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every error to JSON; unexpected ones are logged with an id and answered without internals."""
 
@@ -144,8 +203,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers or None)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from starlette.concurrency import run_in_threadpool
@@ -23,18 +24,33 @@ from gls_core.training.plots import render_curves
 
 from ..store import Job, NotFound
 from .context import Gateway
-from .deps import GatewayDep, Tenant
-from .errors import ApiError, InvalidRequest, NotFoundError
-from .events import EVENT_ID, finite, job_events
+from .deps import PROTECTED, GatewayDep, JobId, Tenant, leave_out
+from .errors import ApiError, InvalidRequest, NotFoundError, error_responses
+from .events import finite, job_events
 from .jobcheck import validate_job
 from .metrics import tenant_label
 from .schemas import JobOut
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROTECTED)
 SAFETENSORS = "application/octet-stream"
 CONFIG_SCHEMA = {"$ref": "#/components/schemas/TrainConfig"}
+CONFIG_EXAMPLE = {"name": "digits-ibp", "estimator": "grad", "relaxation": "ibp", "eps": 0.05,
+                  "data": {"dataset": "digits", "batch_size": 32}, "model": {"arch": "fc-16"},
+                  "schedule": {"epochs": 1, "eps_ramp_epochs": 0, "lr": 0.01, "lr_milestones": []}}
 CONFIG_BODY = {"requestBody": {"required": True, "description": "a training config (the YAML schema, as JSON)",
-                               "content": {"application/json": {"schema": CONFIG_SCHEMA}}}}
+                               "content": {"application/json": {"schema": CONFIG_SCHEMA, "example": CONFIG_EXAMPLE}}}}
+STREAM_ID = r"^\d{1,19}(-\d{1,19})?$"
+"""A Redis stream id (ms-seq); 19 digits stay below Redis' 64-bit limit, so no id of this form makes Redis fail."""
+STREAM_ID_SCHEMA = leave_out({"type": "string", "pattern": STREAM_ID})
+NO_JOB = (404, "no such job for this tenant (another tenant's ids answer exactly the same)")
+LOCATION = {"Location": {"description": "the path of the new job", "required": True, "schema": {"type": "string"}}}
+LAX_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "a boolean"}
+JOB = {"job_id": "$response.body#/id"}
+CREATED = {name: {"operationRef": f"#/paths/~1v1~1jobs~1{{job_id}}{suffix}", "parameters": JOB}
+           for name, suffix in [("get", "/get"), ("cancel", "/delete"), ("metrics", "~1metrics/get"),
+                                ("events", "~1events/get"), ("curves", "~1curves.png/get"), ("model", "~1model/get")]}
+FINAL_STATUS = {"job": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}/get", "parameters": JOB,
+                        "description": "the cancelled job stays readable and answers its final status"}}
 
 
 def _job(gateway: Gateway, tenant: str, job_id: str) -> Job:
@@ -44,16 +60,48 @@ def _job(gateway: Gateway, tenant: str, job_id: str) -> Job:
         raise NotFoundError("job", job_id) from None
 
 
-def _submit(gateway: Gateway, tenant: str, body: Any) -> dict[str, Any]:
-    config = validate_job(gateway.store, tenant, body, gateway.settings)
+def _integral(error: Any) -> bool:
+    """An integer field given 3.0: JSON Schema counts that as an integer too."""
+    return error["type"] == "int_type" and isinstance(error["input"], float) and error["input"].is_integer()
+
+
+def _coerced(raw: bytes) -> list[tuple[str, str]]:
+    """Values the config's lax parsing would convert although the schema calls them the wrong type.
+
+    ``TrainConfig`` is shared with ``gls train``, whose YAML it reads leniently: ``true`` becomes 1 and ``"0.1"``
+    becomes 0.1. A JSON client sending those has a bug the schema names, so the edge refuses them. An integral
+    float such as ``3.0`` is an integer to JSON Schema too, and stays accepted.
+    """
+    try:
+        TrainConfig.model_validate_json(raw, strict=True)
+    except ValidationError as error:
+        return [(".".join(str(part) for part in item["loc"]),
+                 f"must be {LAX_TYPES[item['type']]}, got {json.dumps(item['input'])[:40]}")
+                for item in error.errors() if item["type"] in LAX_TYPES and not _integral(item)]
+    return []
+
+
+def _submit(gateway: Gateway, tenant: str, body: Any, raw: bytes) -> dict[str, Any]:
+    coerced = _coerced(raw) if isinstance(body, dict) else []
+    try:
+        config = validate_job(gateway.store, tenant, body, gateway.settings)
+    except InvalidRequest as error:
+        named = {field for field, _ in error.errors}
+        raise InvalidRequest(error.errors + [item for item in coerced if item[0] not in named], error.status) from None
+    if coerced:
+        raise InvalidRequest(coerced)
     job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "")
     gateway.metrics.jobs_submitted.labels(tenant_label(tenant)).inc()
     return job.public()
 
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=CONFIG_BODY,
-             responses={422: {"description": "the config is invalid; detail names each field and reason"}})
-async def submit_job(request: Request, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+             responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
+                 413, (422, "the config is invalid: a field breaks its schema, a rule across fields (the eps ramp "
+                            "and lr milestones within the schedule, a batch that fits the data), a cap of this "
+                            "gateway (GLS_JOB_MAX_*), or names a dataset or model this tenant does not have; "
+                            "detail names each field and the reason"))})
+async def submit_job(request: Request, response: Response, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     """Queue a training job. ``total_steps`` stays 0 until a coordinator claims the job."""
     raw = await request.body()
     try:
@@ -62,7 +110,9 @@ async def submit_job(request: Request, gateway: GatewayDep, tenant: Tenant) -> d
         raise InvalidRequest.one("body", f"malformed JSON: {error}") from None
     except RecursionError:
         raise InvalidRequest.one("body", "JSON nested too deeply") from None
-    return await run_in_threadpool(_submit, gateway, tenant, body)
+    job = await run_in_threadpool(_submit, gateway, tenant, body, raw)
+    response.headers["Location"] = f"{router.prefix}/{job['id']}"
+    return job
 
 
 @router.get("", response_model=list[JobOut])
@@ -71,22 +121,28 @@ def list_jobs(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
     return [job.public() for job in gateway.store.list_jobs(tenant)]
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job for this tenant"}})
-def get_job(job_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(NO_JOB, 422))
+def get_job(job_id: JobId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     return _job(gateway, tenant, job_id).public()
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={404: {"description": "no such job for this tenant"}})
-def cancel_job(job_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
-    """Cancel: a queued job is cancelled at once, a running one after its current step; a finished one is unchanged."""
+@router.delete("/{job_id}", response_model=JobOut,
+               responses={200: {"description": "the job, cancelled or finished", "links": FINAL_STATUS},
+                          **error_responses(NO_JOB, 422)})
+def cancel_job(job_id: JobId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+    """Cancel the job; it is not deleted. A queued job is cancelled at once, a running one after its current step
+    (``cancel_requested`` is true meanwhile), a finished one is unchanged; cancelling again is harmless. The job
+    record stays: ``GET /v1/jobs/{job_id}`` and its metrics, events, curves and latest checkpoint keep answering,
+    with the final status.
+    """
     try:
         return gateway.store.request_cancel(job_id, tenant).public()
     except NotFound:
         raise NotFoundError("job", job_id) from None
 
 
-@router.get("/{job_id}/metrics", response_model=list[dict[str, Any]])
-def job_metrics(job_id: str, gateway: GatewayDep, tenant: Tenant,
+@router.get("/{job_id}/metrics", response_model=list[dict[str, Any]], responses=error_responses(NO_JOB, 422))
+def job_metrics(job_id: JobId, gateway: GatewayDep, tenant: Tenant,
                 start: Annotated[int, Query(ge=0, le=2**63 - 1,
                                             description="skip the first rows (poll with the count seen)")] = 0
                 ) -> list[dict[str, Any]]:
@@ -97,17 +153,18 @@ def job_metrics(job_id: str, gateway: GatewayDep, tenant: Tenant,
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "events (metrics, status, ...) with Redis stream ids; a final 'end'"}})
-async def job_event_stream(job_id: str, request: Request, gateway: GatewayDep, tenant: Tenant,
-                           last_event_id: Annotated[str | None, Header(description="resume after this id")] = None,
-                           after: Annotated[str | None, Query(description="resume after this id (for EventSource "
-                                                                          "clients that cannot set headers)")] = None
+                             "description": "events (metrics, status, ...) with Redis stream ids; a final 'end'"},
+                       **error_responses(NO_JOB, 422)})
+async def job_event_stream(job_id: JobId, request: Request, gateway: GatewayDep, tenant: Tenant,
+                           last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID,
+                                                                       description="resume after this id"),
+                                                    STREAM_ID_SCHEMA] = None,
+                           after: Annotated[str | None, Query(pattern=STREAM_ID, description="resume after this id "
+                                                              "(for EventSource clients that cannot set headers)"),
+                                            STREAM_ID_SCHEMA] = None
                            ) -> StreamingResponse:
     """Server-sent events: the job's history, then live progress; ends when the job has finished."""
     resume = last_event_id or after or "0-0"
-    if not EVENT_ID.match(resume):
-        field = "Last-Event-ID" if last_event_id else "after"
-        raise InvalidRequest.one(field, f"not an event id like 1700000000000-0: {resume[:40]!r}")
     job = await run_in_threadpool(_job, gateway, tenant, job_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(job_events(gateway, job, resume, request.app.state.stream_limiter),
@@ -116,8 +173,8 @@ async def job_event_stream(job_id: str, request: Request, gateway: GatewayDep, t
 
 @router.get("/{job_id}/curves.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "loss, accuracy, eps/lr (and sigma) curves"},
-                       404: {"description": "no such job for this tenant"}})
-def job_curves(job_id: str, gateway: GatewayDep, tenant: Tenant) -> Response:
+                       **error_responses(NO_JOB, 422)})
+def job_curves(job_id: JobId, gateway: GatewayDep, tenant: Tenant) -> Response:
     """The job's training curves drawn from the metrics acknowledged so far (as `gls train` writes curves.png)."""
     job = _job(gateway, tenant, job_id)
     try:
@@ -146,8 +203,9 @@ def _checkpoint_model(gateway: Gateway, job: Job) -> bytes | None:
 
 @router.get("/{job_id}/model", response_class=Response,
             responses={200: {"content": {SAFETENSORS: {}}, "description": "model.safetensors (theta + metadata)"},
-                       409: {"description": "the job has no model yet"}})
-def job_model(job_id: str, gateway: GatewayDep, tenant: Tenant,
+                       **error_responses(NO_JOB, (409, "the job has no model yet (and, with latest=true, no "
+                                                       "checkpoint either)"), 422)})
+def job_model(job_id: JobId, gateway: GatewayDep, tenant: Tenant,
               latest: Annotated[bool, Query(description="while no final model exists, serve the latest "
                                                         "checkpoint's weights")] = False) -> Response:
     """The trained model (a GLS model.safetensors), once the job has stored it."""

@@ -18,12 +18,17 @@ from gls_core.training.checkpoint import load_model
 
 from ..store import NotFound
 from .context import Gateway
-from .deps import GatewayDep, Tenant
-from .errors import InvalidRequest, NotFoundError
+from .deps import PROTECTED, GatewayDep, ModelId, Tenant
+from .errors import InvalidRequest, NotFoundError, error_responses
 from .schemas import ModelOut
-from .uploads import check_suffix, client_name, reader_error, spooled
+from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROTECTED)
+NO_MODEL = (404, "no such model for this tenant (another tenant's ids answer exactly the same)")
+LOCATION = {"Location": {"description": "the path of the new model", "required": True, "schema": {"type": "string"}}}
+MODEL = {"model_id": "$response.body#/id"}
+CREATED = {name: {"operationRef": f"#/paths/~1v1~1models~1{{model_id}}{suffix}", "parameters": MODEL}
+           for name, suffix in [("get", "/get"), ("download", "~1download/get"), ("delete", "/delete")]}
 STANDARD_KEYS = ("format", "arch", "dataset", "num_params")
 
 
@@ -35,10 +40,12 @@ def _model(gateway: Gateway, tenant: str, model_id: str) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=ModelOut,
-             responses={413: {"description": "larger than GLS_MAX_UPLOAD_MB"},
-                        422: {"description": "not a GLS model file; detail says why"}})
-def upload_model(gateway: GatewayDep, tenant: Tenant,
-                 file: Annotated[UploadFile, File(description="a GLS model.safetensors (as written by gls train)")]
+             responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
+                 400, 413, (422, "not a GLS model file (the file's content, which the schema cannot describe); "
+                                 "detail says why"))})
+def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
+                 file: Annotated[UploadFile, File(description="a GLS model.safetensors (as written by gls train); "
+                                                              + FILE_DESCRIPTION.format(".safetensors"))]
                  ) -> dict[str, Any]:
     suffix = check_suffix(file, (".safetensors",))
     filename = client_name(file)
@@ -57,6 +64,7 @@ def upload_model(gateway: GatewayDep, tenant: Tenant,
     info = gateway.store.put_model(tenant, data, metadata["arch"], metadata["dataset"], spec.num_params,
                                    source=filename, extra=extra)
     gateway.metrics.upload_bytes.labels("model").inc(size)
+    response.headers["Location"] = f"{router.prefix}/{info.id}"
     return info.public()
 
 
@@ -66,15 +74,15 @@ def list_models(gateway: GatewayDep, tenant: Tenant) -> list[dict[str, Any]]:
     return [info.public() for info in gateway.store.list_models(tenant)]
 
 
-@router.get("/{model_id}", response_model=ModelOut, responses={404: {"description": "no such model"}})
-def get_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+@router.get("/{model_id}", response_model=ModelOut, responses=error_responses(NO_MODEL, 422))
+def get_model(model_id: ModelId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     return _model(gateway, tenant, model_id)
 
 
 @router.get("/{model_id}/download", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "model.safetensors"},
-                       404: {"description": "no such model"}})
-def download_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> Response:
+                       **error_responses(NO_MODEL, 422)})
+def download_model(model_id: ModelId, gateway: GatewayDep, tenant: Tenant) -> Response:
     try:
         data = gateway.store.model_data(model_id, tenant)
     except NotFound:
@@ -83,8 +91,8 @@ def download_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> Respon
                     headers={"Content-Disposition": f'attachment; filename="{model_id}.safetensors"'})
 
 
-@router.delete("/{model_id}", response_model=ModelOut, responses={404: {"description": "no such model"}})
-def delete_model(model_id: str, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+@router.delete("/{model_id}", response_model=ModelOut, responses=error_responses(NO_MODEL, 422))
+def delete_model(model_id: ModelId, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
     info = _model(gateway, tenant, model_id)
     try:
         gateway.store.delete_model(model_id, tenant)

@@ -22,11 +22,27 @@ def client_name(upload: UploadFile) -> str:
     return PurePath((upload.filename or "upload").replace("\\", "/")).name or "upload"
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""How every non-empty .npz (a zip archive) starts."""
+FILE_DESCRIPTION = "the file name's suffix, when it has one, must be {}; without one, the content decides"
+
+
 def check_suffix(upload: UploadFile, suffixes: tuple[str, ...]) -> str:
+    """The file's type from its name, or from its first bytes when the name has no suffix.
+
+    A multipart part's file name is not something OpenAPI can constrain, so a name such as ``file``
+    is accepted and judged by its content: a zip archive is an .npz, anything else is read as
+    .safetensors (whose reader then says what is wrong). A suffix that names another type is refused.
+    """
     name = client_name(upload)
     suffix = PurePath(name).suffix.lower()
+    if not suffix:
+        upload.file.seek(0)
+        zipped = upload.file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+        upload.file.seek(0)
+        return ".npz" if zipped and ".npz" in suffixes else suffixes[-1]
     if suffix not in suffixes:
-        raise InvalidRequest.one("file", f"{name}: unsupported file type {suffix or '(none)'!r}; expected "
+        raise InvalidRequest.one("file", f"{name}: unsupported file type {suffix!r}; expected "
                                          f"{' or '.join(suffixes)}")
     return suffix
 
