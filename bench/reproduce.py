@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,12 +223,19 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=None, help="report to write [default: docs/reproduction.md, "
                                                                "or OUT/reproduction.md with --quick]")
     parser.add_argument("--skip-training", action="store_true", help="evaluate and report what is there")
+    parser.add_argument("--seed-from", type=Path, default=None,
+                        help="copy runs (checkpoints of an earlier sitting) from this folder where OUT lacks them")
     args = parser.parse_args()
     plan = quick_plan() if args.quick else full_plan()
     doc = args.doc or (args.out / "reproduction.md" if args.quick else ROOT / "docs" / "reproduction.md")
     figures = doc.parent / ("figures" if not args.quick else "")
     figures.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.seed_from is not None:
+        for folder in sorted(path for path in args.seed_from.iterdir() if (path / POSITION_FILE).is_file()):
+            if not (args.out / folder.name / POSITION_FILE).is_file():
+                shutil.copytree(folder, args.out / folder.name, dirs_exist_ok=True)
+                print(f"seeded {args.out / folder.name} from {folder}", flush=True)
     torch.manual_seed(0)
     progress: dict[str, dict[str, Any]] = {}
     warm = args.out / "pgd" / "model.safetensors"
