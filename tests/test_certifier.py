@@ -16,7 +16,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_gateway_support import ALICE, BOB, Stack, digits_model, digits_test, start_stack
+from test_gateway_support import ALICE, BOB, Stack, digits_model, digits_test, serve_worker, start_stack
 
 from gls_core.bounds.api import compute_bounds, margin_spec
 from gls_core.evaluation import bound_options, certify
@@ -426,3 +426,22 @@ def test_a_burst_of_calls_queues_instead_of_being_refused(tmp_path: Path) -> Non
         assert codes == ["OK"] * 48  # 32 Certify calls on 2 slots, and 16 health checks among them
     finally:
         burst.stop()
+
+
+def test_workers_that_refuse_the_gateway_are_a_named_bad_gateway(tmp_path: Path) -> None:
+    """A worker holding another GLS_WORKER_TOKEN: 502 naming the cause over REST, UNAVAILABLE over gRPC, never 500."""
+    running = start_stack(tmp_path, workers=0, worker_token="the-gateways-token")
+    try:
+        stranger = running.settings.model_copy(update={"worker_token": "another-token"})
+        running.workers.append(serve_worker(stranger))
+        x, y = digits_test(4)
+        with pytest.raises(ClientError) as rest:
+            running.client().certify(x, y, EPS, "ibp", model=inline())
+        assert rest.value.status == 502, rest.value
+        assert "UNAUTHENTICATED" in str(rest.value) and "GLS_WORKER_TOKEN" in str(rest.value)
+        spec, theta = digits_model()
+        with running.certifier() as client, pytest.raises(ClientError) as rpc:
+            client.certify(x, y, EPS, "ibp", inline=(spec, theta))
+        assert rpc.value.status == "UNAVAILABLE" and "UNAUTHENTICATED" in str(rpc.value), rpc.value
+    finally:
+        running.stop()

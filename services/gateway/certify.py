@@ -224,7 +224,11 @@ def _worker_errors() -> Iterator[None]:
             raise InvalidRequest.one("body", f"rejected by the bound worker: {error.details}") from None
         if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise Unavailable(f"the bound workers are busy, retry later ({error.details})") from None
-        raise
+        # Anything else is the workers' side (e.g. UNAUTHENTICATED: the gateway's GLS_WORKER_TOKEN is not
+        # theirs): a bad gateway, named, not an internal error of this server.
+        hint = " (GLS_WORKER_TOKEN differs between the gateway and the workers)" \
+            if error.code == grpc.StatusCode.UNAUTHENTICATED else ""
+        raise ApiError(502, f"a bound worker refused the request: {error.code.name} {error.details}{hint}") from None
 
 
 def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
