@@ -343,3 +343,33 @@ def test_readiness_fails_while_redis_is_down(tmp_path: Path) -> None:
         assert failing.status_code == 503 and "Redis" in json.loads(failing.text)["detail"]
     finally:
         stack.stop()
+
+
+def test_a_full_redis_is_a_clear_503_and_loses_nothing(tmp_path: Path) -> None:
+    """Redis at its maxmemory with noeviction refuses writes: the gateway says so, and what was stored stays."""
+    import redis
+
+    from services.client import ClientError
+
+    running = start_stack(tmp_path / "redis", workers=0)
+    try:
+        client = running.client()
+        _, theta = digits_model()
+        save_model(tmp_path / "model.safetensors", theta, "fc-16", "digits")
+        kept = client.upload_model(tmp_path / "model.safetensors")["id"]
+        store = redis.Redis.from_url(running.settings.redis_url)
+        store.config_set("maxmemory-policy", "noeviction")
+        store.config_set("maxmemory", int(store.info("memory")["used_memory"]) + 256 * 1024)
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "big.npz", x=rng.random((1000, 1, 28, 28), dtype=np.float32),
+                 y=rng.integers(0, 10, 1000))
+        with pytest.raises(ClientError) as full:
+            client.upload_dataset(tmp_path / "big.npz")
+        assert full.value.status == 503, full.value
+        assert "storage (Redis) is full" in str(full.value) and "nothing stored was lost" in str(full.value)
+        store.config_set("maxmemory", 0)
+        assert kept in [model["id"] for model in client.models()]
+        client.download_stored_model(kept, tmp_path / "back.safetensors")
+        assert load_model(tmp_path / "back.safetensors")[1].equal(theta)
+    finally:
+        running.stop()

@@ -50,7 +50,7 @@ from .certify import (
     verify_stream,
 )
 from .context import Gateway
-from .errors import ApiError, InvalidRequest, NotFoundError
+from .errors import STORAGE_FULL, ApiError, InvalidRequest, NotFoundError
 
 log = logging.getLogger("services.gateway.certifier")
 
@@ -127,6 +127,8 @@ class CertifierService:
             if error.status == 401:
                 return grpc.StatusCode.UNAUTHENTICATED, error.message
             return grpc.StatusCode.UNAVAILABLE, error.message
+        if isinstance(error, redis.exceptions.OutOfMemoryError):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, STORAGE_FULL
         if isinstance(error, redis.ConnectionError | redis.TimeoutError):
             return grpc.StatusCode.UNAVAILABLE, "storage (Redis) unavailable; retry shortly"
         incident = uuid.uuid4().hex[:12]  # a bug: logged with an id, answered without internals

@@ -83,6 +83,8 @@ class ErrorBody(BaseModel):
     detail: str | list[FieldError]
 
 
+STORAGE_FULL = ("storage (Redis) is full: it reached its maxmemory and evicts nothing, so nothing stored was "
+                "lost; delete datasets or models you no longer need, or ask the operator to raise maxmemory")
 REASONS = {
     400: "the body cannot be parsed (e.g. malformed multipart)",
     401: "missing, malformed or unknown bearer token",
@@ -91,7 +93,7 @@ REASONS = {
     413: "the body is larger than GLS_MAX_UPLOAD_MB",
     422: "a field is invalid; detail names each field and the reason",
     502: "a bound worker gave an answer that cannot be used",
-    503: "a dependency is unavailable (Redis, or no live bound worker); retry shortly",
+    503: "a dependency is unavailable (Redis, or no live bound worker) or storage is full; retry later",
 }
 HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}},
@@ -207,6 +209,11 @@ def install_handlers(app: FastAPI) -> None:
         if error.status_code == 405:
             headers["Allow"] = allowed_methods(request)
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers or None)
+
+    @app.exception_handler(redis.exceptions.OutOfMemoryError)
+    async def _redis_full(request: Request, error: redis.RedisError) -> JSONResponse:
+        log.error("redis is full on %s %s: %s", request.method, request.url.path, error)
+        return JSONResponse({"detail": STORAGE_FULL}, status_code=503, headers={"Retry-After": "60"})
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
