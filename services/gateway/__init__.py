@@ -13,11 +13,13 @@ every error body is ``errors.ErrorBody``, and /openapi.json lists each status a 
     GET    /v1/jobs/{id}/metrics     acknowledged metric rows (?start=N)
     GET    /v1/jobs/{id}/events      server-sent events: history, then live; Last-Event-ID / ?after= resume
     GET    /v1/jobs/{id}/model       the trained model (409 before; ?latest=true: latest checkpoint)
+    GET    /v1/jobs/{id}/curves.png  training curves drawn from the metrics so far
     POST   /v1/datasets              multipart .npz/.safetensors (x, y) -> 201 dataset   (also GET, GET/DELETE {id})
     POST   /v1/models                multipart GLS model.safetensors -> 201 model       (also GET, GET/DELETE {id},
                                      GET {id}/download)
     POST   /v1/certify               verdicts for inputs against a stored or inline model
     GET    /healthz /readyz /metrics /docs /openapi.json   (no token)
+    GET    /ui/                      the web dashboard (static files; the page sends the token itself)
 
 gRPC ``gls.v1.Certifier`` (Certify, CertifyStream) with health checking and reflection runs on
 ``GLS_CERTIFIER_PORT``; ``python -m services.gateway`` serves both until SIGTERM/SIGINT.

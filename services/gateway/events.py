@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -24,7 +23,6 @@ import anyio
 from ..store import Job, JobStatus, NotFound
 from .context import Gateway
 
-EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 POLL_S = 1.0
 """Longest single XREAD block; heartbeats go out every ``sse_heartbeat_s`` regardless."""
 STREAM_THREADS = 64
