@@ -90,6 +90,7 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
     from gls_core.training.checkpoint import MODEL_FILE, write_config
     from gls_core.training.config import config_warnings
     from gls_core.training.extend import main_epochs_done
+    from gls_core.training.plots import PLOT_FILE
     from gls_core.training.storage import DirectoryStorage
 
     overrides = overrides or []
@@ -135,7 +136,8 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
                           f"{_resume_command(config, out_dir, overrides)}", markup=False)
             raise typer.Exit(130) from None
     assert isinstance(trainer.storage, DirectoryStorage)
-    plot = trainer.storage.plot()
+    # the final checkpoint has drawn the curves; a run stopped early gets them drawn now
+    plot = out_dir / PLOT_FILE if result.position.finished else trainer.storage.plot()
     if stop.signal is not None and not result.position.finished:
         console.print(f"stopped at step {result.position.step} of {trainer.total_steps}; checkpoint written to "
                       f"{out_dir}. Resume with:\n  {_resume_command(config, out_dir, overrides)}", markup=False)
