@@ -1,7 +1,6 @@
-"""`gls train` and `gls evaluate` as a user runs them: real processes, real files."""
+"""`gls train` and `gls evaluate` as a user runs them: real files; a real process where signals are tested."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,6 +8,7 @@ import time
 from pathlib import Path
 
 import yaml
+from cli_runner import Ran, run_cli
 
 from gls_core.training import load_model, read_metrics
 
@@ -25,9 +25,8 @@ CONFIG = {
 }
 
 
-def gls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gls_core.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+def gls(*args: str, env: dict[str, str] | None = None) -> Ran:
+    return run_cli(*args, env=env)
 
 
 def run_files(out: Path) -> dict[str, bytes]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from safetensors.torch import load_file
 
 from gls_core import forward, network, to_sequential
@@ -15,12 +14,7 @@ from gls_core.nets import kaiming_uniform
 from gls_core.nets.onnx_io import from_onnx
 from gls_core.training import save_model
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def gls(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gls_core.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+gls = run_cli
 
 
 @pytest.fixture(scope="module")

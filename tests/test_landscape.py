@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from gls_core import network
 from gls_core.data import load_dataset
@@ -15,7 +14,6 @@ from gls_core.landscape import directions, grid_points, loss_landscape, populati
 from gls_core.nets import kaiming_uniform
 from gls_core.training import save_model
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS = 0.03
 
 
@@ -68,12 +66,11 @@ def test_a_plane_has_the_grid_shape_and_bad_arguments_are_named(setup: tuple) ->
 def test_the_cli_draws_the_figure(setup: tuple, tmp_path: Path) -> None:
     spec, theta, _, _ = setup
     save_model(tmp_path / "model.safetensors", theta, "fc-16", "digits")
-    command = [sys.executable, "-m", "gls_core.cli", "landscape", str(tmp_path / "model.safetensors"), "--eps",
+    command = ["landscape", str(tmp_path / "model.safetensors"), "--eps",
                str(EPS), "--out", str(tmp_path / "land.png"), "--points", "5", "--samples", "2", "--limit", "8",
                "--sigmas", "1e-3"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "land.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = subprocess.run([*command[:-2], "--methods", "zonotope"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    bad = run_cli(*command[:-2], "--methods", "zonotope")
     assert bad.returncode == 2 and "zonotope" in bad.stderr

@@ -7,6 +7,8 @@ property row is the smallest LP optimum over the feasible regions (scipy's HiGHS
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 
@@ -92,11 +94,24 @@ def _cases(spec: NetSpec, seeds: range, inputs: int, radii: tuple[float, ...]):
             yield theta, Property(x[i] - radius, x[i] + radius, base.C, base.d)
 
 
-def _check_against_exact(spec: NetSpec, cases) -> dict[str, int]:
+@functools.cache
+def _exact_cases(kind: str) -> tuple[NetSpec, list[tuple[torch.Tensor, Property, np.ndarray]]]:
+    """The properties of each test network with their exact row minima (computed once for every branching rule)."""
+    if kind == "fully-connected":
+        spec = fully_connected((3,), [3, 3], 3)
+        cases = _cases(spec, range(4), 4, (0.1, 0.5, 1.5))
+    else:
+        spec = NetSpec((1, 4, 4), (Conv2d(1, 2, 3, 2, 0), ReLU(), Flatten(), Linear(2, 3), ReLU(), Linear(3, 3)))
+        cases = _cases(spec, range(3), 4, (0.2, 1.0))
+    return spec, [(theta, prop, exact_minima(to_sequential(spec, theta), spec.input_shape, prop))
+                  for theta, prop in cases]
+
+
+def _check_against_exact(kind: str, branching: str) -> dict[str, int]:
+    spec, cases = _exact_cases(kind)
     counts = {"verified": 0, "falsified": 0, "unknown": 0}
-    for theta, prop in cases:
-        verdict = verify_property(spec, theta.double(), prop, EXACT)
-        minima = exact_minima(to_sequential(spec, theta), spec.input_shape, prop)
+    for theta, prop, minima in cases:
+        verdict = verify_property(spec, theta.double(), prop, dataclasses.replace(EXACT, branching=branching))
         counts[verdict.status] += 1
         if verdict.status == "verified":
             assert minima.min() > 0, f"verified, but the exact minimum is {minima.min()}"
@@ -109,25 +124,31 @@ def _check_against_exact(spec: NetSpec, cases) -> dict[str, int]:
     return counts
 
 
-def test_fully_connected_verdicts_equal_the_exact_answer() -> None:
-    spec = fully_connected((3,), [3, 3], 3)
-    counts = _check_against_exact(spec, _cases(spec, range(4), 4, (0.1, 0.5, 1.5)))
+# fsb also exercises babsr's scores (its filter); widest-early differs from widest by a weight only
+EXACT_RULES = ("widest", "fsb")
+
+
+@pytest.mark.parametrize("branching", EXACT_RULES)
+def test_fully_connected_verdicts_equal_the_exact_answer(branching: str) -> None:
+    counts = _check_against_exact("fully-connected", branching)
     assert counts["unknown"] == 0, counts
     assert counts["verified"] >= 10 and counts["falsified"] >= 10, counts
 
 
-def test_convolutional_verdicts_equal_the_exact_answer() -> None:
-    spec = NetSpec((1, 4, 4), (Conv2d(1, 2, 3, 2, 0), ReLU(), Flatten(), Linear(2, 3), ReLU(), Linear(3, 3)))
-    counts = _check_against_exact(spec, _cases(spec, range(3), 4, (0.2, 1.0)))
+@pytest.mark.parametrize("branching", EXACT_RULES)
+def test_convolutional_verdicts_equal_the_exact_answer(branching: str) -> None:
+    counts = _check_against_exact("convolutional", branching)
     assert counts["unknown"] == 0, counts
     assert counts["verified"] >= 5 and counts["falsified"] >= 5, counts
 
 
-def test_branch_and_bound_decides_what_the_bounds_cannot() -> None:
+@pytest.mark.parametrize("branching", ("widest", "babsr", "fsb"))
+def test_branch_and_bound_decides_what_the_bounds_cannot(branching: str) -> None:
     spec = fully_connected((4,), [16, 16], 3)
     decided_by_search = 0
+    options = VerifyOptions(timeout=60, attack_steps=0, milp_below=0, branching=branching)
     for theta, prop in _cases(spec, range(3), 8, (0.15,)):
-        verdict = verify_property(spec, theta.double(), prop, VerifyOptions(timeout=60, attack_steps=0, milp_below=0))
+        verdict = verify_property(spec, theta.double(), prop, options)
         assert verdict.status != "unknown"
         decided_by_search += verdict.subdomains > 1
     assert decided_by_search >= 3

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 
 from gls_core import forward, kaiming_uniform, network
 from gls_core.nets.onnx_io import to_onnx
 from gls_core.training.checkpoint import save_model
 from gls_core.verify import robustness
 from gls_core.verify.vnnlib import VnnlibError, read_vnnlib
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def mnist_style(x: torch.Tensor, label: int, eps: float, classes: int = 10) -> str:
@@ -81,9 +78,7 @@ def test_unsupported_and_incomplete_properties_are_refused() -> None:
         read_vnnlib(head + box, (1,), 2)
 
 
-def gls(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+gls = run_cli
 
 
 def test_gls_verify_answers_vnnlib_properties_of_an_onnx_model(tmp_path: Path) -> None:

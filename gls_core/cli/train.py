@@ -99,12 +99,14 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
     except (ConfigError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     changes: dict[str, tuple[Any, Any]] = {}
+    resumed_at = 0  # the rate and ETA count only the steps trained in this process
     if resume:
         position, changes = _resumable(out_dir, settings)
         if position.finished and main_epochs_done(settings, position) >= settings.schedule.epochs:
             out.print(f"{out_dir} finished training at step {position.step}; nothing to do. To train longer, "
                       f"resume with --set schedule.epochs=N (N > {settings.schedule.epochs}).")
             return
+        resumed_at = position.step
     elif (out_dir / MODEL_FILE).exists() and not force:
         raise fail(f"{out_dir} already holds a run; pass --resume to continue it or --force to overwrite it")
     if settings.threads:
@@ -120,7 +122,7 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         for path, (before, after) in changes.items():
             console.print(f"resuming with {path}: {before!r} -> {after!r}", markup=False)
     stop = StopRequest()
-    with stop.installed(), Reporter(settings.name or config.stem, trainer.total_steps) as bar:
+    with stop.installed(), Reporter(settings.name or config.stem, trainer.total_steps, completed=resumed_at) as bar:
 
         def show(step: int, total: int, row: dict[str, Any]) -> None:
             if row["kind"] == "epoch":

@@ -33,7 +33,7 @@ def verify_command(
         limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
         timeout: Annotated[float, typer.Option(help="seconds per input, attack included")] = 30.0,
         method: Annotated[str, typer.Option(help="bounds of each subdomain: alpha-crown or deeppoly")] = "alpha-crown",
-        branching: Annotated[str, typer.Option(help="which ReLU to split: widest or widest-early")] = "widest",
+        branching: Annotated[str, typer.Option(help="ReLU to split: widest, widest-early, babsr, fsb")] = "widest",
         json_file: Annotated[Path | None, typer.Option("--json", help="write per-input verdicts and a summary")] = None,
         result: Annotated[Path | None, typer.Option(help="with a property: write the VNN-COMP result file")] = None,
         dataset: Annotated[str | None, typer.Option(help="test images of an ONNX model (e.g. mnist)")] = None,

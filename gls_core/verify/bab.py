@@ -24,7 +24,7 @@ import torch
 from ..attacks import projected_ascent
 from ..bounds.types import Box
 from ..nets.spec import NetSpec
-from .branching import BRANCHING, Choice
+from .branching import BRANCHING, Choice, Problem
 from .milp import AffineBlock, affine_blocks, solve_row
 from .property import Property, robustness
 from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
@@ -153,6 +153,7 @@ class _Search:
         self.proven = math.inf  # smallest proven row minimum over closed subdomains
         self.unconfirmed = False
         self.blocks: dict[int, AffineBlock] | None = None
+        self.problem = Problem(spec, theta, prop)
 
     def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
         bound = self.proven if status == "verified" else min((d.priority for d in self.queue), default=-math.inf)
@@ -186,7 +187,7 @@ class _Search:
             if len(self.queue) > self.options.max_subdomains:
                 return self.verdict("unknown", "subdomain-limit")
             parents = [heapq.heappop(self.queue) for _ in range(min(self.options.batch, len(self.queue)))]
-            choices = BRANCHING[self.options.branching](parents)
+            choices = BRANCHING[self.options.branching](parents, self.problem)
             splits, children = self._children(parents, choices)
             bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
                                        self.options.alpha_steps)
