@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     job_max_epochs: int = Field(500, gt=0, description="largest schedule.epochs (+ warmup.epochs) a job may ask for")
     job_max_popsize: int = Field(4096, gt=0, description="largest pgpe.popsize and rgs.samples")
     job_max_steps: int = Field(1000, gt=0, description="largest PGD and alpha-CROWN step counts, training or eval")
+    tenant_max_jobs: int = Field(8, gt=0, description="queued or running jobs a tenant may have at once; another "
+                                 "submission answers 429 (finished, failed and cancelled jobs do not count)")
+    tenant_max_stored_mb: int = Field(1024, gt=0, description="MiB of uploaded models and datasets a tenant may "
+                                      "store; an upload beyond it answers 429 (deleting frees the space)")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
     certifier_queue: int = Field(64, ge=0, description="Certifier requests that wait (within their deadline) for "
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     def grpc_options(self) -> list[tuple[str, int]]:
         size = self.max_message_mb * 1024 * 1024
         return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+    @property
+    def tenant_max_stored_bytes(self) -> int:
+        return self.tenant_max_stored_mb * 1024 * 1024
 
     @property
     def advertised_worker_address(self) -> str:

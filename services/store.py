@@ -8,12 +8,19 @@ Redis is the only shared state (DESIGN.md). Keys:
     gls:job:{id}:metrics          list of JSON rows (as metrics.jsonl)
     gls:job:{id}:events           stream of progress events (server-sent to clients)
     gls:tenant:{t}:jobs|models|datasets   sorted sets of ids by creation time
+    gls:tenant:{t}:active         set of the tenant's queued or running job ids (the job quota)
+    gls:tenant:{t}:stored_bytes   bytes of the tenant's uploaded models and datasets (the storage quota)
     gls:model:{id}                hash: tenant, arch, dataset, data (safetensors bytes), ...
     gls:dataset:{id}              hash: tenant, name, n, shape, num_classes, dtype, chunks
     gls:dataset:{id}:x:{k}, :y    raw chunks of a dataset
 
 A training step is acknowledged (its metrics and events become visible) in the same MULTI/EXEC
 transaction that stores its checkpoint, so a reader never sees progress that a crash could undo.
+
+Quotas are checked and taken in one WATCH/MULTI/EXEC transaction on the counting key (the active
+set, the byte counter), so several gateway processes agree and two requests cannot both take the
+last free slot: the second one's EXEC fails, it counts again and is refused. A refused request
+writes nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, cast
@@ -28,6 +36,7 @@ from typing import Any, cast
 import numpy as np
 import redis
 import torch
+from redis.client import Pipeline
 
 JOB_STREAM = "gls:jobs"
 COORDINATOR_GROUP = "coordinators"
@@ -102,6 +111,30 @@ class NotFound(KeyError):
     """An id that does not exist for this tenant (deliberately the same answer as 'not yours')."""
 
 
+JOBS_QUOTA = "jobs"
+STORED_BYTES_QUOTA = "stored_bytes"
+
+
+class OverQuota(Exception):
+    """Taking ``requested`` more of ``quota`` would pass the tenant's limit; raised before anything is written."""
+
+    def __init__(self, quota: str, tenant: str, usage: int, limit: int, requested: int) -> None:
+        super().__init__(f"tenant {tenant} is over its {quota} quota ({usage} + {requested} > {limit})")
+        self.quota = quota
+        self.tenant = tenant
+        self.usage = usage
+        self.limit = limit
+        self.requested = requested
+
+
+def active_key(tenant: str) -> str:
+    return f"gls:tenant:{tenant}:active"
+
+
+def stored_bytes_key(tenant: str) -> str:
+    return f"gls:tenant:{tenant}:stored_bytes"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -127,15 +160,45 @@ class Store:
         self.redis = client
 
     # jobs -------------------------------------------------------------------------------------
-    def submit_job(self, tenant: str, config: dict[str, Any], name: str = "", total_steps: int = 0) -> Job:
+    def submit_job(self, tenant: str, config: dict[str, Any], name: str = "", total_steps: int = 0,
+                   max_active: int | None = None) -> Job:
+        """Queue a job; with ``max_active``, :class:`OverQuota` when the tenant already has that many queued or
+        running (the count and the new job are one transaction, so concurrent submissions cannot overshoot)."""
         now = time.time()
         job = Job(new_id("job"), tenant, JobStatus.QUEUED, config, now, now, name=name, total_steps=total_steps)
-        with self.redis.pipeline() as pipe:
+
+        def write(pipe: Pipeline) -> None:
             pipe.hset(f"gls:job:{job.id}", mapping=cast(dict[Any, Any], self._job_fields(job)))
             pipe.zadd(f"gls:tenant:{tenant}:jobs", {job.id: now})
+            pipe.sadd(active_key(tenant), job.id)
             pipe.xadd(JOB_STREAM, {"job": job.id})
-            pipe.execute()
+
+        def attempt(pipe: Pipeline) -> None:
+            active, stale = self._active_jobs(tenant)
+            if max_active is not None and len(active) >= max_active:
+                raise OverQuota(JOBS_QUOTA, tenant, len(active), max_active, 1)
+            pipe.multi()
+            if stale:  # finished jobs whose status was written without the set (e.g. by an older gateway)
+                pipe.srem(active_key(tenant), *stale)
+            write(pipe)
+
+        self.redis.transaction(attempt, active_key(tenant))
         return job
+
+    def _active_jobs(self, tenant: str) -> tuple[list[str], list[str]]:
+        """(queued or running, stale): the active set's members, split by the status each job has now."""
+        ids = sorted(_text(i) for i in cast(set[Any], self.redis.smembers(active_key(tenant))))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(f"gls:job:{job_id}", "status")
+            statuses = [_text(status) if status is not None else "" for status in pipe.execute()]
+        active = [job_id for job_id, status in zip(ids, statuses, strict=True)
+                  if status in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)]
+        return active, sorted(set(ids) - set(active))
+
+    def active_job_count(self, tenant: str) -> int:
+        """The tenant's queued or running jobs: what the job quota counts."""
+        return len(self._active_jobs(tenant)[0])
 
     @staticmethod
     def _job_fields(job: Job) -> dict[str, str]:
@@ -166,9 +229,16 @@ class Store:
         return jobs
 
     def update_job(self, job_id: str, **fields: Any) -> None:
+        """Write fields; a finished status also frees the job's slot in its tenant's quota, in the same transaction."""
         values = {key: (value.value if isinstance(value, JobStatus) else str(value)) for key, value in fields.items()}
         values["updated"] = str(time.time())
-        self.redis.hset(f"gls:job:{job_id}", mapping=cast(dict[Any, Any], values))
+        finished = "status" in values and JobStatus(values["status"]).finished
+        tenant = self.redis.hget(f"gls:job:{job_id}", "tenant") if finished else None
+        with self.redis.pipeline() as pipe:
+            pipe.hset(f"gls:job:{job_id}", mapping=cast(dict[Any, Any], values))
+            if tenant is not None:
+                pipe.srem(active_key(_text(tenant)), job_id)
+            pipe.execute()
         self.publish_event(job_id, {"type": "status", **{k: v for k, v in values.items() if k != "updated"}})
 
     def request_cancel(self, job_id: str, tenant: str) -> Job:
@@ -255,14 +325,58 @@ class Store:
 
     # models ------------------------------------------------------------------------------------
     def put_model(self, tenant: str, data: bytes, arch: str, dataset: str, num_params: int, source: str = "",
-                  model_id: str | None = None, extra: dict[str, str] | None = None) -> ModelInfo:
+                  model_id: str | None = None, extra: dict[str, str] | None = None,
+                  quota: int | None = None) -> ModelInfo:
+        """Store a model. With ``quota`` (an upload) its bytes count toward the tenant's stored bytes, and
+        :class:`OverQuota` refuses it when they would pass that limit; a trained model is stored uncounted."""
         info = ModelInfo(model_id or new_id("model"), tenant, arch, dataset, num_params, time.time(), source,
                          extra or {})
-        with self.redis.pipeline() as pipe:
-            pipe.hset(f"gls:model:{info.id}", mapping={"info": json.dumps(info.public()), "data": data})
+        counted = len(data) if quota is not None else 0
+
+        def write(pipe: Pipeline) -> None:
+            pipe.hset(f"gls:model:{info.id}", mapping={"info": json.dumps(info.public()), "data": data,
+                                                       "stored_bytes": str(counted)})
             pipe.zadd(f"gls:tenant:{tenant}:models", {info.id: info.created})
-            pipe.execute()
+
+        self._store_counted(tenant, counted, quota, write)
         return info
+
+    def _store_counted(self, tenant: str, size: int, quota: int | None, write: Callable[[Pipeline], None]) -> None:
+        """``write`` and add ``size`` to the tenant's stored bytes in one transaction, unless that passes ``quota``."""
+        if quota is None:
+            with self.redis.pipeline() as pipe:
+                write(pipe)
+                pipe.execute()
+            return
+        key = stored_bytes_key(tenant)
+
+        def attempt(pipe: Pipeline) -> None:
+            used = int(_text(pipe.get(key) or b"0"))
+            if used + size > quota:
+                raise OverQuota(STORED_BYTES_QUOTA, tenant, used, quota, size)
+            pipe.multi()
+            write(pipe)
+            pipe.incrby(key, size)
+
+        self.redis.transaction(attempt, key)
+
+    def _delete_counted(self, tenant: str, item_key: str, keys: list[str], index: str, item_id: str) -> None:
+        """Delete ``keys`` and give back the bytes the item counted, once: a concurrent delete of the same
+        item changes ``item_key`` and makes this one re-read (and find nothing left to give back)."""
+
+        def attempt(pipe: Pipeline) -> None:
+            counted = int(_text(pipe.hget(item_key, "stored_bytes") or b"0"))
+            pipe.multi()
+            pipe.delete(*keys)
+            pipe.zrem(index, item_id)
+            if counted:
+                pipe.decrby(stored_bytes_key(tenant), counted)
+
+        self.redis.transaction(attempt, item_key)
+
+    def stored_bytes(self, tenant: str) -> int:
+        """Bytes of the tenant's uploaded models and datasets: what the storage quota counts."""
+        return int(_text(self.redis.get(stored_bytes_key(tenant)) or b"0"))
 
     def model_info(self, model_id: str, tenant: str) -> ModelInfo:
         raw = self.redis.hget(f"gls:model:{model_id}", "info")
@@ -289,18 +403,16 @@ class Store:
 
     def delete_model(self, model_id: str, tenant: str) -> None:
         self.model_info(model_id, tenant)
-        with self.redis.pipeline() as pipe:
-            pipe.delete(f"gls:model:{model_id}")
-            pipe.zrem(f"gls:tenant:{tenant}:models", model_id)
-            pipe.execute()
+        key = f"gls:model:{model_id}"
+        self._delete_counted(tenant, key, [key], f"gls:tenant:{tenant}:models", model_id)
 
     # datasets ----------------------------------------------------------------------------------
     def put_dataset(self, tenant: str, name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                    source: str = "", dataset_id: str | None = None) -> DatasetInfo:
+                    source: str = "", dataset_id: str | None = None, quota: int | None = None) -> DatasetInfo:
         """Store x (uint8 or float32, N x C x H x W) and y (int64) in chunks of about 8 MiB.
 
         Float pixels that are all exactly k/255 are stored as uint8: 4x smaller, and they read back
-        as the same floats.
+        as the same floats. With ``quota`` (an upload) the stored bytes count as in :meth:`put_model`.
         """
         if x.dtype not in (torch.uint8, torch.float32):
             raise ValueError(f"dataset x must be uint8 or float32, got {x.dtype}")
@@ -313,14 +425,18 @@ class Store:
         info = DatasetInfo(dataset_id or new_id("data"), tenant, name, int(x.shape[0]), list(x.shape[1:]),
                            num_classes, str(x.dtype).removeprefix("torch."), time.time(), len(chunks), source)
         key = f"gls:dataset:{info.id}"
-        with self.redis.pipeline() as pipe:
+        labels = y.to(torch.int64).contiguous().numpy().tobytes()
+        counted = len(pixels) + len(labels) if quota is not None else 0
+
+        def write(pipe: Pipeline) -> None:
             for index, chunk in enumerate(chunks):
                 pipe.set(f"{key}:x:{index}", chunk)
-            pipe.set(f"{key}:y", y.to(torch.int64).contiguous().numpy().tobytes())
-            pipe.hset(key, "info", json.dumps(info.public()))
+            pipe.set(f"{key}:y", labels)
+            pipe.hset(key, mapping={"info": json.dumps(info.public()), "stored_bytes": str(counted)})
             if tenant:
                 pipe.zadd(f"gls:tenant:{tenant}:datasets", {info.id: info.created})
-            pipe.execute()
+
+        self._store_counted(tenant, counted, quota, write)
         return info
 
     def dataset_info(self, dataset_id: str, tenant: str | None = None) -> DatasetInfo:
@@ -361,7 +477,5 @@ class Store:
         if info.tenant != tenant:
             raise NotFound(dataset_id)
         key = f"gls:dataset:{dataset_id}"
-        with self.redis.pipeline() as pipe:
-            pipe.delete(key, f"{key}:y", *(f"{key}:x:{k}" for k in range(info.chunks)))
-            pipe.zrem(f"gls:tenant:{tenant}:datasets", dataset_id)
-            pipe.execute()
+        keys = [key, f"{key}:y", *(f"{key}:x:{k}" for k in range(info.chunks))]
+        self._delete_counted(tenant, key, keys, f"gls:tenant:{tenant}:datasets", dataset_id)

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from gls_core.training.config import TrainConfig
 
-from . import certify_rest, datasets, health, jobs, models, ui
+from . import certify_rest, datasets, health, jobs, models, quota, ui
 from .context import Gateway
 from .errors import BodySizeLimit, install_handlers
 from .events import STREAM_THREADS
@@ -22,6 +22,7 @@ TAGS = [
     {"name": "jobs", "description": "training jobs: submit, follow, cancel, fetch the trained model"},
     {"name": "datasets", "description": "a tenant's own training data (.npz / .safetensors with x and y)"},
     {"name": "models", "description": "GLS model files, uploaded or trained"},
+    {"name": "quota", "description": "the tenant's quotas (queued or running jobs, stored bytes) and its usage"},
     {"name": "certify", "description": "certify inputs with a convex relaxation (also gRPC gls.v1.Certifier)"},
     {"name": "operations", "description": "health, readiness and Prometheus metrics (no token needed)"},
 ]
@@ -51,7 +52,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                               "'Authorization: Bearer <token>'; a tenant sees only its own jobs, models and datasets.")
     app.state.gateway = gateway
     install_handlers(app)
-    for module in (jobs, datasets, models, certify_rest, health):
+    for module in (jobs, datasets, models, quota, certify_rest, health):
         app.include_router(module.router)
     ui.mount(app)  # the web dashboard at /ui/ (static files; the page calls /v1 with the user's token)
     app.add_middleware(BodySizeLimit, max_upload_mb=gateway.settings.max_upload_mb)

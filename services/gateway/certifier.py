@@ -32,6 +32,7 @@ from gls_core.nets.spec import NetSpec
 
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
 from ..proto.gls.v1 import certifier_pb2, common_pb2
+from ..store import OverQuota
 from .certify import (
     COMPLETE,
     CertifyTask,
@@ -50,7 +51,7 @@ from .certify import (
     verify_stream,
 )
 from .context import Gateway
-from .errors import STORAGE_FULL, ApiError, InvalidRequest, NotFoundError
+from .errors import STORAGE_FULL, ApiError, InvalidRequest, NotFoundError, QuotaExceeded
 
 log = logging.getLogger("services.gateway.certifier")
 
@@ -123,6 +124,10 @@ class CertifierService:
             return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
         if isinstance(error, NotFoundError):
             return grpc.StatusCode.NOT_FOUND, error.message
+        if isinstance(error, OverQuota):
+            error = QuotaExceeded(error)
+        if isinstance(error, QuotaExceeded):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, error.message
         if isinstance(error, ApiError):
             if error.status == 401:
                 return grpc.StatusCode.UNAUTHENTICATED, error.message

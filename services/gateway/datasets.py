@@ -17,7 +17,7 @@ from gls_core.data.userfile import read_user_file
 from ..store import NotFound
 from .context import Gateway
 from .deps import PROTECTED, DatasetId, GatewayDep, Tenant, leave_out
-from .errors import InvalidRequest, NotFoundError, error_responses
+from .errors import STORED_QUOTA, InvalidRequest, NotFoundError, error_responses
 from .schemas import DatasetOut
 from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
 
@@ -40,7 +40,7 @@ def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
                  400, 413, (422, "not a readable dataset (the file's content, which the schema cannot describe, "
-                                 "or a field); detail says why"))})
+                                 "or a field); detail says why"), STORED_QUOTA)})
 def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
                    file: Annotated[UploadFile, File(description=".npz or .safetensors with x (N x C x H x W, uint8 "
                                                                 "or float in [0, 1]) and y (integer labels); "
@@ -65,7 +65,8 @@ def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
     if classes < 2:
         raise InvalidRequest.one("file", f"{filename}: 'y' holds a single class; certification needs at least 2 "
                                          "(pass num_classes if some classes are absent)")
-    info = gateway.store.put_dataset(tenant, name or filename, x, y, classes, source=filename)
+    info = gateway.store.put_dataset(tenant, name or filename, x, y, classes, source=filename,
+                                     quota=gateway.settings.tenant_max_stored_bytes)
     gateway.metrics.upload_bytes.labels("dataset").inc(size)
     response.headers["Location"] = f"{router.prefix}/{info.id}"
     return info.public()

@@ -2,8 +2,9 @@
 
 Validation code raises :class:`InvalidRequest` (a list of ``(field, reason)``) or :class:`ApiError`;
 each edge maps them to its own status in one place: REST answers 4xx with a JSON ``detail``,
-gRPC answers INVALID_ARGUMENT / NOT_FOUND / UNAVAILABLE with ``field: reason`` text. Anything
-else is a bug: it is logged with an id and answered with a JSON 500 that leaks nothing.
+gRPC answers INVALID_ARGUMENT / NOT_FOUND / UNAVAILABLE with ``field: reason`` text. The Store's
+:class:`~services.store.OverQuota` becomes :class:`QuotaExceeded`: 429 on REST, RESOURCE_EXHAUSTED
+on gRPC. Anything else is a bug: it is logged with an id and answered with a JSON 500 that leaks nothing.
 
 Every REST error body has the one shape :class:`ErrorBody`; routes declare the statuses they can
 answer with :func:`error_responses`, so the OpenAPI schema lists each of them with that body.
@@ -25,6 +26,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..store import JOBS_QUOTA, STORED_BYTES_QUOTA, OverQuota
+
 log = logging.getLogger("services.gateway")
 
 MAX_REPORTED_ERRORS = 20
@@ -39,6 +42,10 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        """The JSON answer: :class:`ErrorBody`."""
+        return {"detail": self.message}
 
 
 class NotFoundError(ApiError):
@@ -77,10 +84,49 @@ class FieldError(BaseModel):
     type: str = Field(description="a machine-readable kind: 'value_error' or a pydantic error type")
 
 
+class QuotaUsage(BaseModel):
+    quota: str = Field(description=f"{JOBS_QUOTA} (queued or running jobs) or {STORED_BYTES_QUOTA} (bytes of "
+                                   "uploaded models and datasets)")
+    setting: str = Field(description="the gateway setting that sets the limit")
+    limit: int = Field(description="the most the tenant may have")
+    usage: int = Field(description="what the tenant has now")
+
+
 class ErrorBody(BaseModel):
     """The body of every error answer: a message, or (for invalid fields) one entry per field."""
 
     detail: str | list[FieldError]
+    quota: QuotaUsage | None = Field(None, description="on 429 only: the quota the request would exceed")
+
+
+QUOTA_SETTINGS = {JOBS_QUOTA: "GLS_TENANT_MAX_JOBS", STORED_BYTES_QUOTA: "GLS_TENANT_MAX_STORED_MB"}
+
+
+def mebibytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.2f} MiB"
+
+
+def quota_message(error: OverQuota) -> str:
+    """What a refused request is told: the quota, the usage, the limit and the setting, in words."""
+    setting = QUOTA_SETTINGS[error.quota]
+    if error.quota == JOBS_QUOTA:
+        return (f"tenant {error.tenant} has {error.usage} queued or running jobs; the limit is {error.limit} "
+                f"({setting}); cancel one or wait until one finishes")
+    return (f"tenant {error.tenant} stores {error.usage} bytes ({mebibytes(error.usage)}) of uploaded models and "
+            f"datasets; this upload needs {error.requested} bytes more, over the limit of {error.limit} bytes "
+            f"({mebibytes(error.limit)}, {setting}); delete models or datasets you no longer need")
+
+
+class QuotaExceeded(ApiError):
+    """A tenant's quota refuses the request (nothing was stored): 429, RESOURCE_EXHAUSTED over gRPC."""
+
+    def __init__(self, error: OverQuota) -> None:
+        super().__init__(429, quota_message(error))
+        self.usage = QuotaUsage(quota=error.quota, setting=QUOTA_SETTINGS[error.quota], limit=error.limit,
+                                usage=error.usage)
+
+    def body(self) -> dict[str, Any]:
+        return {**super().body(), "quota": self.usage.model_dump()}
 
 
 STORAGE_FULL = ("storage (Redis) is full: it reached its maxmemory and evicts nothing, so nothing stored was "
@@ -92,9 +138,14 @@ REASONS = {
     409: "the item is not ready for this request",
     413: "the body is larger than GLS_MAX_UPLOAD_MB",
     422: "a field is invalid; detail names each field and the reason",
+    429: "a quota of this tenant would be exceeded (GLS_TENANT_MAX_*); detail and quota say which, the limit and "
+         "the usage; nothing was stored",
     502: "a bound worker gave an answer that cannot be used",
     503: "a dependency is unavailable (Redis, or no live bound worker) or storage is full; retry later",
 }
+STORED_QUOTA = (429, "the upload would take the tenant's uploaded models and datasets past GLS_TENANT_MAX_STORED_MB "
+                     "(what it stores already: GET /v1/quota); nothing was stored")
+"""The 429 of the upload routes."""
 HEADERS = {
     401: {"WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "seconds to wait (when Redis is unavailable)", "schema": {"type": "string"}}},
@@ -201,7 +252,11 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(OverQuota)
+    async def _over_quota(request: Request, error: OverQuota) -> JSONResponse:
+        return await _api_error(request, QuotaExceeded(error))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -90,7 +90,8 @@ def _submit(gateway: Gateway, tenant: str, body: Any, raw: bytes) -> dict[str, A
         raise InvalidRequest(error.errors + [item for item in coerced if item[0] not in named], error.status) from None
     if coerced:
         raise InvalidRequest(coerced)
-    job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "")
+    job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "",
+                                   max_active=gateway.settings.tenant_max_jobs)
     gateway.metrics.jobs_submitted.labels(tenant_label(tenant)).inc()
     return job.public()
 
@@ -100,9 +101,15 @@ def _submit(gateway: Gateway, tenant: str, body: Any, raw: bytes) -> dict[str, A
                  413, (422, "the config is invalid: a field breaks its schema, a rule across fields (the eps ramp "
                             "and lr milestones within the schedule, a batch that fits the data), a cap of this "
                             "gateway (GLS_JOB_MAX_*), or names a dataset or model this tenant does not have; "
-                            "detail names each field and the reason"))})
+                            "detail names each field and the reason"),
+                 (429, "the tenant already has GLS_TENANT_MAX_JOBS queued or running jobs (finished, failed and "
+                       "cancelled ones do not count); nothing was queued"))})
 async def submit_job(request: Request, response: Response, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
-    """Queue a training job. ``total_steps`` stays 0 until a coordinator claims the job."""
+    """Queue a training job. ``total_steps`` stays 0 until a coordinator claims the job.
+
+    A tenant may have at most GLS_TENANT_MAX_JOBS jobs queued or running at once (GET /v1/quota says how many it
+    has); a running job counts until it has stopped, also after a cancel.
+    """
     raw = await request.body()
     try:
         body = json.loads(raw)

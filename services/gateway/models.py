@@ -19,7 +19,7 @@ from gls_core.training.checkpoint import load_model
 from ..store import NotFound
 from .context import Gateway
 from .deps import PROTECTED, GatewayDep, ModelId, Tenant
-from .errors import InvalidRequest, NotFoundError, error_responses
+from .errors import STORED_QUOTA, InvalidRequest, NotFoundError, error_responses
 from .schemas import ModelOut
 from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
 
@@ -42,7 +42,7 @@ def _model(gateway: Gateway, tenant: str, model_id: str) -> dict[str, Any]:
 @router.post("", status_code=201, response_model=ModelOut,
              responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
                  400, 413, (422, "not a GLS model file (the file's content, which the schema cannot describe); "
-                                 "detail says why"))})
+                                 "detail says why"), STORED_QUOTA)})
 def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
                  file: Annotated[UploadFile, File(description="a GLS model.safetensors (as written by gls train); "
                                                               + FILE_DESCRIPTION.format(".safetensors"))]
@@ -62,7 +62,7 @@ def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
     data = save_tensors({"theta": theta.contiguous()}, {**metadata, "num_params": str(spec.num_params)})
     extra = {key: value for key, value in metadata.items() if key not in STANDARD_KEYS}
     info = gateway.store.put_model(tenant, data, metadata["arch"], metadata["dataset"], spec.num_params,
-                                   source=filename, extra=extra)
+                                   source=filename, extra=extra, quota=gateway.settings.tenant_max_stored_bytes)
     gateway.metrics.upload_bytes.labels("model").inc(size)
     response.headers["Location"] = f"{router.prefix}/{info.id}"
     return info.public()

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .errors import QuotaUsage
+
 
 class JobOut(BaseModel):
     id: str
@@ -56,3 +58,12 @@ class Readiness(BaseModel):
     redis: bool
     workers: int = Field(description="bound workers registered (certification needs at least one)")
     detail: str = ""
+
+
+class QuotaOut(BaseModel):
+    """The calling tenant's limits and what it uses of them now."""
+
+    tenant: str
+    jobs: QuotaUsage = Field(description="queued or running jobs (GLS_TENANT_MAX_JOBS)")
+    stored_bytes: QuotaUsage = Field(description="bytes of uploaded models and datasets (GLS_TENANT_MAX_STORED_MB); "
+                                                 "trained models are not counted")
