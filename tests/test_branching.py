@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from cli_runner import run_cli
 from torch import nn
 
 from gls_core import forward, kaiming_uniform
@@ -15,8 +16,8 @@ from gls_core.bounds.relu import deeppoly_relaxation
 from gls_core.bounds.types import Box, ReluRelaxation
 from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, ReLU
 from gls_core.nets.convert import from_sequential
-from gls_core.verify import Property, robustness
-from gls_core.verify.branching import BRANCHING, Problem, intercept_scores
+from gls_core.verify import Property, VerifyOptions, robustness
+from gls_core.verify.branching import BRANCHING, DEFAULT_BRANCHING, Problem, intercept_scores
 from gls_core.verify.subdomains import bound_subdomains, no_splits
 
 
@@ -124,3 +125,11 @@ def test_every_rule_picks_an_unstable_unsplit_neuron_of_each_subdomain(rule: str
                     children.append(Domain(pre, splits, bounded.lower[0]))
         domains = children
     assert len(domains) >= 4
+
+
+def test_gls_verify_names_every_rule_and_the_default() -> None:
+    shown = run_cli("verify", "--help", env={"COLUMNS": "250"}).stdout
+    row = next(line for line in shown.splitlines() if "--branching" in line)
+    assert all(rule in row for rule in BRANCHING), row
+    assert f"{DEFAULT_BRANCHING} (the default)" in row
+    assert VerifyOptions().branching == DEFAULT_BRANCHING

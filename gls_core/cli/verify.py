@@ -33,7 +33,8 @@ def verify_command(
         limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
         timeout: Annotated[float, typer.Option(help="seconds per input, attack included")] = 30.0,
         method: Annotated[str, typer.Option(help="bounds of each subdomain: alpha-crown or deeppoly")] = "alpha-crown",
-        branching: Annotated[str, typer.Option(help="ReLU to split: widest, widest-early, babsr, fsb")] = "widest",
+        branching: Annotated[str | None, typer.Option(
+            help="ReLU to split: widest, widest-early, babsr (the default), fsb")] = None,
         json_file: Annotated[Path | None, typer.Option("--json", help="write per-input verdicts and a summary")] = None,
         result: Annotated[Path | None, typer.Option(help="with a property: write the VNN-COMP result file")] = None,
         dataset: Annotated[str | None, typer.Option(help="test images of an ONNX model (e.g. mnist)")] = None,
@@ -53,7 +54,8 @@ def verify_command(
     if threads:
         torch.set_num_threads(threads)
     try:
-        options = VerifyOptions(timeout=timeout, method=method, branching=branching)
+        options = VerifyOptions(timeout=timeout, method=method,
+                                **({"branching": branching} if branching is not None else {}))
         spec, theta, model_dataset = _load(model)
         theta = theta.double()
         if prop is not None:

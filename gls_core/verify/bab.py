@@ -24,7 +24,7 @@ import torch
 from ..attacks import projected_ascent
 from ..bounds.types import Box
 from ..nets.spec import NetSpec
-from .branching import BRANCHING, Choice, Problem
+from .branching import BRANCHING, DEFAULT_BRANCHING, Choice, Problem
 from .milp import AffineBlock, affine_blocks, solve_row
 from .property import Property, robustness
 from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
@@ -41,7 +41,7 @@ class VerifyOptions:
     root_alpha_steps: int = 20
     alpha_steps: int = 8
     batch: int = 64  # subdomains split per bounding call (each gives two children)
-    branching: str = "widest"
+    branching: str = DEFAULT_BRANCHING
     milp_below: int = 16  # a subdomain with at most this many unstable ReLUs is decided by the MILP
     milp_after: float = 0.1  # share of the timeout after which one MILP over the whole region decides
     attack_steps: int = 50

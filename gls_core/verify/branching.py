@@ -32,6 +32,7 @@ from ..nets.spec import NetSpec
 from .property import Property
 
 Choice = tuple[int, int]  # (ReLU layer index, flat neuron index)
+DEFAULT_BRANCHING = "babsr"  # measured best on CNN3 (docs/verification.md): most inputs decided, tightest bounds left
 FSB_CANDIDATES = 4  # neurons tried per subdomain: the best by babsr score, then by triangle height
 
 
