@@ -154,9 +154,11 @@ class _Search:
         self.unconfirmed = False
         self.blocks: dict[int, AffineBlock] | None = None
         self.problem = Problem(spec, theta, prop)
+        self.open_bound = -math.inf  # the best bound of the subdomains handed to the whole-region MILP
 
     def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
-        bound = self.proven if status == "verified" else min((d.priority for d in self.queue), default=-math.inf)
+        bound = self.proven if status == "verified" else min((d.priority for d in self.queue),
+                                                             default=self.open_bound)
         return Verdict(status, time.monotonic() - self.started, self.bounded, bound, decided_by, counterexample)
 
     def run(self) -> Verdict:
@@ -202,6 +204,7 @@ class _Search:
     def _whole_milp(self) -> Verdict:
         """The search did not finish in its share of the time: one exact MILP over the whole region decides."""
         rows = sorted({row for domain in self.queue for row in (domain.lower <= 0).nonzero().view(-1).tolist()})
+        self.open_bound = min(domain.priority for domain in self.queue)  # what an unknown verdict reports
         self.queue.clear()
         self.unconfirmed = False
         found = self._exact(self.root, rows)
