@@ -64,12 +64,19 @@ def test_score_based_rules_split_the_neuron_the_property_depends_on() -> None:
     torch.testing.assert_close(scores, torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64))
 
 
-def test_the_babsr_score_is_the_bound_gained_by_removing_that_intercept() -> None:
-    spec = NetSpec((1, 5, 5), (Conv2d(1, 3, 3, 1, 0), ReLU(), Flatten(), Linear(27, 10), ReLU(), Linear(10, 4)))
-    theta = kaiming_uniform(spec, torch.Generator().manual_seed(11)).double()
-    x = torch.rand(1, 5, 5, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+def small_cnn(side: int, channels: int, hidden: int, seed: int, eps: float) -> tuple[NetSpec, torch.Tensor, Property]:
+    """A two-layer convolutional network with random weights and the robustness property of its prediction."""
+    features = channels * (side - 2) ** 2
+    spec = NetSpec((1, side, side), (Conv2d(1, channels, 3, 1, 0), ReLU(), Flatten(), Linear(features, hidden), ReLU(),
+                                     Linear(hidden, 4 if side > 4 else 3)))
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(seed)).double()
+    x = torch.rand(1, side, side, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
     label = int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax())
-    prop = robustness(spec, x, label, 0.8)
+    return spec, theta, robustness(spec, x, label, eps)
+
+
+def test_the_babsr_score_is_the_bound_gained_by_removing_that_intercept() -> None:
+    spec, theta, prop = small_cnn(5, 3, 10, 11, 0.8)
     domain = root_domain(spec, theta, prop)
     open_rows = domain.lower <= 0
     assert bool(open_rows.any())
@@ -101,11 +108,7 @@ def test_the_babsr_score_is_the_bound_gained_by_removing_that_intercept() -> Non
 
 @pytest.mark.parametrize("rule", sorted(BRANCHING))
 def test_every_rule_picks_an_unstable_unsplit_neuron_of_each_subdomain(rule: str) -> None:
-    spec = NetSpec((1, 4, 4), (Conv2d(1, 2, 3, 1, 0), ReLU(), Flatten(), Linear(8, 6), ReLU(), Linear(6, 3)))
-    theta = kaiming_uniform(spec, torch.Generator().manual_seed(2)).double()
-    x = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    label = int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax())
-    prop = robustness(spec, x, label, 0.4)
+    spec, theta, prop = small_cnn(4, 2, 6, 2, 0.4)
     problem = Problem(spec, theta, prop)
     domains = [root_domain(spec, theta, prop)]
     for _ in range(3):  # three rounds of splitting: the chosen neurons are split in the children
