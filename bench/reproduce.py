@@ -260,10 +260,18 @@ def main() -> None:
     parser.add_argument("--doc", type=Path, default=None, help="report to write [default: docs/reproduction.md, "
                                                                "or OUT/reproduction.md with --quick]")
     parser.add_argument("--skip-training", action="store_true", help="evaluate and report what is there")
+    parser.add_argument("--runs", default=None,
+                        help="comma-separated run names to train and evaluate this time (the report keeps the "
+                             "earlier results of the others) [default: all]")
+    parser.add_argument("--skip-landscapes", action="store_true", help="do not redraw the loss landscapes")
     parser.add_argument("--seed-from", type=Path, default=None,
                         help="copy runs (checkpoints of an earlier sitting) from this folder where OUT lacks them")
     args = parser.parse_args()
     plan = quick_plan() if args.quick else full_plan()
+    names = {run.name for run in plan.runs}
+    chosen = names if args.runs is None else set(args.runs.split(","))
+    if not chosen <= names:
+        parser.error(f"--runs: unknown run(s) {sorted(chosen - names)}; the plan has {sorted(names)}")
     doc = args.doc or (args.out / "reproduction.md" if args.quick else ROOT / "docs" / "reproduction.md")
     figures = doc.parent / ("figures" if not args.quick else "")
     figures.mkdir(parents=True, exist_ok=True)
@@ -277,23 +285,26 @@ def main() -> None:
     progress: dict[str, dict[str, Any]] = {}
     warm = args.out / "pgd" / "model.safetensors"
     if not args.skip_training:
-        pending = [run for run in plan.runs if not ((args.out / run.name / POSITION_FILE).is_file()
-                                                     and read_position(args.out / run.name).finished)]
+        pending = [run for run in plan.runs if run.name in chosen and not (
+            (args.out / run.name / POSITION_FILE).is_file() and read_position(args.out / run.name).finished)]
         total_share = sum(run.share for run in pending) or 1.0
         for run in sorted(pending, key=lambda r: r.name != "pgd"):  # the warm start first
             seconds = 3600 * args.budget * run.share / total_share
             print(f"training {run.name} for at most {seconds / 60:.0f} min", flush=True)
             progress[run.name] = train(run, args.out, seconds, warm)
             print(f"  {progress[run.name]}", flush=True)
-    results = {}
+    saved = args.out / "results.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else {}
     for run in plan.runs:
-        if (args.out / run.name / "model.safetensors").is_file():
+        if run.name in chosen and (args.out / run.name / "model.safetensors").is_file():
             print(f"evaluating {run.name}", flush=True)
             results[run.name] = evaluation(run, args.out, plan)
             print(f"  {results[run.name]}", flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    saved.write_text(json.dumps(results, indent=1))
     compute = plot_compute(plan, args.out, figures / "certified-vs-compute.png")
-    drawn = ([compute] if compute else []) + landscapes(args.out, plan, figures)
+    drawn_landscapes = (sorted(figures.glob("landscape-*.png")) if args.skip_landscapes
+                        else landscapes(args.out, plan, figures))
+    drawn = ([compute] if compute else []) + drawn_landscapes
     command = "scripts/reproduce-gls" + (" --quick" if args.quick else f" --budget {args.budget:g}")
     doc.write_text(report(plan, args.out, results, progress, drawn, doc, command))
     print(f"wrote {doc}")

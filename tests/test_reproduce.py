@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import pytest
+
+from bench import reproduce
 from bench.reproduce import PAPER, compute_curve, full_plan, member_samples, paper_member_samples, quick_plan
 from gls_core.training import load_config
 
@@ -33,3 +37,14 @@ def test_every_planned_run_is_a_valid_config_and_has_the_papers_numbers() -> Non
             if run.name not in ("pgd",) and not run.name.endswith("-warm"):
                 assert run.name in PAPER, run.name
     assert {run.name for run in full_plan().runs} >= set(PAPER)
+
+
+def test_an_unknown_run_name_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["reproduce", "--out", str(tmp_path / "runs"), "--runs", "ibp-grad,ibp-gard",
+                                      "--doc", str(tmp_path / "doc.md")])
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main()
+    assert stopped.value.code == 2
+    assert "unknown run(s) ['ibp-gard']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -54,8 +55,9 @@ def verify_command(
     if threads:
         torch.set_num_threads(threads)
     try:
-        options = VerifyOptions(timeout=timeout, method=method,
-                                **({"branching": branching} if branching is not None else {}))
+        options = VerifyOptions(timeout=timeout, method=method)
+        if branching is not None:
+            options = dataclasses.replace(options, branching=branching)
         spec, theta, model_dataset = _load(model)
         theta = theta.double()
         if prop is not None:
