@@ -24,6 +24,7 @@ from gls_core.training.config import apply_overrides
 
 from .codec import relaxation_to_proto, spec_to_proto, tensor_to_proto
 from .proto.gls.v1 import certifier_pb2
+from .tls import ClientTLS, secure_or_insecure_channel
 
 JSON = dict[str, Any]
 ArrayLike = torch.Tensor | np.ndarray | Sequence[Any]
@@ -83,10 +84,10 @@ class GlsClient:
     """The REST API under ``/v1`` with one tenant's token."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 120.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, tls: ClientTLS | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout, transport=transport)
+                                 timeout=timeout, transport=transport, verify=tls.ssl_context() if tls else True)
 
     def close(self) -> None:
         self.http.close()
@@ -273,10 +274,11 @@ def verdict_dict(verdict: certifier_pb2.Verdict) -> JSON:
 class CertifierClient:
     """The gRPC ``gls.v1.Certifier``; answers as the same dicts ``GlsClient.certify`` returns."""
 
-    def __init__(self, address: str, token: str, *, max_message_mb: int = 256, timeout: float = 600.0) -> None:
+    def __init__(self, address: str, token: str, *, max_message_mb: int = 256, timeout: float = 600.0,
+                 tls: ClientTLS | None = None) -> None:
         size = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", size),
-                                                               ("grpc.max_receive_message_length", size)])
+        self.channel = secure_or_insecure_channel(address, tls, [("grpc.max_send_message_length", size),
+                                                                 ("grpc.max_receive_message_length", size)])
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
         self._certify = self.channel.unary_unary(

@@ -8,6 +8,7 @@ server refused the request or the watched job failed, 2 bad usage, 3 the watched
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from rich.table import Table
 
 from gls_core.cli.console import Reporter, epoch_line
 from gls_core.cli.evaluate import MethodOption
+
+from .tls import ClientTLS, TLSConfigError
 
 if TYPE_CHECKING:  # imported when a verb runs: `gls --help` need not load torch and grpc
     from .client import GlsClient
@@ -39,6 +42,7 @@ class Target:
     url: str
     token: str
     certifier_address: str | None
+    tls: ClientTLS | None = None  # an https gateway (its Certifier then speaks TLS too)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -60,7 +64,24 @@ def resolve(url: str | None, token: str | None, cluster: Path | None) -> Target:
     if not url or not token:
         raise _fail("say where the gateway is: --url and --token (or GLS_URL and GLS_TOKEN), or --cluster "
                     "cluster.json", 2)
-    return Target(str(url), str(token), info.get("certifier_address"))
+    return Target(str(url), str(token), info.get("certifier_address"), client_tls(str(url)))
+
+
+def client_tls(url: str) -> ClientTLS | None:
+    """TLS settings from GLS_CA_FILE, GLS_CLIENT_CERT_FILE and GLS_CLIENT_KEY_FILE; None for a plain http gateway."""
+    files = {name: os.environ.get(f"GLS_{name.upper()}") or None for name in ("ca_file", "client_cert_file",
+                                                                            "client_key_file")}
+    if not url.startswith("https://") and not any(files.values()):
+        return None
+    try:
+        tls = ClientTLS(*(Path(value) if value else None for value in files.values()))
+    except TLSConfigError as error:
+        raise _fail(str(error), 2) from None
+    for setting, path in zip(("GLS_CA_FILE", "GLS_CLIENT_CERT_FILE", "GLS_CLIENT_KEY_FILE"),
+                             (tls.ca_file, tls.cert_file, tls.key_file)):
+        if path is not None and not path.is_file():
+            raise _fail(f"{setting}={path}: no such file", 2)
+    return tls
 
 
 @contextmanager
@@ -68,7 +89,7 @@ def connect(url: str | None, token: str | None, cluster: Path | None) -> Iterato
     from .client import ClientError, GlsClient
 
     target = resolve(url, token, cluster)
-    with GlsClient(target.url, target.token) as client:
+    with GlsClient(target.url, target.token, tls=target.tls) as client:
         try:
             yield client
         except ClientError as error:
@@ -235,7 +256,7 @@ def certify(model: Annotated[str, typer.Option("--model", help="model id (or the
         raise _fail(str(error), 2) from None
     verdicts: list[dict[str, Any]] = []
     try:
-        with GlsClient(target.url, target.token) as client:
+        with GlsClient(target.url, target.token, tls=target.tls) as client:
             if model.startswith("job-"):
                 model = client.job(model)["model_id"] or model
             if not use_grpc:
@@ -247,7 +268,7 @@ def certify(model: Annotated[str, typer.Option("--model", help="model id (or the
             address = certifier or target.certifier_address
             if not address:
                 raise _fail("--grpc needs --certifier host:port (or GLS_CERTIFIER, or --cluster)", 2)
-            with CertifierClient(address, target.token) as grpc_client:
+            with CertifierClient(address, target.token, tls=target.tls) as grpc_client:
                 verdicts = list(grpc_client.certify_stream(test.x, test.y, eps, method, model_id=model,
                                                            chunk_size=chunk))
     except ClientError as error:

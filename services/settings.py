@@ -10,8 +10,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .tls import ServerTLS
 
 LOOPBACK = "127.0.0.1"
 """Where every listener binds unless configured: nothing is reachable from other machines by accident."""
@@ -70,6 +72,11 @@ class Settings(BaseSettings):
                                  "submission answers 429 (finished, failed and cancelled jobs do not count)")
     tenant_max_stored_mb: int = Field(1024, gt=0, description="MiB of uploaded models and datasets a tenant may "
                                       "store; an upload beyond it answers 429 (deleting frees the space)")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) of the gateway's REST and gRPC "
+                                       "Certifier: both then speak TLS only (with GLS_TLS_KEY_FILE)")
+    tls_key_file: Path | None = Field(None, description="PEM private key of GLS_TLS_CERT_FILE")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA: REST and Certifier clients must present a "
+                                            "certificate it signed (mutual TLS)")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
     certifier_queue: int = Field(64, ge=0, description="Certifier requests that wait (within their deadline) for "
@@ -85,6 +92,21 @@ class Settings(BaseSettings):
             if not sep or not token.strip() or not tenant.strip():
                 raise ValueError(f"GLS_TOKENS entries must be token=tenant, got {item!r}")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GLS_TLS_CERT_FILE and GLS_TLS_KEY_FILE go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("GLS_TLS_CLIENT_CA_FILE (mutual TLS) needs GLS_TLS_CERT_FILE and GLS_TLS_KEY_FILE")
+        return self
+
+    @cached_property
+    def server_tls(self) -> ServerTLS | None:
+        """The gateway's certificate files, read and checked (TLSConfigError names the setting), or None."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTLS.load(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
 
     @cached_property
     def tenants_by_token(self) -> dict[str, str]:

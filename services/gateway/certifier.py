@@ -301,7 +301,9 @@ def start_certifier(gateway: Gateway, host: str, port: int) -> tuple[grpc.Server
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    tls = settings.server_tls
+    bound = (server.add_secure_port(f"{host}:{port}", tls.grpc_credentials()) if tls
+             else server.add_insecure_port(f"{host}:{port}"))
     if bound == 0:
         raise RuntimeError(f"cannot listen on {host}:{port} for the Certifier")
     server.start()

@@ -70,6 +70,7 @@ def serve(settings: Settings) -> RunningGateway:
         torch.set_num_threads(settings.threads)
     if not settings.tenants_by_token:
         log.warning("GLS_TOKENS is empty: every /v1 request and Certifier call will be refused")
+    tls = settings.server_tls  # read before anything starts: a bad certificate path stops the process here
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
                                   socket_timeout=settings.sse_heartbeat_s + 10)  # above the longest XREAD block
     gateway = Gateway(settings, client, Store(client), WorkerPool(settings, client), GatewayMetrics())
@@ -79,7 +80,7 @@ def serve(settings: Settings) -> RunningGateway:
     app = create_app(gateway)
     sock = _listen(settings.gateway_host, settings.gateway_port)
     config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=5,
-                            log_level=settings.log_level)
+                            log_level=settings.log_level, **(tls.uvicorn_options() if tls else {}))
     http = uvicorn.Server(config)
     thread = threading.Thread(target=http.run, kwargs={"sockets": [sock]}, name="gateway-http", daemon=True)
     thread.start()
@@ -90,8 +91,9 @@ def serve(settings: Settings) -> RunningGateway:
             raise RuntimeError(f"the REST server did not start on {settings.gateway_host}:{settings.gateway_port}")
         time.sleep(0.01)
     host = dialable(settings.gateway_host)
-    url = f"http://{host}:{sock.getsockname()[1]}"
+    url = f"{'https' if tls else 'http'}://{host}:{sock.getsockname()[1]}"
     running = RunningGateway(url, f"{host}:{certifier_port}", gateway, app, http, thread, grpc_server,
                              health_servicer)
-    log.info("gateway serving REST on %s and the gRPC Certifier on %s", url, running.certifier_address)
+    log.info("gateway serving REST on %s and the gRPC Certifier on %s%s", url, running.certifier_address,
+             "" if tls is None else (" (TLS, client certificates required)" if tls.mutual else " (TLS)"))
     return running
