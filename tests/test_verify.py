@@ -247,3 +247,22 @@ def test_evaluate_with_the_complete_method_certifies_at_least_what_the_relaxatio
     assert complete.method == "complete" and complete.n == 24
     assert deeppoly.certified_acc <= complete.certified_acc <= complete.adversarial_acc
     assert complete.certified_acc > deeppoly.certified_acc or complete.certified_acc == complete.adversarial_acc
+
+
+def test_a_stop_request_ends_the_slope_steps_with_sound_deeppoly_bounds() -> None:
+    spec = NetSpec((1, 3, 3), (Conv2d(1, 3, 2, 1, 0), ReLU(), Flatten(), Linear(12, 8), ReLU(), Linear(8, 4)))
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(3)).double()
+    x = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    prop = robustness(spec, x, int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax()), 0.5)
+    polls: list[int] = []
+
+    def stop_now() -> bool:
+        polls.append(1)
+        return True
+
+    stopped = bound_subdomains(spec, theta, prop, no_splits(spec), "alpha-crown", alpha_steps=50, should_stop=stop_now)
+    deeppoly = bound_subdomains(spec, theta, prop, no_splits(spec), "deeppoly")
+    optimised = bound_subdomains(spec, theta, prop, no_splits(spec), "alpha-crown", alpha_steps=50)
+    assert polls == [1]  # asked once, before the first step
+    torch.testing.assert_close(stopped.lower, deeppoly.lower, rtol=1e-9, atol=1e-9)
+    assert bool((optimised.lower >= stopped.lower - 1e-9).all()) and bool((optimised.lower > stopped.lower).any())

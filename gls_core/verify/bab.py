@@ -192,7 +192,7 @@ class _Search:
             choices = BRANCHING[self.options.branching](parents, self.problem)
             splits, children = self._children(parents, choices)
             bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
-                                       self.options.alpha_steps)
+                                       self.options.alpha_steps, should_stop=self._out_of_time)
             self.bounded += len(children)
             found = self._settle(bounded, children)
             if found is not None:
@@ -200,6 +200,10 @@ class _Search:
         if self.unconfirmed:
             return self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "branch-and-bound")
+
+    def _out_of_time(self) -> bool:
+        """Polled inside a batch's slope steps: the deadline, or a caller that has gone, ends them early."""
+        return time.monotonic() > self.deadline or self.should_stop()
 
     def _whole_milp(self) -> Verdict:
         """The search did not finish in its share of the time: one exact MILP over the whole region decides."""

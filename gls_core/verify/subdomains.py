@@ -9,6 +9,7 @@ axis of the engine, as inputs are in training: N subdomains cost one batched cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,13 @@ def with_splits(inner: Intermediate, splits: Splits) -> Intermediate:
 
 
 def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits: Splits,
-                     method: str = "alpha-crown", alpha_steps: int = 8, alpha_step_size: float = 0.1) -> Bounded:
-    """Lower bounds of the property rows on every subdomain, in one batched walk."""
+                     method: str = "alpha-crown", alpha_steps: int = 8, alpha_step_size: float = 0.1,
+                     should_stop: Callable[[], bool] | None = None) -> Bounded:
+    """Lower bounds of the property rows on every subdomain, in one batched walk.
+
+    ``should_stop`` (polled before each slope step) ends the alpha-CROWN steps early, e.g. at the
+    verifier's deadline; the slopes reached so far still give sound bounds.
+    """
     if method not in BOUND_METHODS:
         raise ValueError(f"subdomain bounds: method must be one of {BOUND_METHODS}, got {method!r}")
     count = next(iter(splits.values())).shape[0]
@@ -73,7 +79,7 @@ def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits:
         empty |= (bounds.lower > bounds.upper).flatten(1).any(1)
     if method == "alpha-crown" and alpha_steps > 0:
         result = optimise_slopes(spec, params, state, C, alpha_steps, alpha_step_size, "deeppoly", "lower",
-                                 splits=splits)
+                                 should_stop, splits=splits)
     else:
         with torch.no_grad():
             result = final_bounds(spec, params, state, C, sides="lower")
