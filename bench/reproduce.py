@@ -212,6 +212,38 @@ def landscapes(out: Path, plan: Plan, figures: Path) -> list[Path]:
     return written
 
 
+# The paper's ordering (Tables 2 and 6): (claim, run, run it is compared with, sign of the difference).
+CLAIMS = [("the paradox: DeepPoly-GRAD certifies less than IBP-GRAD", "deeppoly-grad", "ibp-grad", -1),
+          ("the resolution: DeepPoly-RGS certifies more than DeepPoly-GRAD", "deeppoly-rgs", "deeppoly-grad", 1),
+          ("the resolution: DeepPoly-PGPE certifies more than DeepPoly-GRAD", "deeppoly-pgpe", "deeppoly-grad", 1),
+          ("DeepPoly-PGPE certifies more than IBP-GRAD", "deeppoly-pgpe", "ibp-grad", 1)]
+
+
+def certified_of(result: dict[str, Any]) -> tuple[float, str] | None:
+    """The strongest certified accuracy measured for a run: alpha-CROWN on the whole test set."""
+    value = result.get("certified_alpha-crown")
+    return None if value is None else (value, "alpha-CROWN")
+
+
+def ordering(results: dict[str, dict[str, Any]], epochs: dict[str, tuple[int, int]]) -> list[str]:
+    """One line per claim of the paper: whether it holds here, by how much, and how far each run trained."""
+    lines = []
+    for claim, run, other, sign in CLAIMS:
+        mine, theirs = certified_of(results.get(run, {})), certified_of(results.get(other, {}))
+        if mine is None or theirs is None:
+            missing = [name for name, value in ((run, mine), (other, theirs)) if value is None]
+            lines.append(f"- {claim}: not measured yet ({', '.join(missing)} not evaluated).")
+            continue
+        difference = 100 * (mine[0] - theirs[0])
+        holds = difference * sign > 0
+        trained = ", ".join(f"{name} {done}/{total} epochs" for name, (done, total) in
+                            ((run, epochs[run]), (other, epochs[other])))
+        lines.append(f"- {claim}: {'holds' if holds else 'does not hold'} here "
+                     f"({100 * mine[0]:.2f}% vs {100 * theirs[0]:.2f}%, {difference:+.2f} points, "
+                     f"{mine[1]}-certified; {trained}).")
+    return lines
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -220,12 +252,14 @@ def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: 
            figures: list[Path], doc: Path, command: str) -> str:
     rows = ["| run | natural | PGD | DeepPoly-cert. | alpha-CROWN-cert. | complete (n) | paper nat. / cert. / adv. "
             "| epochs | compute vs paper |", "|" + " --- |" * 9]
+    epochs: dict[str, tuple[int, int]] = {}
     for run in plan.runs:
         got = results.get(run.name, {})
         config = load_config(ROOT / run.config, list(run.overrides))
         metrics = read_metrics(out / run.name)
         done_epochs = max((r["epoch"] for r in metrics if r.get("kind") == "epoch" and r.get("stage") == "main"),
                           default=0)
+        epochs[run.name] = (done_epochs, config.schedule.epochs)
         compute = member_samples(metrics, config) / paper_member_samples(config.estimator)
         paper = PAPER.get(run.name.removesuffix("-warm"))
         paper_text = " / ".join(f"{v:.2f}" for v in paper) if paper and not run.name.endswith("-warm") else "-"
@@ -245,6 +279,10 @@ on the first images. The paper certifies with MN-BaB, a complete verifier.
 
 "compute vs paper": inputs x weight vectors evaluated by the main stage, over the paper's
 (GRAD: 70 epochs x 60,000; RGS: twice that; PGPE: 150 epochs x 60,000 x 256).
+
+## The paper's ordering, here
+
+{chr(10).join(ordering(results, epochs))}
 
 Training progress: {json.dumps(progress)}
 

@@ -48,3 +48,16 @@ def test_an_unknown_run_name_is_refused_before_anything_is_written(tmp_path: Pat
     assert stopped.value.code == 2
     assert "unknown run(s) ['ibp-gard']" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_ordering_says_whether_each_claim_holds_and_what_is_missing() -> None:
+    results = {"ibp-grad": {"certified_alpha-crown": 0.80}, "deeppoly-grad": {"certified_alpha-crown": 0.70},
+               "deeppoly-pgpe": {"certified_alpha-crown": 0.75}}
+    epochs = {"ibp-grad": (70, 70), "deeppoly-grad": (30, 70), "deeppoly-pgpe": (2, 150), "deeppoly-rgs": (0, 70)}
+    lines = reproduce.ordering(results, epochs)
+    assert lines[0].startswith("- the paradox: DeepPoly-GRAD certifies less than IBP-GRAD: holds here (70.00% vs "
+                               "80.00%, -10.00 points")
+    assert "deeppoly-grad 30/70 epochs" in lines[0]
+    assert lines[1].endswith("not measured yet (deeppoly-rgs not evaluated).")
+    assert "DeepPoly-PGPE certifies more than DeepPoly-GRAD: holds here" in lines[2]
+    assert "DeepPoly-PGPE certifies more than IBP-GRAD: does not hold here (75.00% vs 80.00%, -5.00 points" in lines[3]
