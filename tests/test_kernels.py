@@ -203,6 +203,22 @@ def test_selection_measures_caches_and_pins(monkeypatch: pytest.MonkeyPatch) -> 
         kernels.pin("gemm", "native")
 
 
+def test_inside_untimed_nothing_is_measured_or_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLS_KERNEL_TUNING", "1")
+    kernels.reset()
+    A, weight = torch.randn(3, 40, 2, 7, 7), torch.randn(3, 2, 2, 4, 4)
+    expected = reference_transpose(A, weight, 2, (1, 1), (14, 14))
+    with kernels.untimed():
+        with kernels.untimed():  # nests
+            got = kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+        assert kernels.choices() == []
+        kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert kernels.choices() == []  # nothing measured, nothing cached for timed calls
+    kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    assert len(kernels.choices()) == 1  # outside again: measured as before
+
+
 def test_gradients_never_take_the_native_kernels() -> None:
     A = torch.randn(2, 3, 2, 4, 4, requires_grad=True)
     weight = torch.randn(2, 2, 1, 3, 3)

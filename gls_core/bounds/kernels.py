@@ -9,16 +9,20 @@ benchmark mode does, every applicable candidate is timed once per (operation, ge
 bucket, device, dtype, gradients) and the winner is cached for the process.
 
 ``GLS_KERNELS="transpose=native,concretize=materialize"`` pins choices (``pin`` does the same in
-code); ``GLS_KERNEL_TUNING=0`` chooses without timing (``untimed_order``). ``choices()`` reports
-what was chosen, for benchmarks.
+code); ``GLS_KERNEL_TUNING=0`` chooses without timing (``untimed_order``), and so does code inside
+``with untimed():`` (the branch and bound, whose batch of subdomains changes size every call, would
+otherwise pay for a timing of every candidate at each new size). ``choices()`` reports what was
+chosen, for benchmarks.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,6 +252,20 @@ def choices() -> list[dict[str, Any]]:
             for key, name in _chosen.items()]
 
 
+_local = threading.local()
+
+
+@contextmanager
+def untimed() -> Iterator[None]:
+    """Kernels chosen without timing in this thread while inside (nothing is cached for later timed calls)."""
+    depth = getattr(_local, "untimed", 0)
+    _local.untimed = depth + 1
+    try:
+        yield
+    finally:
+        _local.untimed = depth
+
+
 def reset() -> None:
     """Forget the measured choices (the next call of each operation measures again)."""
     _chosen.clear()
@@ -291,6 +309,8 @@ def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, 
             return pinned
     if key in _chosen and _chosen[key] in applicable:  # the key may not capture every applicability condition
         return _chosen[key]
+    if getattr(_local, "untimed", 0):
+        return untimed_order(args, applicable)
     if len(applicable) == 1 or os.environ.get("GLS_KERNEL_TUNING", "1") == "0":
         untimed = untimed_order(args, applicable)
         _chosen[key] = untimed
