@@ -418,10 +418,10 @@ class Store:
             raise ValueError(f"dataset x must be uint8 or float32, got {x.dtype}")
         if x.dtype == torch.float32:
             x = compact_pixels(x)
-        pixels = x.contiguous().numpy().tobytes()
-        per_example = max(1, pixels.__len__() // max(1, x.shape[0]))
+        pixels = x.contiguous().numpy().data.cast("B")  # chunks are views: no copy of the whole array
+        per_example = max(1, len(pixels) // max(1, x.shape[0]))
         per_chunk = max(1, DATASET_CHUNK_BYTES // per_example) * per_example
-        chunks = [pixels[i:i + per_chunk] for i in range(0, len(pixels), per_chunk)] or [b""]
+        chunks = [pixels[i:i + per_chunk] for i in range(0, len(pixels), per_chunk)] or [memoryview(b"")]
         info = DatasetInfo(dataset_id or new_id("data"), tenant, name, int(x.shape[0]), list(x.shape[1:]),
                            num_classes, str(x.dtype).removeprefix("torch."), time.time(), len(chunks), source)
         key = f"gls:dataset:{info.id}"

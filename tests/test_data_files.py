@@ -31,6 +31,19 @@ def test_npz_uint8(tmp_path: Path) -> None:
     assert load_dataset("file", path=path, num_classes=10).num_classes == 10
 
 
+def test_uint8_pixels_can_stay_uint8_for_a_caller_that_stores_them(tmp_path: Path) -> None:
+    from gls_core.data.userfile import read_user_file
+
+    x, y = images(), np.array([0, 2, 1, 2, 0, 4], dtype=np.int32)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    raw, labels, classes = read_user_file(tmp_path / "mine.npz", as_float=False)
+    assert raw.dtype == torch.uint8 and torch.equal(raw, torch.from_numpy(x)) and classes == 5
+    floats = np.random.default_rng(2).random((3, 1, 2, 2)).astype(np.float32)
+    np.savez(tmp_path / "floats.npz", x=floats, y=np.array([0, 1, 1]))
+    kept, _, _ = read_user_file(tmp_path / "floats.npz", as_float=False)  # float pixels are float32 either way
+    assert kept.dtype == torch.float32 and torch.equal(kept, torch.from_numpy(floats))
+
+
 def test_npz_float64_and_safetensors(tmp_path: Path) -> None:
     x = np.random.default_rng(1).random((4, 1, 8, 8))
     x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0  # both ends of [0, 1] are allowed

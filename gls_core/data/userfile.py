@@ -49,14 +49,14 @@ def _read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         raise ValueError(f"{path}: cannot read it as {path.suffix} ({error})") from error
 
 
-def _pixels(path: Path, x: torch.Tensor) -> torch.Tensor:
+def _pixels(path: Path, x: torch.Tensor, as_float: bool = True) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"{path}: 'x' must be 4-D (N x C x H x W), got {x.dim()}-D shape {tuple(x.shape)}")
     if x.shape[1] > 4 and x.shape[3] in (1, 3, 4):
         raise ValueError(f"{path}: 'x' has shape {tuple(x.shape)}, which looks channels-last (N x H x W x C); "
                          "store N x C x H x W")
     if x.dtype == torch.uint8:
-        return x.to(torch.float32).div_(255)
+        return x.to(torch.float32).div_(255) if as_float else x
     if not x.is_floating_point():
         raise ValueError(f"{path}: 'x' must be uint8 (0..255) or floating point in [0, 1], got {x.dtype}")
     if bool(torch.isnan(x).any()):
@@ -88,10 +88,13 @@ def _labels(path: Path, y: torch.Tensor, n: int, num_classes: int | None) -> tup
     return y, num_classes
 
 
-def read_user_file(path: str | Path, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def read_user_file(path: str | Path, num_classes: int | None = None, *,
+                   as_float: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """float32 images [N, C, H, W] in [0, 1], int64 labels [N] and the number of classes from a user file.
 
     ``num_classes`` defaults to the largest label + 1; when given, every label is checked against it.
+    With ``as_float=False`` uint8 images stay uint8 (0..255, a quarter of the memory) for a caller that
+    stores them as they are; float images are float32 either way.
     """
     path = Path(path)
     if path.suffix not in SUFFIXES:
@@ -102,7 +105,7 @@ def read_user_file(path: str | Path, num_classes: int | None = None) -> tuple[to
     for key in KEYS:
         if key not in arrays:
             raise ValueError(f"{path}: missing array {key!r} (the file holds {', '.join(sorted(names)) or 'nothing'})")
-    x = _pixels(path, arrays["x"])
+    x = _pixels(path, arrays["x"], as_float)
     if len(x) == 0:
         raise ValueError(f"{path}: 'x' holds no examples")
     y, classes = _labels(path, arrays["y"], len(x), num_classes)

@@ -57,7 +57,7 @@ def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
         if size == 0:
             raise InvalidRequest.one("file", f"{filename}: the file is empty")
         try:
-            x, y, classes = read_user_file(path, num_classes)
+            x, y, classes = read_user_file(path, num_classes, as_float=False)  # uint8 is stored as it is
         except ValueError as error:
             raise reader_error(error, path, filename) from None
         except EOFError:  # numpy's answer to a truncated .npy inside the archive (read_user_file lets it through)
