@@ -33,6 +33,8 @@ MAX_ELEMENTS = 1 << 31
 """Largest tensor accepted from the wire (elements); the message size limit usually bites first."""
 MAX_DIMS = 8
 MAX_LAYERS = 256
+MAX_NAME = 256
+"""Characters of a NetSpec name (zoo names are like ``cnn3-tiny-digits``)."""
 MAX_ACTIVATION = 1 << 24
 """Largest activation per input (elements) a decoded spec may produce, so a spec cannot ask for absurd memory."""
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -77,7 +79,7 @@ def tensor_from_proto(message: common_pb2.Tensor, field: str = "tensor", *, dtyp
                       max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
     """Decode and validate a tensor; ``field`` names it in errors, ``dtypes`` restricts the accepted dtypes."""
     if message.dtype not in DTYPES:
-        raise ValueError(f"{field}.dtype {message.dtype!r} is not one of {', '.join(DTYPES)}")
+        raise ValueError(f"{field}.dtype {quoted(message.dtype)} is not one of {', '.join(DTYPES)}")
     if dtypes is not None and message.dtype not in dtypes:
         raise ValueError(f"{field} must have dtype {' or '.join(dtypes)}, got {message.dtype}")
     shape = tuple(int(size) for size in message.shape)
@@ -187,6 +189,8 @@ def _layer_from_proto(index: int, item: common_pb2.Layer) -> Layer:
 
 def spec_from_proto(message: common_pb2.NetSpec) -> NetSpec:
     """Rebuild a NetSpec; errors carry NetSpec's own reason, prefixed with ``spec:``."""
+    if len(message.name) > MAX_NAME:  # errors name the network: a long name would come back in every one
+        raise ValueError(f"spec.name has {len(message.name)} characters, at most {MAX_NAME} are accepted")
     shape = tuple(int(size) for size in message.input_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
         raise ValueError(f"spec.input_shape must be (C, H, W) or (N,) with positive sizes, got {list(shape)}")
@@ -246,6 +250,11 @@ def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
 
 MAX_ALPHA_STEPS = 1000
 """alpha-CROWN steps a worker runs per request (the Certifier's own cap): more is a request for unbounded work."""
+MAX_PGD_STEPS = 1000
+"""PGD steps per restart a worker runs (GLS_JOB_MAX_STEPS's default: no job asks for more); as for alpha-CROWN,
+more is a request for unbounded work."""
+MAX_PGD_RESTARTS = 100
+"""PGD restarts a worker runs per member: work grows with steps x restarts, so both are bounded."""
 MAX_ECHO = 64
 """Characters of a bad value quoted back in an error (gRPC metadata has a size limit)."""
 
@@ -299,9 +308,10 @@ def objective_from_proto(message: bound_worker_pb2.Objective, field: str = "obje
         raise ValueError(f"{field}.kind must be STANDARD, ADVERSARIAL or CERTIFIED, got {message.kind}")
     step_size = float32_value(message.pgd_step_size)
     if kind == "adversarial":
-        if message.pgd_steps < 0 or message.pgd_restarts < 1:
-            raise ValueError(f"{field}: adversarial needs pgd_steps >= 0 and pgd_restarts >= 1, got "
-                             f"pgd_steps={message.pgd_steps} and pgd_restarts={message.pgd_restarts}")
+        if not 0 <= message.pgd_steps <= MAX_PGD_STEPS or not 1 <= message.pgd_restarts <= MAX_PGD_RESTARTS:
+            raise ValueError(f"{field}: adversarial needs pgd_steps >= 0 and pgd_restarts >= 1 (at most "
+                             f"{MAX_PGD_STEPS} and {MAX_PGD_RESTARTS}), got pgd_steps={message.pgd_steps} and "
+                             f"pgd_restarts={message.pgd_restarts}")
         if not math.isfinite(step_size) or step_size < 0:
             raise ValueError(f"{field}.pgd_step_size must be finite and >= 0, got {step_size}")
     steps, restarts = int(message.pgd_steps), int(message.pgd_restarts)

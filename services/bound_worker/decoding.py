@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from gls_core.nets.spec import NetSpec
+from gls_core.bounds.layerwise import check_supported
+from gls_core.nets.spec import NetSpec, ReLU
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import Objective
 from gls_core.training.points import block_ranges
@@ -24,6 +25,7 @@ from ..codec import (
     content_hash,
     objective_from_proto,
     proposal_from_request,
+    quoted,
     relaxation_from_proto,
     require_finite,
     spec_from_proto,
@@ -34,6 +36,9 @@ from .cache import BlobCache
 
 FLOATS = ("float32", "float64")
 INTEGERS = ("int64",)
+MAX_MEMBERS = 1 << 16
+"""Members one request may evaluate (16 x GLS_JOB_MAX_POPSIZE's default): the range is walked block by block, so
+a range of billions is work and memory without bound, not a step of any job."""
 
 
 class MissingBlobError(LookupError):
@@ -117,6 +122,8 @@ class RequestDecoder:
 
     def blob(self, blob: bound_worker_pb2.Blob, field: str, dtypes: Sequence[str]) -> torch.Tensor:
         """The tensor of an inline blob (cached under its hash) or of a hash this worker holds."""
+        if blob.sha256 and not SHA256_HEX.match(blob.sha256):
+            raise ValueError(f"{field}.sha256 must be 64 lowercase hex digits, got {quoted(blob.sha256)}")
         if blob.HasField("tensor"):
             key = content_hash(blob.tensor)
             if blob.sha256 and blob.sha256 != key:
@@ -126,8 +133,6 @@ class RequestDecoder:
                 tensor = tensor_from_proto(blob.tensor, field, dtypes=dtypes)
                 self.cache.put(key, tensor)
         elif blob.sha256:
-            if not SHA256_HEX.match(blob.sha256):
-                raise ValueError(f"{field}.sha256 must be 64 lowercase hex digits, got {blob.sha256!r}")
             cached = self.cache.get(blob.sha256)
             if cached is None:
                 raise MissingBlobError(blob.sha256)
@@ -165,6 +170,9 @@ class RequestDecoder:
             raise ValueError(f"member range start={request.start} stop={request.stop} is empty")
         if request.stop > request.count:
             raise ValueError(f"member range start={request.start} stop={request.stop} exceeds count={request.count}")
+        if request.stop - request.start > MAX_MEMBERS:
+            raise ValueError(f"member range start={request.start} stop={request.stop} has more than {MAX_MEMBERS} "
+                             "members (split it over several requests)")
         try:
             block_ranges(request.count, request.block, request.start, request.stop)
         except ValueError as error:
@@ -182,6 +190,8 @@ class RequestDecoder:
         if bool((sigma < 0).any()):
             raise ValueError("sigma must be >= 0 (a standard deviation per parameter)")
         x = self._inputs(request.inputs, spec)
+        if x.dtype != centre.dtype:  # the members are centre's dtype, and a forward pass needs one dtype
+            raise ValueError(f"inputs must have the dtype of centre ({_dtype_name(centre)}), got {_dtype_name(x)}")
         y = self.blob(request.labels, "labels", INTEGERS)
         check_labels("labels", y, x.shape[0], spec.num_outputs)
         proposal = proposal_from_request(request, centre.to(self.device), sigma.to(self.device))
@@ -204,6 +214,13 @@ class RequestDecoder:
 
     def verify(self, request: bound_worker_pb2.VerifyRequest, max_timeout: float) -> VerifyJob:
         spec = self._spec(request)
+        try:  # branch and bound splits ReLUs of the layouts the relaxations take; it has nothing to split without one
+            check_supported(spec)
+            if not any(isinstance(layer, ReLU) for layer in spec.layers):
+                raise ValueError("complete verification needs at least one ReLU (without one, deeppoly's Bounds "
+                                 "are exact)")
+        except ValueError as error:
+            raise ValueError(f"spec: {error}") from None
         params = self.blob(request.params, "params", FLOATS)
         if tuple(params.shape) != (spec.num_params,):
             raise ValueError(f"params must have shape [{spec.num_params}] for {spec.name}, got {list(params.shape)}")

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..codec import quoted
 from ..store import JOBS_QUOTA, STORED_BYTES_QUOTA, OverQuota
 
 log = logging.getLogger("services.gateway")
@@ -50,7 +51,7 @@ class ApiError(Exception):
 
 class NotFoundError(ApiError):
     def __init__(self, kind: str, item_id: str) -> None:
-        super().__init__(404, f"{kind} {item_id!r} not found")
+        super().__init__(404, f"{kind} {quoted(item_id)} not found")
 
 
 class Unavailable(ApiError):
