@@ -73,7 +73,7 @@ def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Propert
             rows.append(sign[:, None] * A)
             limits.append(-sign * b)
             A, b = on[:, None] * A, on * b
-        constraints = (np.vstack(rows), np.concatenate(limits))
+        constraints = (np.vstack(rows), np.concatenate(limits)) if rows else (None, None)  # no ReLU: one region
         for k in range(C.shape[0]):
             result = linprog(C[k] @ A, A_ub=constraints[0], b_ub=constraints[1], bounds=list(zip(lower, upper)),
                              method="highs")
@@ -266,3 +266,18 @@ def test_a_stop_request_ends_the_slope_steps_with_sound_deeppoly_bounds() -> Non
     assert polls == [1]  # asked once, before the first step
     torch.testing.assert_close(stopped.lower, deeppoly.lower, rtol=1e-9, atol=1e-9)
     assert bool((optimised.lower >= stopped.lower - 1e-9).all()) and bool((optimised.lower > stopped.lower).any())
+
+
+def test_a_network_without_relus_is_decided_exactly() -> None:
+    spec = NetSpec((3,), (Linear(3, 2),))
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(5)).double()
+    x = torch.rand(3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    label = int(forward(spec, theta.view(1, -1), x.view(1, 3))[0, 0].argmax())
+    statuses = set()
+    for radius in (0.01, 2.0):
+        prop = Property(x - radius, x + radius, robustness(spec, x, label, 0.0).C, robustness(spec, x, label, 0.0).d)
+        verdict = verify_property(spec, theta, prop, VerifyOptions(timeout=10, attack_steps=0))
+        minima = exact_minima(to_sequential(spec, theta), spec.input_shape, prop)
+        assert verdict.status == ("verified" if minima.min() > 0 else "falsified"), (verdict, minima)
+        statuses.add(verdict.status)
+    assert statuses == {"verified", "falsified"}

@@ -65,7 +65,7 @@ def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits:
     """
     if method not in BOUND_METHODS:
         raise ValueError(f"subdomain bounds: method must be one of {BOUND_METHODS}, got {method!r}")
-    count = next(iter(splits.values())).shape[0]
+    count = next(iter(splits.values())).shape[0] if splits else 1  # no ReLU: one region, no splits
     dtype = prop.lower.dtype
     params = theta.detach().to(dtype).view(1, -1)
     box = Box(prop.lower.unsqueeze(0).expand(count, *prop.lower.shape),

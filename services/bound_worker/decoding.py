@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from gls_core.bounds.layerwise import check_supported
-from gls_core.nets.spec import NetSpec, ReLU
+from gls_core.nets.spec import NetSpec
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import Objective
 from gls_core.training.points import block_ranges
@@ -214,11 +214,8 @@ class RequestDecoder:
 
     def verify(self, request: bound_worker_pb2.VerifyRequest, max_timeout: float) -> VerifyJob:
         spec = self._spec(request)
-        try:  # branch and bound splits ReLUs of the layouts the relaxations take; it has nothing to split without one
+        try:  # the branch and bound bounds the layouts the relaxations take
             check_supported(spec)
-            if not any(isinstance(layer, ReLU) for layer in spec.layers):
-                raise ValueError("complete verification needs at least one ReLU (without one, deeppoly's Bounds "
-                                 "are exact)")
         except ValueError as error:
             raise ValueError(f"spec: {error}") from None
         params = self.blob(request.params, "params", FLOATS)
