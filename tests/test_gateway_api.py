@@ -110,6 +110,9 @@ def test_config_errors_name_each_field(stack: Stack) -> None:
                                                 "schedule": {"epochs": 100_000_000}}))
     assert set(costly) == {"pgpe.popsize", "alpha.steps", "schedule.epochs"}
     assert "GLS_JOB_MAX_POPSIZE" in costly["pgpe.popsize"] and "GLS_JOB_MAX_EPOCHS" in costly["schedule.epochs"]
+    restarts = fields(alice.post("/v1/jobs", json={**DIGITS_JOB, "evaluation": {"pgd_restarts": 101}}))
+    assert restarts == {"evaluation.pgd_restarts": "101 is more than this gateway allows (100, the bound workers' "
+                                                   "limit)"}
     nan = alice.post("/v1/jobs", content=b'{"eps": NaN, "pgpe": {"sigma_init": Infinity}}')
     assert set(fields(nan)) == {"eps", "pgpe.sigma_init"}
     assert "malformed JSON" in fields(alice.post("/v1/jobs", content=b'{"eps": '))["body"]

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from gls_core.nets.zoo import DATASETS
 from gls_core.training.config import TrainConfig
 
+from ..codec import MAX_PGD_RESTARTS
 from ..settings import Settings
 from ..store import NotFound, Store
 from .errors import InvalidRequest
@@ -124,7 +125,10 @@ def _over_limits(config: TrainConfig, settings: Settings) -> list[tuple[str, str
               ("pgd.steps", config.pgd.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
               ("alpha.steps", config.alpha.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
               ("evaluation.pgd_steps", config.evaluation.pgd_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
-              ("evaluation.alpha_steps", config.evaluation.alpha_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS")]
+              ("evaluation.alpha_steps", config.evaluation.alpha_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
+              ("pgd.restarts", config.pgd.restarts, MAX_PGD_RESTARTS, "the bound workers' limit"),
+              ("evaluation.pgd_restarts", config.evaluation.pgd_restarts, MAX_PGD_RESTARTS,
+               "the bound workers' limit")]
     return [(field, f"{value} is more than this gateway allows ({limit}, {setting})")
             for field, value, limit, setting in checks if value > limit]
 
