@@ -357,7 +357,8 @@ def test_oversized_messages_are_resource_exhausted() -> None:
 
 
 def test_unexpected_errors_are_internal_and_the_worker_keeps_serving(
-        monkeypatch: pytest.MonkeyPatch, stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
     """Fault injection: gls_core failing in a way no validation foresaw (here: a simulated allocation failure)."""
     def failing(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated: out of memory")
@@ -366,7 +367,12 @@ def test_unexpected_errors_are_internal_and_the_worker_keeps_serving(
     with pytest.raises(grpc.RpcError) as raised:
         stub.EvaluatePoints(points_request(pgpe(), DEEPPOLY))
     assert raised.value.code() == grpc.StatusCode.INTERNAL
-    assert raised.value.details() == "EvaluatePoints failed: RuntimeError: simulated: out of memory"
+    details = raised.value.details()
+    found = re.fullmatch(r"EvaluatePoints failed: internal error \(incident ([0-9a-f]{12}); the worker's log has "
+                         r"the details\)", details)
+    assert found is not None and "memory" not in details, details  # the error's text is not sent to the caller
+    logged = [r for r in caplog.records if found.group(1) in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "simulated: out of memory" in str(logged[0].exc_info[1])
     monkeypatch.undo()
     assert stub.EvaluatePoints(points_request(pgpe(2), DEEPPOLY, block=2)).losses.shape == [2]
 

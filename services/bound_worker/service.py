@@ -1,7 +1,8 @@
 """The BoundWorker RPCs: decode and validate, compute with gls_core, encode.
 
 A worker never dies on a request: validation errors become INVALID_ARGUMENT, an unknown blob
-FAILED_PRECONDITION, anything unexpected INTERNAL (logged with its traceback). At most
+FAILED_PRECONDITION, anything unexpected INTERNAL (logged with its traceback under an incident id,
+which is all the caller is told). At most
 ``concurrency`` requests compute at once; the others wait for a slot within their deadline.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
@@ -82,9 +84,11 @@ class BoundWorkerService:
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
             except _SlotTimeout:
                 code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a compute slot"
-            except Exception as error:
-                log.exception("%s failed", name)
-                code, message = grpc.StatusCode.INTERNAL, f"{name} failed: {type(error).__name__}: {error}"
+            except Exception:  # a bug: its text stays in the log, the caller gets an id to quote
+                incident = uuid.uuid4().hex[:12]
+                log.exception("%s failed (incident %s)", name, incident)
+                code = grpc.StatusCode.INTERNAL
+                message = f"{name} failed: internal error (incident {incident}; the worker's log has the details)"
             else:
                 with self._lock:
                     self.served += 1
