@@ -41,6 +41,7 @@ from .codec import (
 )
 from .discovery import live_workers
 from .proto.gls.v1 import bound_worker_pb2
+from .rich_status import Reason, error_info
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -283,12 +284,13 @@ class WorkerPool:
                 stats.address = address
                 return data, stats
             except grpc.RpcError as error:
-                code, details = error.code(), error.details() or ""
-            if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("missing blob") and not inline:
+                code, details, info = error.code(), error.details() or "", error_info(error)
+            if info is not None and info[0] == Reason.MISSING_BLOB and not inline:
                 self._forget(address)  # it restarted or evicted: everything goes inline once
                 inline = stats.resent_inline = True
                 continue
-            busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Concurrent RPC limit" in details
+            # grpc's own concurrency limit answers before any handler runs, so it carries no reason of ours
+            busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED and info is None and "Concurrent RPC limit" in details
             if code not in RETRYABLE and not busy:
                 raise WorkerRejectedError(address, code, details)
             log.warning("bound worker %s failed on %s [%d, %d): %s %s; re-sending", address, work.rpc, share.start,

@@ -31,6 +31,7 @@ from services.bound_worker import service as worker_service
 from services.bound_worker.cache import BlobCache
 from services.discovery import WORKERS_SET, Heartbeat, WorkerInfo, live_workers, register, worker_key
 from services.proto.gls.v1 import bound_worker_pb2, bound_worker_pb2_grpc, common_pb2
+from services.rich_status import error_info
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +336,7 @@ def test_unknown_blob_is_a_failed_precondition_naming_it(stub: bound_worker_pb2_
         stub.EvaluatePoints(request)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert raised.value.details() == f"missing blob {sha}"
+    assert error_info(raised.value) == ("MISSING_BLOB", {"sha256": sha})  # what the pool branches on
     request.inputs.sha256 = "not-a-hash"
     with pytest.raises(grpc.RpcError) as raised:
         stub.EvaluatePoints(request)
@@ -371,6 +373,7 @@ def test_unexpected_errors_are_internal_and_the_worker_keeps_serving(
     found = re.fullmatch(r"EvaluatePoints failed: internal error \(incident ([0-9a-f]{12}); the worker's log has "
                          r"the details\)", details)
     assert found is not None and "memory" not in details, details  # the error's text is not sent to the caller
+    assert error_info(raised.value) == ("INTERNAL_ERROR", {"incident": found.group(1)})
     logged = [r for r in caplog.records if found.group(1) in r.getMessage()]
     assert logged and logged[0].exc_info is not None and "simulated: out of memory" in str(logged[0].exc_info[1])
     monkeypatch.undo()
@@ -538,6 +541,7 @@ def test_a_worker_token_is_required_from_every_caller_but_probes() -> None:
                 with pytest.raises(grpc.RpcError) as error:
                     stub.Bounds(request, metadata=metadata)
                 assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert error_info(error.value) == ("UNAUTHENTICATED", {})
             assert running.service.served == 0  # refused before any decoding or computing
             assert stub.Bounds(request, metadata=(("authorization", "Bearer s3cret"),)).upper.shape == [2, 10]
             health = health_pb2_grpc.HealthStub(channel)  # probes need no secret

@@ -24,6 +24,7 @@ from gls_core.training.checkpoint import save_model
 from services.client import CertifierClient, ClientError, verdict_dict
 from services.codec import spec_to_proto, tensor_to_proto
 from services.proto.gls.v1 import certifier_pb2
+from services.rich_status import error_info, field_violations
 
 EPS = 0.02
 N = 60
@@ -200,10 +201,20 @@ def test_malformed_rest_requests_get_4xx_naming_the_field(stack: Stack, model_id
 
 def grpc_code(client: CertifierClient, request: certifier_pb2.CertifyRequest,
               metadata: tuple[tuple[str, str], ...] | None = None) -> tuple[str, str]:
+    """(code, details); also checks that the answer carries its reason (and, if a field is bad, which one)."""
     try:
         client._certify(request, metadata=client.metadata if metadata is None else metadata, timeout=60)
     except grpc.RpcError as error:
-        return error.code().name, error.details() or ""
+        details = error.details() or ""
+        info = error_info(error)
+        assert info is not None, f"{error.code().name} {details}: no ErrorInfo"
+        expected_reason = {"INVALID_ARGUMENT": "INVALID_REQUEST", "UNAUTHENTICATED": "UNAUTHENTICATED",
+                           "NOT_FOUND": "NOT_FOUND"}.get(error.code().name)
+        assert expected_reason is None or info[0] == expected_reason, (error.code().name, info)
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # clients read the field, not the message
+            violations = field_violations(error)
+            assert violations and details.startswith(f"{violations[0][0]}: {violations[0][1][:20]}"), violations
+        return error.code().name, details
     return "OK", ""
 
 

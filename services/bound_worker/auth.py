@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from .. import rich_status
+from ..rich_status import Reason
 from .service import SERVICE_NAME
 
 PROTECTED = f"/{SERVICE_NAME}/"
@@ -23,8 +25,9 @@ class WorkerTokenInterceptor(grpc.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "this bound worker needs 'authorization: Bearer <GLS_WORKER_TOKEN>' metadata")
+            rich_status.abort(context, grpc.StatusCode.UNAUTHENTICATED,
+                              "this bound worker needs 'authorization: Bearer <GLS_WORKER_TOKEN>' metadata",
+                              Reason.UNAUTHENTICATED)
 
         self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
 

@@ -22,8 +22,10 @@ from gls_core.bounds.api import NotDifferentiableError, compute_bounds, margin_s
 from gls_core.training.points import evaluate_members
 from gls_core.verify import VerifyOptions, verify_each
 
+from .. import rich_status
 from ..codec import tensor_to_proto
 from ..proto.gls.v1 import bound_worker_pb2
+from ..rich_status import Reason
 from .decoding import MissingBlobError, RequestDecoder
 
 log = logging.getLogger(__name__)
@@ -75,19 +77,22 @@ class BoundWorkerService:
     def _handle(self, name: str, context: grpc.ServicerContext, work: Callable[[], Response]) -> Response:
         with self._lock:
             self.in_flight += 1
+        metadata: dict[str, str] = {}
         try:
             try:
                 response = work()
             except MissingBlobError as error:
-                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(error)
+                code, message, reason = grpc.StatusCode.FAILED_PRECONDITION, str(error), Reason.MISSING_BLOB
+                metadata = {"sha256": error.sha256}
             except (ValueError, NotDifferentiableError) as error:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+                code, message, reason = grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_REQUEST
             except _SlotTimeout:
-                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while waiting for a compute slot"
+                code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, Reason.NO_COMPUTE_SLOT
+                message = "deadline passed while waiting for a compute slot"
             except Exception:  # a bug: its text stays in the log, the caller gets an id to quote
                 incident = uuid.uuid4().hex[:12]
                 log.exception("%s failed (incident %s)", name, incident)
-                code = grpc.StatusCode.INTERNAL
+                code, reason, metadata = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, {"incident": incident}
                 message = f"{name} failed: internal error (incident {incident}; the worker's log has the details)"
             else:
                 with self._lock:
@@ -97,8 +102,7 @@ class BoundWorkerService:
             with self._lock:
                 self.in_flight -= 1
         log.info("%s rejected: %s %s", name, code.name, message)
-        context.abort(code, message)
-        raise AssertionError("unreachable: context.abort raises")
+        rich_status.abort(context, code, message, reason, metadata)
 
     def _caller_gone(self, context: grpc.ServicerContext) -> Callable[[], bool]:
         """A ``should_stop`` for the computation of one call; counts the call in ``abandoned`` once it stops it."""

@@ -30,8 +30,10 @@ from grpc_reflection.v1alpha import reflection
 
 from gls_core.nets.spec import NetSpec
 
+from .. import rich_status
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
 from ..proto.gls.v1 import certifier_pb2, common_pb2
+from ..rich_status import Reason
 from ..store import OverQuota
 from .certify import (
     COMPLETE,
@@ -116,38 +118,41 @@ class CertifierService:
         return tenant
 
     @staticmethod
-    def _status(error: Exception, name: str) -> tuple[grpc.StatusCode, str]:
-        """The one mapping from gateway errors to gRPC status codes."""
+    def _status(error: Exception, name: str) -> grpc.Status:
+        """The one mapping from gateway errors to gRPC status codes, with each error's reason (rich status)."""
+        code = grpc.StatusCode
         if isinstance(error, InvalidRequest):
-            return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+            return rich_status.status(code.INVALID_ARGUMENT, str(error), Reason.INVALID_REQUEST, fields=error.errors)
         if isinstance(error, SlotTimeout):
-            return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
+            return rich_status.status(code.DEADLINE_EXCEEDED, str(error), Reason.NO_COMPUTE_SLOT)
         if isinstance(error, NotFoundError):
-            return grpc.StatusCode.NOT_FOUND, error.message
+            return rich_status.status(code.NOT_FOUND, error.message, Reason.NOT_FOUND)
         if isinstance(error, OverQuota):
             error = QuotaExceeded(error)
         if isinstance(error, QuotaExceeded):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, error.message
+            return rich_status.status(code.RESOURCE_EXHAUSTED, error.message, Reason.QUOTA_EXCEEDED)
         if isinstance(error, ApiError):
             if error.status == 401:
-                return grpc.StatusCode.UNAUTHENTICATED, error.message
-            return grpc.StatusCode.UNAVAILABLE, error.message
+                return rich_status.status(code.UNAUTHENTICATED, error.message, Reason.UNAUTHENTICATED)
+            return rich_status.status(code.UNAVAILABLE, error.message, Reason.WORKERS_UNAVAILABLE)
         if isinstance(error, redis.exceptions.OutOfMemoryError):
-            return grpc.StatusCode.RESOURCE_EXHAUSTED, STORAGE_FULL
+            return rich_status.status(code.RESOURCE_EXHAUSTED, STORAGE_FULL, Reason.STORAGE_FULL)
         if isinstance(error, redis.ConnectionError | redis.TimeoutError):
-            return grpc.StatusCode.UNAVAILABLE, "storage (Redis) unavailable; retry shortly"
+            return rich_status.status(code.UNAVAILABLE, "storage (Redis) unavailable; retry shortly",
+                                      Reason.STORAGE_UNAVAILABLE)
         incident = uuid.uuid4().hex[:12]  # a bug: logged with an id, answered without internals
         log.error("unhandled error %s in Certifier/%s", incident, name, exc_info=error)
-        return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}; see the server log)"
+        return rich_status.status(code.INTERNAL, f"internal error (incident {incident}; see the server log)",
+                                  Reason.INTERNAL_ERROR, {"incident": incident})
 
     def _record(self, name: str, code: grpc.StatusCode, started: float) -> None:
         self.gateway.metrics.grpc_requests.labels(name, code.name).inc()
         self.gateway.metrics.grpc_latency.labels(name).observe(time.perf_counter() - started)
 
     @staticmethod
-    def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-        context.abort(code, details)
-        raise AssertionError("context.abort returned")  # pragma: no cover
+    def _abort(context: grpc.ServicerContext, status: grpc.Status) -> NoReturn:
+        context.abort_with_status(status)
+        raise AssertionError("context.abort_with_status returned")  # pragma: no cover
 
     # ----------------------------------------------------------------------------------- decode
 
@@ -224,9 +229,9 @@ class CertifierService:
             with self._slot(context):
                 response = work()
         except Exception as error:
-            code, details = self._status(error, "Certify")
-            self._record("Certify", code, started)
-            self._abort(context, code, details)
+            status = self._status(error, "Certify")
+            self._record("Certify", status.code, started)
+            self._abort(context, status)
         self._record("Certify", grpc.StatusCode.OK, started)
         return response
 
@@ -237,9 +242,9 @@ class CertifierService:
             with self._slot(context):
                 yield from self._stream(requests, context)
         except Exception as error:
-            code, details = self._status(error, "CertifyStream")
-            self._record("CertifyStream", code, started)
-            self._abort(context, code, details)
+            status = self._status(error, "CertifyStream")
+            self._record("CertifyStream", status.code, started)
+            self._abort(context, status)
         self._record("CertifyStream", grpc.StatusCode.OK, started)
 
     def _stream(self, requests: Iterable[certifier_pb2.CertifyRequest],
