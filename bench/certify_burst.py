@@ -44,7 +44,7 @@ from safetensors.torch import save as save_tensors
 from gls_core.data import load_dataset
 from gls_core.nets.zoo import network
 from services.client import CertifierClient, ClientError, GlsClient
-from services.cluster import free_port, wait_for_port
+from services.cluster import free_port, wait_for_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
@@ -133,18 +133,11 @@ class Stack:
         self._stop("gateway")
 
     def _wait(self, check: Callable[[], object], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def failed() -> str | None:
             dead = [name for name, child in self.children.items() if child.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{dead[0]} exited during start-up:\n{self.log(dead[0])}")
-            try:
-                if check():
-                    return
-            except Exception:  # not up yet
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{what} not ready after {timeout} s")
+            return f"{dead[0]} exited during start-up:\n{self.log(dead[0])}" if dead else None
+
+        wait_until(check, what, timeout, failed, interval=0.1)
 
     def log(self, name: str) -> str:
         path = self.folder / f"{name}.log"

@@ -176,19 +176,29 @@ def _base_env(redis_url: str, tokens: str, threads: int | None) -> dict[str, str
     return env
 
 
-def _wait(check: Callable[[], object], what: str, timeout: float, children: dict[str, Child]) -> None:
+def wait_until(check: Callable[[], object], what: str, timeout: float, failed: Callable[[], str | None],
+               interval: float = 0.2) -> None:
+    """Poll ``check`` (exceptions mean "not up yet") until it is true; ``failed`` names a process that died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dead = [child for child in children.values() if not child.alive]
-        if dead:
-            raise RuntimeError(f"{dead[0].name} exited during start-up; see {dead[0].log_path}")
+        reason = failed()
+        if reason:
+            raise RuntimeError(reason)
         try:
             if check():
                 return
         except Exception:  # not up yet
             pass
-        time.sleep(0.2)
+        time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def _wait(check: Callable[[], object], what: str, timeout: float, children: dict[str, Child]) -> None:
+    def failed() -> str | None:
+        dead = [child for child in children.values() if not child.alive]
+        return f"{dead[0].name} exited during start-up; see {dead[0].log_path}" if dead else None
+
+    wait_until(check, what, timeout, failed)
 
 
 def _start_redis(run_dir: Path) -> tuple[Child, str]:
