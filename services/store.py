@@ -263,8 +263,22 @@ class Store:
                 raise
 
     def claim_job(self, consumer: str, block_ms: int, stale_ms: int) -> tuple[str, str] | None:
-        """(message id, job id): first a job whose coordinator went silent for ``stale_ms``, else a new one."""
+        """(message id, job id): first a job this consumer left unfinished, then one whose coordinator went
+        silent for ``stale_ms``, else a new one.
+
+        A coordinator claims one job at a time and asks again only once it has stopped running it, so a
+        message still pending for ``consumer`` is a run it abandoned (e.g. on a Redis failure): it resumes
+        it at once instead of waiting for its own claim to go stale.
+        """
         self.ensure_group()
+        own = self.redis.xpending_range(JOB_STREAM, COORDINATOR_GROUP, min="-", max="+", count=1,
+                                        consumername=consumer)
+        if own:
+            kept: Any = self.redis.xclaim(JOB_STREAM, COORDINATOR_GROUP, consumer, min_idle_time=0,
+                                          message_ids=[own[0]["message_id"]])
+            for message_id, fields in kept or []:
+                if fields:  # None or empty: the entry was trimmed from the stream
+                    return _text(message_id), _text(fields.get(b"job", fields.get("job", b"")))
         claimed = self.redis.xautoclaim(JOB_STREAM, COORDINATOR_GROUP, consumer, min_idle_time=stale_ms,
                                         start_id="0-0", count=1)
         messages = claimed[1] if claimed else []

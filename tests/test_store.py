@@ -43,6 +43,16 @@ def test_claims_are_shared_and_stale_claims_are_taken_over(store: Store) -> None
     assert store.claim_job("d", block_ms=10, stale_ms=200) is None
 
 
+def test_a_coordinator_resumes_the_job_it_left_without_waiting_for_its_claim_to_go_stale(store: Store) -> None:
+    job = store.submit_job("t", {})
+    claim = store.claim_job("a", block_ms=10, stale_ms=60_000)
+    assert claim is not None and claim[1] == job.id
+    assert store.claim_job("b", block_ms=10, stale_ms=60_000) is None  # another coordinator waits for staleness
+    assert store.claim_job("a", block_ms=10, stale_ms=60_000) == claim  # its own run, abandoned: at once
+    store.ack(claim[0])
+    assert store.claim_job("a", block_ms=10, stale_ms=60_000) is None  # finished: nothing left
+
+
 def test_commit_is_atomic_and_survives_a_redis_restart(redis_server: RedisServer) -> None:
     store = Store(redis_server.client())
     job = store.submit_job("t", {})
