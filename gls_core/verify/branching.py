@@ -125,6 +125,11 @@ def _final_lower(problem: Problem, state: Walk, relaxations: dict[int, ReluRelax
 def intercept_scores(problem: Problem, domains: Sequence[HasBounds]) -> dict[int, torch.Tensor]:
     """babsr's score per ReLU layer, [N, neurons]: what each unstable neuron's intercept costs the open rows."""
     bounds, splits = _stacked(domains)
+    return _intercept_scores(problem, domains, bounds, splits)
+
+
+def _intercept_scores(problem: Problem, domains: Sequence[HasBounds], bounds: dict[int, Box],
+                      splits: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     count = len(domains)
     with torch.enable_grad():
         offsets: dict[int, torch.Tensor] = {}
@@ -148,17 +153,16 @@ def intercept_scores(problem: Problem, domains: Sequence[HasBounds]) -> dict[int
 
 def _babsr(domains: Sequence[HasBounds], problem: Problem) -> list[Choice]:
     bounds, splits = _stacked(domains)
-    scores = intercept_scores(problem, domains)
+    scores = _intercept_scores(problem, domains, bounds, splits)
     # ties (e.g. every intercept unused by the open rows) go to the widest triangle
     per_layer = {i: torch.where(s >= 0, s + 1e-9 * _heights(bounds[i]), s) for i, s in scores.items()}
     return _best(per_layer, len(domains))
 
 
-def _candidates(problem: Problem, domains: Sequence[HasBounds], count: int) -> torch.Tensor:
+def _candidates(problem: Problem, domains: Sequence[HasBounds], bounds: dict[int, Box],
+                splits: dict[int, torch.Tensor], heights: torch.Tensor, count: int) -> torch.Tensor:
     """[N, count] flat neuron indices to try: the best by babsr score, then the widest not yet taken."""
-    bounds, splits = _stacked(domains)
-    babsr, layout = _flat_scores(intercept_scores(problem, domains))
-    heights, _ = _flat_scores({i: _masked(_heights(b), _unstable(b, splits[i])) for i, b in bounds.items()})
+    babsr, _ = _flat_scores(_intercept_scores(problem, domains, bounds, splits))
     half = max(1, count // 2)
     picked = babsr.topk(min(half, babsr.shape[1]), 1).indices
     heights = heights.scatter(1, picked, -2.0)
@@ -169,9 +173,9 @@ def _candidates(problem: Problem, domains: Sequence[HasBounds], count: int) -> t
 def _fsb(domains: Sequence[HasBounds], problem: Problem) -> list[Choice]:
     bounds, splits = _stacked(domains)
     count = len(domains)
-    candidates = _candidates(problem, domains, FSB_CANDIDATES)  # [N, M]
-    width = candidates.shape[1]
     heights, layout = _flat_scores({i: _masked(_heights(b), _unstable(b, splits[i])) for i, b in bounds.items()})
+    candidates = _candidates(problem, domains, bounds, splits, heights, FSB_CANDIDATES)  # [N, M]
+    width = candidates.shape[1]
     valid = heights.gather(1, candidates) >= 0  # [N, M] an unstable, unsplit neuron
     if not bool(valid.any(1).all()):
         raise ValueError("a subdomain with no unstable ReLU cannot be split")
