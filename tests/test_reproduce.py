@@ -35,8 +35,17 @@ def test_every_planned_run_is_a_valid_config_and_has_the_papers_numbers() -> Non
         for run in plan.runs:
             load_config(ROOT / run.config, list(run.overrides))
             if run.name not in ("pgd",) and not run.name.endswith("-warm"):
-                assert run.name in PAPER, run.name
-    assert {run.name for run in full_plan().runs} >= set(PAPER)
+                assert run.paper in PAPER, run.name
+            for _, first, second, _ in plan.claims:
+                assert {first, second} <= {run.name for run in plan.runs}
+    assert {run.paper for run in full_plan().runs} >= set(PAPER)
+
+
+def test_the_grad_runs_are_planned_at_both_learning_rates() -> None:
+    """App. E.1 prints 5e-5; Shi et al.'s MNIST setting is 5e-4: both GRAD schedules are in the plan."""
+    rates = {run.name: load_config(ROOT / run.config, list(run.overrides)).schedule.lr for run in full_plan().runs}
+    assert rates["ibp-grad"] == rates["deeppoly-grad"] == 5e-5
+    assert rates["ibp-grad-lr5e-4"] == rates["deeppoly-grad-lr5e-4"] == rates["deeppoly-rgs-lr5e-4"] == 5e-4
 
 
 def test_an_unknown_run_name_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -54,7 +63,7 @@ def test_the_ordering_says_whether_each_claim_holds_and_what_is_missing() -> Non
     results = {"ibp-grad": {"certified_alpha-crown": 0.80}, "deeppoly-grad": {"certified_alpha-crown": 0.70},
                "deeppoly-pgpe": {"certified_alpha-crown": 0.75}}
     epochs = {"ibp-grad": (70, 70), "deeppoly-grad": (30, 70), "deeppoly-pgpe": (2, 150), "deeppoly-rgs": (0, 70)}
-    lines = reproduce.ordering(results, epochs)
+    lines = reproduce.ordering(results, epochs, quick_plan().claims)
     assert lines[0].startswith("- the paradox: DeepPoly-GRAD certifies less than IBP-GRAD: holds here (70.00% vs "
                                "80.00%, -10.00 points")
     assert "deeppoly-grad 30/70 epochs" in lines[0]
