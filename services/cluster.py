@@ -8,6 +8,7 @@ GLS_* environment variables the containers use, each logging to ``run_dir/logs``
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import secrets
@@ -222,6 +223,17 @@ def _start_redis(run_dir: Path) -> tuple[Child, str]:
     return child, url
 
 
+def coordinator_id(run_dir: Path) -> str:
+    """The supervised coordinator's consumer name: the same for every start on this host and run directory.
+
+    A restarted coordinator (after a crash, or after the supervisor itself was restarted on the same run
+    directory) thus finds the job it left pending under its own name and takes it back at once, instead of
+    waiting for the claim to go stale. Safe because the supervisor starts a child only after it exited.
+    """
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    return f"{socket.gethostname()}-cluster-{digest}"
+
+
 def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str | None = None,
        threads: int | None = None, gateway_port: int = 0, certifier_port: int = 0, timeout: float = 90.0,
        tokens: str | None = None) -> Cluster:
@@ -251,8 +263,9 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
             name = f"worker-{index}"
             cluster.children[name] = Child(name, [python, "-m", "services.bound_worker"], worker_env,
                                            run_dir / "logs" / f"{name}.log")
-        cluster.children["coordinator"] = Child("coordinator", [python, "-m", "services.coordinator"], env,
-                                                run_dir / "logs" / "coordinator.log")
+        coordinator_env = {**env, "GLS_COORDINATOR_ID": env.get("GLS_COORDINATOR_ID") or coordinator_id(run_dir)}
+        cluster.children["coordinator"] = Child("coordinator", [python, "-m", "services.coordinator"],
+                                                coordinator_env, run_dir / "logs" / "coordinator.log")
         gateway_env = {**env, "GLS_GATEWAY_HOST": "127.0.0.1", "GLS_GATEWAY_PORT": str(gateway_port),
                        "GLS_CERTIFIER_PORT": str(certifier_port)}
         cluster.children["gateway"] = Child("gateway", [python, "-m", "services.gateway"], gateway_env,

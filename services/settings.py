@@ -50,9 +50,13 @@ class Settings(BaseSettings):
     # coordinator
     rpc_timeout_s: float = Field(300.0, gt=0, description="one worker call; on timeout its share is re-sent")
     checkpoint_every_steps: int = Field(1, gt=0, description="steps between checkpoints (each acknowledges steps)")
-    job_stale_s: float = Field(8.0, gt=0, description="a job whose coordinator is silent this long is taken over "
-                               "(its claim is refreshed every quarter of this, from a thread of its own)")
-    coordinator_id: str | None = Field(None, description="consumer name in the job group (default host-pid)")
+    job_stale_s: float = Field(5.0, gt=0, description="a job whose coordinator is silent this long is taken over "
+                               "(its claim is refreshed every quarter of this, from a thread of its own; the "
+                               "owner fence stops the silent one from committing afterwards)")
+    job_slice_s: float = Field(60.0, ge=0, description="a running job that has run this long yields at its next "
+                               "step to a queued job of a tenant with fewer running jobs (0: never preempt)")
+    coordinator_id: str | None = Field(None, description="consumer name in the job group (default host-pid; "
+                                       "`gls cluster up` gives a stable one per host and run directory)")
 
     # gateway
     gateway_host: str = Field(LOOPBACK, description="address REST and the gRPC Certifier listen on (0.0.0.0: "
@@ -62,6 +66,9 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
     max_upload_mb: int = Field(512, gt=0)
     certify_max_inputs: int = Field(10000, gt=0)
+    certify_max_body_mb: int = Field(256, gt=0, description="largest POST /v1/certify body (JSON); a larger one "
+                                     "answers 413 before the rest is read. 256 MiB holds 10,000 MNIST inputs "
+                                     "written with float64 digits; GLS_MAX_UPLOAD_MB caps every body too")
     certify_complete_timeout_s: float = Field(30.0, gt=0, description="method complete: default seconds per input")
     certify_complete_max_timeout_s: float = Field(120.0, gt=0, description="method complete: largest per-input limit")
     certify_complete_max_inputs: int = Field(256, gt=0, description="method complete: inputs per request or message")

@@ -7,6 +7,8 @@ Redis is the only shared state (DESIGN.md). Keys:
     gls:job:{id}:checkpoint       hash: state (safetensors bytes), position (JSON), step
     gls:job:{id}:metrics          list of JSON rows (as metrics.jsonl)
     gls:job:{id}:events           stream of progress events (server-sent to clients)
+    gls:job:{id}:owner            "consumer message-id" of the coordinator that claimed the job last (the fence)
+    gls:tenants:served            hash: tenant -> when a coordinator last claimed one of its jobs
     gls:tenant:{t}:jobs|models|datasets   sorted sets of ids by creation time
     gls:tenant:{t}:active         set of the tenant's queued or running job ids (the job quota)
     gls:tenant:{t}:stored_bytes   bytes of the tenant's uploaded models and datasets (the storage quota)
@@ -16,6 +18,8 @@ Redis is the only shared state (DESIGN.md). Keys:
 
 A training step is acknowledged (its metrics and events become visible) in the same MULTI/EXEC
 transaction that stores its checkpoint, so a reader never sees progress that a crash could undo.
+That transaction WATCHes the job's owner key: a coordinator whose claim was taken over (after it
+stalled) can no longer commit, so two coordinators never both write one job's steps.
 
 Quotas are checked and taken in one WATCH/MULTI/EXEC transaction on the counting key (the active
 set, the byte counter), so several gateway processes agree and two requests cannot both take the
@@ -28,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -38,8 +43,16 @@ import redis
 import torch
 from redis.client import Pipeline
 
+from .scheduling import QueuedJob, choose, yield_to
+
 JOB_STREAM = "gls:jobs"
 COORDINATOR_GROUP = "coordinators"
+SERVED_KEY = "gls:tenants:served"
+KEEP_CLAIM_LUA = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[4], 'JUSTID')
+return 1
+"""
 DATASET_CHUNK_BYTES = 8 * 1024 * 1024
 
 
@@ -127,6 +140,25 @@ class OverQuota(Exception):
         self.requested = requested
 
 
+class LostClaim(Exception):
+    """Another coordinator has taken the job over: this one must stop it and acknowledge nothing."""
+
+    def __init__(self, job_id: str, owner: str, holder: str) -> None:
+        super().__init__(f"job {job_id} is no longer owned by {owner!r} (now {holder or 'nobody'!r})")
+        self.job_id = job_id
+        self.owner = owner
+        self.holder = holder
+
+
+def owner_key(job_id: str) -> str:
+    return f"gls:job:{job_id}:owner"
+
+
+def owner_token(consumer: str, message_id: str) -> str:
+    """What a coordinator records as a job's owner when it claims it: its name and the claimed stream entry."""
+    return f"{consumer} {message_id}"
+
+
 def active_key(tenant: str) -> str:
     return f"gls:tenant:{tenant}:active"
 
@@ -137,6 +169,10 @@ def stored_bytes_key(tenant: str) -> str:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _job_field(fields: dict[Any, Any]) -> str:
+    return _text(fields.get(b"job", fields.get("job", b"")))
 
 
 def _decode(raw: dict[Any, Any]) -> dict[str, str]:
@@ -158,6 +194,7 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
+        self._keep_claim_script = client.register_script(KEEP_CLAIM_LUA)
 
     # jobs -------------------------------------------------------------------------------------
     def submit_job(self, tenant: str, config: dict[str, Any], name: str = "", total_steps: int = 0,
@@ -264,13 +301,26 @@ class Store:
 
     def claim_job(self, consumer: str, block_ms: int, stale_ms: int) -> tuple[str, str] | None:
         """(message id, job id): first a job this consumer left unfinished, then one whose coordinator went
-        silent for ``stale_ms``, else a new one.
+        silent for ``stale_ms``, else the next new one by fair choice (:meth:`pick_job`).
 
         A coordinator claims one job at a time and asks again only once it has stopped running it, so a
-        message still pending for ``consumer`` is a run it abandoned (e.g. on a Redis failure): it resumes
-        it at once instead of waiting for its own claim to go stale.
+        message still pending for ``consumer`` is a run it abandoned (e.g. on a Redis failure, or a restart
+        under the same name): it resumes it at once instead of waiting for its own claim to go stale.
+        The claimer becomes the job's owner (:func:`owner_token`), which fences off the previous one.
         """
         self.ensure_group()
+        claimed = self._own_pending(consumer) or self._stale(consumer, stale_ms) or self.pick_job(consumer, block_ms)
+        if claimed is not None:
+            message_id, job_id = claimed
+            tenant = self.redis.hget(f"gls:job:{job_id}", "tenant")
+            with self.redis.pipeline() as pipe:
+                pipe.set(owner_key(job_id), owner_token(consumer, message_id))
+                if tenant is not None:
+                    pipe.hset(SERVED_KEY, _text(tenant), str(time.time()))
+                pipe.execute()
+        return claimed
+
+    def _own_pending(self, consumer: str) -> tuple[str, str] | None:
         own = self.redis.xpending_range(JOB_STREAM, COORDINATOR_GROUP, min="-", max="+", count=1,
                                         consumername=consumer)
         if own:
@@ -278,31 +328,149 @@ class Store:
                                           message_ids=[own[0]["message_id"]])
             for message_id, fields in kept or []:
                 if fields:  # None or empty: the entry was trimmed from the stream
-                    return _text(message_id), _text(fields.get(b"job", fields.get("job", b"")))
+                    return _text(message_id), _job_field(fields)
+        return None
+
+    def _stale(self, consumer: str, stale_ms: int) -> tuple[str, str] | None:
         claimed = self.redis.xautoclaim(JOB_STREAM, COORDINATOR_GROUP, consumer, min_idle_time=stale_ms,
                                         start_id="0-0", count=1)
         messages = claimed[1] if claimed else []
         if messages:
             message_id, fields = messages[0]
-            return _text(message_id), _text(fields[b"job"] if b"job" in fields else fields["job"])
+            return _text(message_id), _job_field(fields)
+        return None
+
+    def read_next(self, consumer: str, block_ms: int | None) -> tuple[str, str] | None:
+        """Deliver the stream's next new entry to ``consumer`` (pending under it from now on)."""
         fresh: Any = self.redis.xreadgroup(COORDINATOR_GROUP, consumer, {JOB_STREAM: ">"}, count=1, block=block_ms)
         for _, entries in fresh or []:
             for message_id, fields in entries:
-                return _text(message_id), _text(fields.get(b"job", fields.get("job", b"")))
+                return _text(message_id), _job_field(fields)
         return None
 
-    def keep_claim(self, consumer: str, message_id: str) -> None:
-        """Reset the message's idle time: the heartbeat that stops other coordinators from taking the job."""
-        self.redis.xclaim(JOB_STREAM, COORDINATOR_GROUP, consumer, min_idle_time=0, message_ids=[message_id],
-                          justid=True)
+    def pick_job(self, consumer: str, block_ms: int) -> tuple[str, str] | None:
+        """The next new job by :func:`services.scheduling.choose`.
 
-    def ack(self, message_id: str) -> None:
-        self.redis.xack(JOB_STREAM, COORDINATOR_GROUP, message_id)
+        The group delivers in stream order, so entries ahead of the chosen one are read and moved to the end
+        (:meth:`requeue`), each at most once per pick. A crash between a read and its move leaves the entry
+        pending under the reader, where the usual takeover (or the restarted reader) finds it.
+        """
+        queued = self.queued_jobs()
+        if not queued:
+            return self.read_next(consumer, block_ms)
+        chosen = choose(queued, self.running_by_tenant(), self.served())
+        candidates = {job.job_id for job in queued}
+        moved: set[str] = set()
+        while True:
+            read = self.read_next(consumer, None)
+            if read is None or read[1] == chosen.job_id or read[1] not in candidates or read[1] in moved:
+                return read  # the choice, or one that arrived (or came round again) since the snapshot
+            self.requeue(*read)
+            moved.add(read[1])
+
+    def requeue(self, message_id: str, job_id: str) -> None:
+        """Move a delivered entry to the end of the stream as a new, undelivered one, in one transaction."""
+        with self.redis.pipeline() as pipe:
+            self._requeue_ops(pipe, message_id, job_id)
+            pipe.execute()
+
+    @staticmethod
+    def _requeue_ops(pipe: Pipeline, message_id: str, job_id: str) -> None:
+        pipe.xadd(JOB_STREAM, {"job": job_id})
+        pipe.xack(JOB_STREAM, COORDINATOR_GROUP, message_id)
+        pipe.xdel(JOB_STREAM, message_id)
+
+    def yield_job(self, owner: str, message_id: str, job_id: str, note: str) -> None:
+        """Put a running job back in the queue (status queued, ``note`` on the job) if ``owner`` still owns it;
+        :class:`LostClaim` otherwise. Its checkpoint is already durable: whoever picks it resumes from there."""
+        values: dict[Any, Any] = {"status": JobStatus.QUEUED.value, "note": note, "updated": str(time.time())}
+
+        def write(pipe: Pipeline) -> None:
+            self._requeue_ops(pipe, message_id, job_id)
+            pipe.hset(f"gls:job:{job_id}", mapping=values)
+            pipe.delete(owner_key(job_id))
+
+        self._fenced(job_id, owner, write)
+        self.publish_event(job_id, {"type": "status", "status": JobStatus.QUEUED.value, "note": note})
+
+    def queued_jobs(self) -> list[QueuedJob]:
+        """The stream's undelivered entries whose jobs are still queued or running (not finished or deleted)."""
+        self.ensure_group()
+        groups = cast(list[dict[Any, Any]], self.redis.xinfo_groups(JOB_STREAM))
+        last = next(_text(group["last-delivered-id"]) for group in groups if _text(group["name"]) == COORDINATOR_GROUP)
+        entries = [(_text(message_id), _job_field(fields)) for message_id, fields in
+                   cast(list[Any], self.redis.xrange(JOB_STREAM, min=f"({last}", max="+"))]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for _, job_id in entries:
+                pipe.hmget(f"gls:job:{job_id}", ["tenant", "status", "created"])
+            details = pipe.execute()
+        return [QueuedJob(message_id, job_id, _text(tenant), float(created))
+                for (message_id, job_id), (tenant, status, created) in zip(entries, details, strict=True)
+                if status is not None and _text(status) in (JobStatus.QUEUED.value, JobStatus.RUNNING.value)]
+
+    def running_by_tenant(self) -> dict[str, int]:
+        """Jobs delivered to a coordinator and not yet acknowledged (the group's pending entries), per tenant."""
+        pending = self.redis.xpending_range(JOB_STREAM, COORDINATOR_GROUP, min="-", max="+", count=100_000)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for entry in pending:
+                pipe.xrange(JOB_STREAM, min=entry["message_id"], max=entry["message_id"], count=1)
+            job_ids = [_job_field(found[0][1]) for found in pipe.execute() if found]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(f"gls:job:{job_id}", "tenant")
+            tenants = [_text(tenant) for tenant in pipe.execute() if tenant is not None]
+        return dict(Counter(tenants))
+
+    def served(self) -> dict[str, float]:
+        """When each tenant last had a job claimed (seconds since the epoch)."""
+        raw = _decode(cast(dict[Any, Any], self.redis.hgetall(SERVED_KEY)))
+        return {tenant: float(at) for tenant, at in raw.items()}
+
+    def should_yield(self, tenant: str) -> str | None:
+        """The tenant a running job of ``tenant`` should yield to now (:func:`services.scheduling.yield_to`)."""
+        queued = self.queued_jobs()
+        return yield_to(tenant, queued, self.running_by_tenant()) if queued else None
+
+    def keep_claim(self, consumer: str, message_id: str, job_id: str) -> bool:
+        """Reset the message's idle time (the heartbeat that stops other coordinators from taking the job), if
+        ``consumer`` still owns the job; False once another coordinator has taken it over."""
+        kept = self._keep_claim_script(keys=[JOB_STREAM, owner_key(job_id)],
+                                       args=[COORDINATOR_GROUP, consumer, owner_token(consumer, message_id),
+                                             message_id])
+        return bool(kept)
+
+    def ack(self, message_id: str, job_id: str | None = None) -> None:
+        """The job is settled: drop its entry from the group's pending list (and its owner record)."""
+        with self.redis.pipeline() as pipe:
+            pipe.xack(JOB_STREAM, COORDINATOR_GROUP, message_id)
+            if job_id is not None:
+                pipe.delete(owner_key(job_id))
+            pipe.execute()
+
+    def _fenced(self, job_id: str, owner: str, write: Callable[[Pipeline], None]) -> None:
+        """``write`` in one transaction that happens only while ``owner`` owns the job; else :class:`LostClaim`."""
+        key = owner_key(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                holder = pipe.get(key)
+                if holder is None or _text(holder) != owner:
+                    raise LostClaim(job_id, owner, _text(holder) if holder is not None else "")
+                pipe.multi()
+                write(pipe)
+                pipe.execute()
+            except redis.WatchError as error:
+                raise LostClaim(job_id, owner, _text(self.redis.get(key) or b"")) from error
 
     # steps, checkpoints, metrics, events -----------------------------------------------------------
-    def commit(self, job_id: str, state: bytes, position: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        """Store a checkpoint and publish its metrics in one transaction: the step is now acknowledged."""
-        with self.redis.pipeline(transaction=True) as pipe:
+    def commit(self, job_id: str, state: bytes, position: dict[str, Any], rows: list[dict[str, Any]],
+               owner: str | None = None) -> None:
+        """Store a checkpoint and publish its metrics in one transaction: the step is now acknowledged.
+
+        With ``owner`` (a coordinator's :func:`owner_token`), only while it still owns the job: a coordinator
+        whose claim was taken over gets :class:`LostClaim` and writes nothing.
+        """
+        def write(pipe: Pipeline) -> None:
             pipe.hset(f"gls:job:{job_id}:checkpoint", mapping={"state": state, "position": json.dumps(position),
                                                                 "step": str(position["step"])})
             for row in rows:
@@ -310,6 +478,12 @@ class Store:
                 pipe.xadd(f"gls:job:{job_id}:events", {"data": json.dumps({"type": "metrics", **row})},
                           maxlen=10000, approximate=True)
             pipe.hset(f"gls:job:{job_id}", mapping={"step": str(position["step"]), "updated": str(time.time())})
+
+        if owner is not None:
+            self._fenced(job_id, owner, write)
+            return
+        with self.redis.pipeline(transaction=True) as pipe:
+            write(pipe)
             pipe.execute()
 
     def checkpoint(self, job_id: str) -> tuple[bytes, dict[str, Any]] | None:

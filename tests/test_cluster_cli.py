@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from services.client import GlsClient
+from services.cluster import coordinator_id
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -86,6 +87,10 @@ def test_crashed_processes_are_restarted_and_all_die_with_cluster_up(tmp_path: P
         assert info["token"] == "ops-token"  # the token written is one the gateway accepts
         with GlsClient(info["gateway_url"], info["token"]) as client:
             assert client.jobs() == []
+        # the coordinator's consumer name survives restarts: a restarted one takes back its own pending job
+        environ = Path(f"/proc/{info['pids']['coordinator']}/environ").read_bytes().split(b"\0")
+        assert f"GLS_COORDINATOR_ID={coordinator_id(run_dir)}".encode() in environ
+        assert coordinator_id(run_dir) == coordinator_id(run_dir / ".." / "cluster") != coordinator_id(tmp_path)
         crashed = info["pids"]["worker-0"]
         os.kill(crashed, signal.SIGKILL)
 

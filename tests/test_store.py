@@ -6,7 +6,7 @@ import pytest
 import torch
 from servers import RedisServer
 
-from services.store import JobStatus, NotFound, Store
+from services.store import JobStatus, LostClaim, NotFound, Store, owner_token
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_claims_are_shared_and_stale_claims_are_taken_over(store: Store) -> None
     assert {claim_a[1], claim_b[1]} == {first.id, second.id}
     assert store.claim_job("c", block_ms=10, stale_ms=60_000) is None
     time.sleep(0.3)
-    store.keep_claim("a", claim_a[0])  # a is alive, b went silent
+    assert store.keep_claim("a", claim_a[0], claim_a[1])  # a is alive, b went silent
     taken = store.claim_job("c", block_ms=10, stale_ms=200)
     assert taken == claim_b
     store.ack(claim_a[0])
@@ -93,3 +93,67 @@ def test_models_are_per_tenant(store: Store) -> None:
         store.delete_model(info.id, "bob")
     store.delete_model(info.id, "alice")
     assert store.list_models("alice") == []
+
+
+def test_a_coordinator_whose_claim_was_taken_over_can_commit_nothing(store: Store) -> None:
+    job = store.submit_job("t", {})
+    claim_a = store.claim_job("a", block_ms=10, stale_ms=60_000)
+    assert claim_a is not None
+    store.commit(job.id, b"state-1", {"step": 1}, [{"kind": "step", "step": 1}], owner_token("a", claim_a[0]))
+    time.sleep(0.3)  # a stalls
+    claim_b = store.claim_job("b", block_ms=10, stale_ms=200)
+    assert claim_b == claim_a
+    with pytest.raises(LostClaim, match="no longer owned"):
+        store.commit(job.id, b"state-2a", {"step": 2}, [{"kind": "step", "step": 2}], owner_token("a", claim_a[0]))
+    assert not store.keep_claim("a", claim_a[0], job.id)  # a's heartbeat no longer takes the entry back
+    assert store.keep_claim("b", claim_b[0], job.id)
+    store.commit(job.id, b"state-2b", {"step": 2}, [{"kind": "step", "step": 2}], owner_token("b", claim_b[0]))
+    assert store.checkpoint(job.id) == (b"state-2b", {"step": 2})
+    assert [row["step"] for row in store.metrics(job.id)] == [1, 2]
+    with pytest.raises(LostClaim):
+        store.yield_job(owner_token("a", claim_a[0]), claim_a[0], job.id, "yielded")
+    assert store.running_by_tenant() == {"t": 1} and store.queued_jobs() == []
+
+
+def test_a_free_coordinator_takes_the_tenant_with_the_fewest_running_then_least_recently_served(
+        store: Store) -> None:
+    a_jobs = [store.submit_job("alice", {}) for _ in range(3)]
+    b_job = store.submit_job("bob", {})
+    first = store.claim_job("x", block_ms=10, stale_ms=60_000)
+    assert first is not None and first[1] == a_jobs[0].id  # nobody served yet: both 0 running, alice by name
+    second = store.claim_job("y", block_ms=10, stale_ms=60_000)
+    assert second is not None and second[1] == b_job.id  # alice has 1 running, bob none: bob's job jumps ahead
+    assert [job.job_id for job in store.queued_jobs()] == [a_jobs[1].id, a_jobs[2].id]  # each once, in order
+    assert store.running_by_tenant() == {"alice": 1, "bob": 1}
+    assert set(store.served()) == {"alice", "bob"}
+    assert store.should_yield("alice") is None  # only alice waits
+    store.ack(second[0], second[1])
+    store.update_job(b_job.id, status=JobStatus.SUCCEEDED)
+    store.submit_job("bob", {})
+    assert store.should_yield("alice") == "bob"  # bob waits with 0 running, alice runs 1
+
+
+def test_a_job_that_yields_is_queued_again_and_goes_before_its_tenants_newer_jobs(store: Store) -> None:
+    older = store.submit_job("alice", {})
+    newer = store.submit_job("alice", {})
+    claim = store.claim_job("x", block_ms=10, stale_ms=60_000)
+    assert claim is not None and claim[1] == older.id
+    store.yield_job(owner_token("x", claim[0]), claim[0], older.id, "yielded at step 3")
+    assert store.get_job(older.id).status == JobStatus.QUEUED
+    assert store.redis.hget(f"gls:job:{older.id}", "note") == b"yielded at step 3"
+    assert [job.job_id for job in store.queued_jobs()] == [newer.id, older.id]
+    again = store.claim_job("y", block_ms=10, stale_ms=60_000)
+    assert again is not None and again[1] == older.id  # the older job, read after moving the newer one back
+    assert [job.job_id for job in store.queued_jobs()] == [newer.id]
+    assert store.running_by_tenant() == {"alice": 1}
+
+
+def test_a_crash_between_reading_and_moving_an_entry_loses_no_job(store: Store) -> None:
+    job = store.submit_job("alice", {})
+    store.ensure_group()
+    read = store.read_next("a", None)  # a reads the entry, then dies before it moves or runs it
+    assert read is not None and read[1] == job.id
+    assert store.queued_jobs() == [] and store.running_by_tenant() == {"alice": 1}
+    assert store.claim_job("a", block_ms=10, stale_ms=60_000) == read  # a, restarted under its name: at once
+    time.sleep(0.3)
+    assert store.claim_job("b", block_ms=10, stale_ms=200) == read  # or anyone, once the entry is stale

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,16 +45,26 @@ def warm_start(store: Store, config: TrainConfig, tenant: str, spec: NetSpec) ->
     return theta
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: a finished status, RUNNING (asked to stop; resumed later) or QUEUED (yielded, ``note``)."""
+
+    status: JobStatus
+    note: str = ""
+
+
 class JobRunner:
-    """Runs (or resumes) a job until it finishes, is cancelled, or ``should_stop`` says so."""
+    """Runs (or resumes) a job until it finishes, is cancelled, yields its turn, or ``should_stop`` says so."""
 
     def __init__(self, store: Store, pool: WorkerPool, settings: Settings, consumer: str) -> None:
         self.store, self.pool, self.settings, self.consumer = store, pool, settings, consumer
 
-    def run(self, job: Job, should_stop: Callable[[], bool]) -> JobStatus:
+    def run(self, job: Job, should_stop: Callable[[], bool], owner: str | None = None) -> Outcome:
+        """Every commit is fenced by ``owner``: :class:`services.store.LostClaim` once another coordinator
+        owns the job. After ``job_slice_s`` the job yields at a step boundary (:meth:`Store.should_yield`)."""
         config = parse_config(job.config, f"job {job.id}")
         data = job_data(self.store, config, job.tenant, self.settings.data_dir)
-        storage = RedisStorage(self.store, job.id)
+        storage = RedisStorage(self.store, job.id, owner)
         resume = storage.has_checkpoint()
         trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps)
         trainer.evaluator = remote_evaluator(self.pool, trainer.spec, config.seed, config.block_members)
@@ -60,24 +72,36 @@ class JobRunner:
             trainer.initial_theta = warm_start(self.store, config, job.tenant, trainer.spec)
         self.store.update_job(job.id, status=JobStatus.RUNNING, total_steps=trainer.total_steps,
                               coordinator=self.consumer, error="")
-        cancelled = {"flag": False}
+        started = time.monotonic()
+        ended: dict[str, str] = {}
 
         def stop() -> bool:
             if self.store.cancel_requested(job.id):
-                cancelled["flag"] = True
+                ended["cancelled"] = "yes"
                 return True
-            return should_stop()
+            if should_stop():
+                return True
+            slice_s = self.settings.job_slice_s
+            if slice_s and time.monotonic() - started >= slice_s:
+                other = self.store.should_yield(job.tenant)
+                if other is not None:
+                    ended["yielded"] = other
+                    return True
+            return False
 
         result = trainer.run(resume=resume, should_stop=stop)
-        if cancelled["flag"]:
+        if "cancelled" in ended:
             self.store.update_job(job.id, status=JobStatus.CANCELLED)
-            return JobStatus.CANCELLED
+            return Outcome(JobStatus.CANCELLED)
         if not result.position.finished:
-            return JobStatus.RUNNING  # asked to stop (shutdown): another coordinator resumes from the checkpoint
+            if "yielded" in ended:
+                return Outcome(JobStatus.QUEUED, f"yielded at step {result.position.step} after "
+                                                 f"{time.monotonic() - started:.1f} s to tenant {ended['yielded']}")
+            return Outcome(JobStatus.RUNNING)  # asked to stop (shutdown): resumed later from the checkpoint
         data_bytes = model_bytes(result.theta, config.model.arch, config.zoo_dataset, {"job": job.id})
         extra: dict[str, Any] = {} if result.final is None else result.final.to_dict()
         self.store.put_model(job.tenant, data_bytes, config.model.arch, config.zoo_dataset, trainer.spec.num_params,
                              source=f"job {job.id}", model_id=job.id,
                              extra={key: str(value) for key, value in extra.items()})
         self.store.update_job(job.id, status=JobStatus.SUCCEEDED, model_id=job.id)
-        return JobStatus.SUCCEEDED
+        return Outcome(JobStatus.SUCCEEDED)

@@ -16,11 +16,13 @@ from ..store import Store
 
 
 class RedisStorage:
-    """Rows are buffered until the next commit, then written with the checkpoint in one transaction."""
+    """Rows are buffered until the next commit, then written with the checkpoint in one transaction
+    (fenced by ``owner``: :class:`services.store.LostClaim` once another coordinator owns the job)."""
 
-    def __init__(self, store: Store, job_id: str) -> None:
+    def __init__(self, store: Store, job_id: str, owner: str | None = None) -> None:
         self.store = store
         self.job_id = job_id
+        self.owner = owner
         self.pending: list[dict[str, Any]] = []
         self.committed: list[dict[str, Any]] | None = None
 
@@ -45,7 +47,7 @@ class RedisStorage:
 
     def commit(self, state: State, position: Position) -> None:
         data = save_tensors({key: value.detach().cpu().contiguous() for key, value in state.items()})
-        self.store.commit(self.job_id, data, asdict(position), self.pending)
+        self.store.commit(self.job_id, data, asdict(position), self.pending, self.owner)
         if self.committed is not None:
             self.committed.extend(self.pending)
         self.pending = []
