@@ -20,9 +20,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .bounds.region import check_eps, check_inputs
+from .errors import InvalidInput
 from .nets.spec import NetSpec
 from .population import forward
+from .validation import check_count, check_eps, check_inputs, check_labels, check_params
 
 AttackLoss = Literal["ce", "margin"]
 ATTACK_LOSSES: tuple[str, ...] = ("ce", "margin")
@@ -85,31 +86,13 @@ class _Best:
 
 def _check_loss(loss: str) -> None:
     if loss not in ATTACK_LOSSES:
-        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
+        raise InvalidInput("loss", f"must be one of {', '.join(ATTACK_LOSSES)}, got {loss!r}", loss)
 
 
 def _per_input(value: float | torch.Tensor, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
     """A scalar or [B] value as [B, 1, ..., 1] broadcastable against inputs like ``like``."""
-    tensor = check_eps(value, batch) if name == "eps" else torch.as_tensor(value, dtype=torch.float64)
-    if tensor.dim() > 1 or (tensor.dim() == 1 and tensor.shape[0] != batch):
-        raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(tensor.shape)}")
-    if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
-        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    tensor = check_eps(value, batch, name)
     return tensor.to(like.dtype).to(like.device).expand(batch).reshape(batch, *([1] * (like.dim() - 1)))
-
-
-def _check_labels(y: torch.Tensor, batch: int, classes: int) -> None:
-    if not isinstance(y, torch.Tensor) or y.shape != (batch,) or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"y must be an integer tensor of shape ({batch},)")
-    if bool((y < 0).any()) or bool((y >= classes).any()):
-        raise ValueError(f"labels must lie in [0, {classes})")
-
-
-def _single_network(spec: NetSpec, theta: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    population = spec.check_population(theta)
-    if population.shape[0] != 1:
-        raise ValueError(f"theta must be one network ({spec.num_params},), got {tuple(theta.shape)}")
-    return population.detach().to(device=like.device, dtype=like.dtype)
 
 
 def projected_ascent(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], start: torch.Tensor,
@@ -152,14 +135,14 @@ def pgd_attack(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Ten
     theta is detached (no gradient reaches it) and the caller's grad mode is left as it was.
     """
     _check_loss(loss)
-    if steps < 0 or restarts < 1:
-        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    check_count(steps, "steps", 0)
+    check_count(restarts, "restarts", 1)
     check_inputs(spec, x)
     batch = x.shape[0]
-    _check_labels(y, batch, spec.num_outputs)
+    check_labels(y, batch, spec.num_outputs)
     with torch.inference_mode(False), torch.enable_grad():
         x = x.detach().clone()  # a normal tensor even when the caller is in inference mode
-        params = _single_network(spec, theta.detach().clone(), x)
+        params = check_params(spec, theta.detach().clone(), "theta", single=True).to(device=x.device, dtype=x.dtype)
         radius = _per_input(eps, batch, x, "eps")
         step = 2.5 * radius / max(steps, 1) if step_size is None else _per_input(step_size, batch, x, "step_size")
         lower, upper = (x - radius).clamp(0, 1), (x + radius).clamp(0, 1)

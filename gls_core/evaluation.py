@@ -8,7 +8,6 @@ unsound bound: :func:`evaluate` checks it on every batch and raises :class:`Soun
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,10 @@ import torch
 
 from .attacks import logit_margin, pgd_attack, predict_logits
 from .bounds import METHODS, compute_bounds, margin_spec
-from .bounds.region import check_inputs
+from .errors import InvalidInput
 from .losses import certified
 from .nets.spec import NetSpec
+from .validation import check_count, check_inputs, check_labels, check_method, check_params, check_radius
 from .verify import VerifyOptions, verify_each
 
 DEFAULT_BATCH_SIZE = 256
@@ -58,8 +58,7 @@ class EvalResult:
 
 def bound_options(method: str, alpha_steps: int = DEFAULT_ALPHA_STEPS) -> dict[str, Any]:
     """Options for ``compute_bounds`` at evaluation time (only alpha-CROWN takes any)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    check_method(method, METHODS)
     if method != "alpha-crown":
         return {}
     return {"steps": alpha_steps, "step_size": ALPHA_STEP_SIZE, "init": ALPHA_INIT}
@@ -67,24 +66,12 @@ def bound_options(method: str, alpha_steps: int = DEFAULT_ALPHA_STEPS) -> dict[s
 
 def _check_data(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     check_inputs(spec, x)
-    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
-        raise ValueError(f"y must be an integer tensor of shape ({x.shape[0]},)")
-    population = spec.check_population(theta)
-    if population.shape[0] != 1:
-        raise ValueError(f"theta must be one network ({spec.num_params},), got {tuple(theta.shape)}")
-    return population[0].detach().to(x.dtype)
-
-
-def _check_radius(eps: float, name: str = "eps") -> float:
-    value = float(eps)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {eps!r}")
-    return value
+    check_labels(y, x.shape[0], spec.num_outputs)
+    return check_params(spec, theta, "theta", single=True)[0].detach().to(x.dtype)
 
 
 def _batches(n: int, batch_size: int) -> Iterator[slice]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_count(batch_size, "batch_size")
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
@@ -136,7 +123,7 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     ``complete_timeout`` seconds each (an input left undecided counts as not certified).
     ``progress`` is called with the number of inputs done after each batch.
     """
-    eps = _check_radius(eps)
+    eps = check_radius(eps)
     theta = _check_data(spec, theta, x, y)
     complete = method == COMPLETE
     options = {} if complete else bound_options(method, alpha_steps)
@@ -168,7 +155,7 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
 def certify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, method: str, *,
             batch_size: int = DEFAULT_BATCH_SIZE, alpha_steps: int = DEFAULT_ALPHA_STEPS) -> torch.Tensor:
     """Per sample: correctly classified and certified by ``method`` at radius eps, [N] bool."""
-    eps = _check_radius(eps)
+    eps = check_radius(eps)
     theta = _check_data(spec, theta, x, y)
     options = bound_options(method, alpha_steps)
     masks = [_correct(spec, theta, x[part], y[part])
@@ -186,9 +173,9 @@ def certified_accuracy_curve(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor
     certified at any grid radius >= r. That is sound and makes the curve non-increasing even for
     relaxations whose bounds are not monotone in the region (DeepPoly's slope choice, alpha-CROWN).
     """
-    values = [_check_radius(r, "radius") for r in radii]
+    values = [check_radius(r, "radius") for r in radii]
     if not values:
-        raise ValueError("radii is empty")
+        raise InvalidInput("radii", "is empty: give at least one radius")
     order = sorted(range(len(values)), key=values.__getitem__)
     masks = torch.stack([certify(spec, theta, x, y, values[i], method, batch_size=batch_size,
                                  alpha_steps=alpha_steps) for i in order])
@@ -211,9 +198,10 @@ def tightness_auc(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.
     integrated with the trapezoid rule and divided by ``max_eps``: the result lies in [0, 1], 1
     meaning every sample is certified up to ``max_eps``. It is at most the natural accuracy.
     """
-    max_eps = _check_radius(max_eps, "max_eps")
-    if max_eps == 0 or points < 2:
-        raise ValueError(f"need max_eps > 0 and points >= 2, got max_eps={max_eps}, points={points}")
+    max_eps = check_radius(max_eps, "max_eps")
+    if max_eps == 0:
+        raise InvalidInput("max_eps", "must be > 0", max_eps)
+    check_count(points, "points", 2)
     radii = torch.linspace(0.0, max_eps, points, dtype=torch.float64).tolist()
     curve = certified_accuracy_curve(spec, theta, x, y, radii, method, batch_size=batch_size, alpha_steps=alpha_steps)
     area = sum((a + b) / 2 * (r1 - r0) for a, b, r0, r1 in zip(curve, curve[1:], radii, radii[1:]))

@@ -1,7 +1,9 @@
 """Conversions between gls_core objects and the gls.v1 wire messages, with the validation a server needs.
 
-Every decoder raises ``ValueError`` whose message starts with the field it is about, so a server can
-turn it into INVALID_ARGUMENT verbatim. Tensors travel as little-endian row-major bytes: encoding is
+Every decoder raises :class:`~gls_core.errors.InvalidInput` naming the field it is about (a path in
+the message: ``spec.layers[2]``, ``relaxation.alpha_steps``), so a server maps it to INVALID_ARGUMENT
+with that field; a caller decoding a nested message re-roots the path with ``error.within(...)``.
+Tensors travel as little-endian row-major bytes: encoding is
 one copy (``tobytes``), decoding one copy out of the message (the tensor must own writable memory).
 
 Floats that the protos declare as ``float`` (32 bit: Normalize constants, alpha-CROWN and PGD step
@@ -22,10 +24,12 @@ import numpy as np
 import torch
 
 from gls_core.bounds.api import METHODS
+from gls_core.errors import InvalidInput
 from gls_core.evaluation import COMPLETE
 from gls_core.nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import LossKind, Objective
+from gls_core.validation import check_alpha_options, check_count, check_method, check_radius
 
 from .proto.gls.v1 import bound_worker_pb2, common_pb2
 
@@ -65,7 +69,7 @@ def tensor_to_proto(tensor: torch.Tensor, out: common_pb2.Tensor | None = None) 
     """Encode a tensor (any device) as dtype, shape and little-endian bytes."""
     name = _NAMES.get(tensor.dtype)
     if name is None:
-        raise ValueError(f"tensor dtype {tensor.dtype} is not one of {', '.join(DTYPES)}")
+        raise InvalidInput("tensor", f"dtype {tensor.dtype} is not one of {', '.join(DTYPES)}")
     array = tensor.detach().cpu().contiguous().numpy()
     data = array.astype(DTYPES[name][0], copy=False).tobytes()  # no conversion on little-endian hosts
     message = common_pb2.Tensor() if out is None else out
@@ -79,24 +83,25 @@ def tensor_from_proto(message: common_pb2.Tensor, field: str = "tensor", *, dtyp
                       max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
     """Decode and validate a tensor; ``field`` names it in errors, ``dtypes`` restricts the accepted dtypes."""
     if message.dtype not in DTYPES:
-        raise ValueError(f"{field}.dtype {quoted(message.dtype)} is not one of {', '.join(DTYPES)}")
+        raise InvalidInput(f"{field}.dtype", f"{quoted(message.dtype)} is not one of {', '.join(DTYPES)}",
+                           message.dtype)
     if dtypes is not None and message.dtype not in dtypes:
-        raise ValueError(f"{field} must have dtype {' or '.join(dtypes)}, got {message.dtype}")
+        raise InvalidInput(f"{field}.dtype", f"must be {' or '.join(dtypes)}, got {message.dtype}", message.dtype)
     shape = tuple(int(size) for size in message.shape)
     if len(shape) > MAX_DIMS:
-        raise ValueError(f"{field} has {len(shape)} dimensions, at most {MAX_DIMS} are accepted")
+        raise InvalidInput(f"{field}.shape", f"has {len(shape)} dimensions, at most {MAX_DIMS} are accepted")
     if any(size < 0 for size in shape):
-        raise ValueError(f"{field}.shape {list(shape)} has a negative dimension")
+        raise InvalidInput(f"{field}.shape", f"{list(shape)} has a negative dimension")
     elements = math.prod(shape)
     if elements > max_elements:
-        raise ValueError(f"{field} has {elements} elements, more than the limit of {max_elements}")
+        raise InvalidInput(f"{field}.shape", f"has {elements} elements, more than the limit of {max_elements}")
     np_dtype, _ = DTYPES[message.dtype]
     data = message.data
     if len(data) != elements * np_dtype.itemsize:
-        raise ValueError(f"{field} has {len(data)} bytes of data, shape {list(shape)} of {message.dtype} "
-                         f"needs {elements * np_dtype.itemsize}")
+        raise InvalidInput(f"{field}.data", f"has {len(data)} bytes, shape {list(shape)} of {message.dtype} "
+                                            f"needs {elements * np_dtype.itemsize}")
     if message.dtype == "bool" and data and int(np.frombuffer(data, dtype=np.uint8).max()) > 1:
-        raise ValueError(f"{field} is bool but holds bytes other than 0 and 1")
+        raise InvalidInput(f"{field}.data", "is bool but holds bytes other than 0 and 1")
     array = np.frombuffer(data, dtype=np_dtype).reshape(shape)
     return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
 
@@ -110,12 +115,6 @@ def content_hash(message: common_pb2.Tensor) -> str:
     digest.update(b"\0")
     digest.update(message.data)
     return digest.hexdigest()
-
-
-def require_finite(name: str, tensor: torch.Tensor) -> None:
-    """Reject NaN and inf (integer tensors always pass)."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or inf")
 
 
 def float32_value(value: float) -> float:
@@ -166,48 +165,48 @@ def _layer_from_proto(index: int, item: common_pb2.Layer) -> Layer:
         mean = tuple(float32_value(v) for v in item.normalize.mean)
         std = tuple(float32_value(v) for v in item.normalize.std)
         if not all(math.isfinite(v) for v in mean + std):
-            raise ValueError(f"{where}: Normalize mean/std must be finite")
+            raise InvalidInput(where, "Normalize mean/std must be finite")
         return Normalize(mean, std)
     if kind == "conv2d":
         c = item.conv2d
         if min(c.in_channels, c.out_channels, c.kernel, c.stride) < 1 or c.padding < 0:
-            raise ValueError(f"{where}: Conv2d needs positive channels, kernel and stride and padding >= 0, got "
+            raise InvalidInput(where, f"Conv2d needs positive channels, kernel and stride and padding >= 0, got "
                              f"in={c.in_channels} out={c.out_channels} kernel={c.kernel} stride={c.stride} "
                              f"padding={c.padding}")
         return Conv2d(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding)
     if kind == "linear":
         if min(item.linear.in_features, item.linear.out_features) < 1:
-            raise ValueError(f"{where}: Linear needs positive features, got in={item.linear.in_features} "
+            raise InvalidInput(where, f"Linear needs positive features, got in={item.linear.in_features} "
                              f"out={item.linear.out_features}")
         return Linear(item.linear.in_features, item.linear.out_features)
     if kind == "relu":
         return ReLU()
     if kind == "flatten":
         return Flatten()
-    raise ValueError(f"{where} has no layer kind set")
+    raise InvalidInput(where, "has no layer kind set")
 
 
 def spec_from_proto(message: common_pb2.NetSpec) -> NetSpec:
-    """Rebuild a NetSpec; errors carry NetSpec's own reason, prefixed with ``spec:``."""
+    """Rebuild a NetSpec; errors name ``spec`` or a field of it (NetSpec's own reasons under ``spec``)."""
     if len(message.name) > MAX_NAME:  # errors name the network: a long name would come back in every one
-        raise ValueError(f"spec.name has {len(message.name)} characters, at most {MAX_NAME} are accepted")
+        raise InvalidInput("spec.name", f"has {len(message.name)} characters, at most {MAX_NAME} are accepted")
     shape = tuple(int(size) for size in message.input_shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
-        raise ValueError(f"spec.input_shape must be (C, H, W) or (N,) with positive sizes, got {list(shape)}")
+        raise InvalidInput("spec.input_shape", f"must be (C, H, W) or (N,) with positive sizes, got {list(shape)}")
     if math.prod(shape) > MAX_ACTIVATION:
-        raise ValueError(f"spec.input_shape {list(shape)} is larger than {MAX_ACTIVATION} elements")
+        raise InvalidInput("spec.input_shape", f"{list(shape)} is larger than {MAX_ACTIVATION} elements")
     if not message.layers:
-        raise ValueError("spec.layers is empty")
+        raise InvalidInput("spec.layers", "is empty")
     if len(message.layers) > MAX_LAYERS:
-        raise ValueError(f"spec.layers has {len(message.layers)} layers, at most {MAX_LAYERS} are accepted")
+        raise InvalidInput("spec.layers", f"has {len(message.layers)} layers, at most {MAX_LAYERS} are accepted")
     layers = tuple(_layer_from_proto(index, item) for index, item in enumerate(message.layers))
     try:
         spec = NetSpec(shape, layers, name=message.name or "net")
     except (ValueError, TypeError, ZeroDivisionError) as error:
-        raise ValueError(f"spec: {error}") from None
+        raise InvalidInput("spec", str(error)) from None
     for index, out in enumerate(spec.shapes[1:]):
         if math.prod(out) > MAX_ACTIVATION:
-            raise ValueError(f"spec: layer {index} output {list(out)} is larger than {MAX_ACTIVATION} elements")
+            raise InvalidInput("spec", f"layer {index} output {list(out)} is larger than {MAX_ACTIVATION} elements")
     return spec
 
 
@@ -219,19 +218,20 @@ def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
     message = common_pb2.Relaxation() if out is None else out
     if method == COMPLETE:  # the Certifier's branch and bound: only a per-input time limit
         if set(options) - {"timeout"}:
-            raise ValueError(f"method {COMPLETE!r} takes only 'timeout', got {sorted(options)}")
+            raise InvalidInput("options", f"method {COMPLETE!r} takes only 'timeout', got {sorted(options)}")
         message.method = method
         message.complete_timeout = float(options.get("timeout", 0.0))
         return message
-    _check_method(method, "method")
+    check_method(method, METHODS)
     message.method = method
     if method != "alpha-crown":
         if options:
-            raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+            raise InvalidInput("options", f"method {method!r} takes no options, got {sorted(options)}")
         return message
     unknown = set(options) - set(ALPHA_DEFAULTS)
     if unknown:
-        raise ValueError(f"alpha-crown options are {sorted(ALPHA_DEFAULTS)}, got unknown {sorted(unknown)}")
+        raise InvalidInput("options", f"alpha-crown options are {sorted(ALPHA_DEFAULTS)}, got unknown "
+                                      f"{sorted(unknown)}")
     if not options:
         return message
     merged = {**ALPHA_DEFAULTS, **options}
@@ -243,8 +243,8 @@ def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
         message.alpha_init = float(merged["init"])
     if message.alpha_steps == 0 and message.alpha_step_size == 0 and message.alpha_init == 0 and not \
             message.alpha_init_deeppoly:
-        raise ValueError("alpha-crown with steps=0, step_size=0 and init=0 is not representable on the wire "
-                         "(all-zero alpha fields mean the defaults)")
+        raise InvalidInput("options", "alpha-crown with steps=0, step_size=0 and init=0 is not representable on "
+                                      "the wire (all-zero alpha fields mean the defaults)")
     return message
 
 
@@ -264,28 +264,18 @@ def quoted(value: str) -> str:
     return repr(value) if len(value) <= MAX_ECHO else f"{value[:MAX_ECHO]!r}... ({len(value)} characters)"
 
 
-def _check_method(method: str, field: str) -> None:
-    if method not in METHODS:
-        shown = quoted(method) if method else "empty"
-        raise ValueError(f"{field} is {shown}: not a known relaxation; expected one of {', '.join(sorted(METHODS))}")
-
-
 def relaxation_from_proto(message: common_pb2.Relaxation, field: str = "relaxation") -> tuple[str, dict[str, Any]]:
     """(method, options). Alpha fields are read for alpha-crown only (the proto says others ignore them)."""
-    _check_method(message.method, f"{field}.method")
+    check_method(message.method, METHODS, f"{field}.method")
     if message.method != "alpha-crown":
         return message.method, {}
     if not (message.alpha_steps or message.alpha_step_size or message.alpha_init or message.alpha_init_deeppoly):
         return message.method, {}
-    step_size, init = float32_value(message.alpha_step_size), float32_value(message.alpha_init)
-    if not 0 <= message.alpha_steps <= MAX_ALPHA_STEPS:
-        raise ValueError(f"{field}.alpha_steps must lie in [0, {MAX_ALPHA_STEPS}], got {message.alpha_steps}")
-    if not math.isfinite(step_size) or step_size < 0:
-        raise ValueError(f"{field}.alpha_step_size must be finite and >= 0, got {step_size}")
-    if not message.alpha_init_deeppoly and not 0.0 <= init <= 1.0:
-        raise ValueError(f"{field}.alpha_init must lie in [0, 1], got {init}")
-    return message.method, {"steps": int(message.alpha_steps), "step_size": step_size,
-                            "init": "deeppoly" if message.alpha_init_deeppoly else init}
+    steps, step_size = int(message.alpha_steps), float32_value(message.alpha_step_size)
+    init = "deeppoly" if message.alpha_init_deeppoly else float32_value(message.alpha_init)
+    check_alpha_options(steps, step_size, init, max_steps=MAX_ALPHA_STEPS,
+                        fields=(f"{field}.alpha_steps", f"{field}.alpha_step_size", f"{field}.alpha_init"))
+    return message.method, {"steps": steps, "step_size": step_size, "init": init}
 
 
 # ----------------------------------------------------------------------------------------- objectives
@@ -305,22 +295,20 @@ def objective_to_proto(objective: Objective,
 def objective_from_proto(message: bound_worker_pb2.Objective, field: str = "objective") -> Objective:
     kind = _KIND_NAMES.get(message.kind)
     if kind is None:
-        raise ValueError(f"{field}.kind must be STANDARD, ADVERSARIAL or CERTIFIED, got {message.kind}")
+        raise InvalidInput(f"{field}.kind", f"must be STANDARD, ADVERSARIAL or CERTIFIED, got {message.kind}",
+                           message.kind)
     step_size = float32_value(message.pgd_step_size)
-    if kind == "adversarial":
-        if not 0 <= message.pgd_steps <= MAX_PGD_STEPS or not 1 <= message.pgd_restarts <= MAX_PGD_RESTARTS:
-            raise ValueError(f"{field}: adversarial needs pgd_steps >= 0 and pgd_restarts >= 1 (at most "
-                             f"{MAX_PGD_STEPS} and {MAX_PGD_RESTARTS}), got pgd_steps={message.pgd_steps} and "
-                             f"pgd_restarts={message.pgd_restarts}")
-        if not math.isfinite(step_size) or step_size < 0:
-            raise ValueError(f"{field}.pgd_step_size must be finite and >= 0, got {step_size}")
     steps, restarts = int(message.pgd_steps), int(message.pgd_restarts)
+    if kind == "adversarial":  # adversarial training's attack: bounded, as every other amount of work
+        check_count(steps, f"{field}.pgd_steps", 0, MAX_PGD_STEPS)
+        check_count(restarts, f"{field}.pgd_restarts", 1, MAX_PGD_RESTARTS)
+        check_radius(step_size, f"{field}.pgd_step_size")
     if kind != "certified":
         if message.relaxation.method:
-            raise ValueError(f"{field}.relaxation is set but only a CERTIFIED objective takes one")
+            raise InvalidInput(f"{field}.relaxation", "is set but only a CERTIFIED objective takes one")
         return Objective(kind, pgd_steps=steps, pgd_step_size=step_size, pgd_restarts=restarts)
     if not message.HasField("relaxation"):
-        raise ValueError(f"{field}.relaxation is required for a CERTIFIED objective")
+        raise InvalidInput(f"{field}.relaxation", "is required for a CERTIFIED objective")
     method, options = relaxation_from_proto(message.relaxation, f"{field}.relaxation")
     return Objective(kind, method, options, pgd_steps=steps, pgd_step_size=step_size, pgd_restarts=restarts)
 
@@ -329,8 +317,8 @@ def objective_from_proto(message: bound_worker_pb2.Objective, field: str = "obje
 
 def proposal_fields(proposal: Proposal) -> dict[str, Any]:
     """The scalar PointsRequest fields of a proposal (centre and sigma travel as blobs)."""
-    if proposal.seed < 0 or proposal.step < 0:
-        raise ValueError(f"seed and step must be >= 0 on the wire, got seed={proposal.seed} step={proposal.step}")
+    check_count(proposal.seed, "seed", 0)
+    check_count(proposal.step, "step", 0)
     return {"seed": proposal.seed, "step": proposal.step, "count": proposal.count, "symmetric": proposal.symmetric,
             "want_gradients": proposal.needs_grads}
 
@@ -338,7 +326,8 @@ def proposal_fields(proposal: Proposal) -> dict[str, Any]:
 def proposal_from_request(request: bound_worker_pb2.PointsRequest, centre: torch.Tensor,
                           sigma: torch.Tensor) -> Proposal:
     """Rebuild the proposal of a PointsRequest around decoded (and validated) centre and sigma."""
-    if request.count < 1 or (request.symmetric and request.count % 2):
-        raise ValueError(f"count must be positive (and even when symmetric), got {request.count}")
+    check_count(request.count, "count")
+    if request.symmetric and request.count % 2:
+        raise InvalidInput("count", f"must be even for symmetric pairs, got {request.count}", request.count)
     return Proposal(step=int(request.step), seed=int(request.seed), centre=centre, sigma=sigma,
                     count=int(request.count), symmetric=request.symmetric, needs_grads=request.want_gradients)

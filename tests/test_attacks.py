@@ -187,7 +187,7 @@ def test_step_size_and_validation(trained: tuple[NetSpec, torch.Tensor],
         pgd_attack(spec, theta, x, y, torch.full((3,), 0.1), steps=1)
     with pytest.raises(ValueError, match="eps"):
         pgd_attack(spec, theta, x, y, -0.1, steps=1)
-    with pytest.raises(ValueError, match="one network"):
+    with pytest.raises(ValueError, match=r"theta: must have shape \[\d+\] \(the \d+ parameters of "):
         pgd_attack(spec, theta.expand(2, -1), x, y, 0.1, steps=1)
-    with pytest.raises(ValueError, match="y must"):
+    with pytest.raises(ValueError, match=r"y: must have shape \[8\] \(one label per input\)"):
         pgd_attack(spec, theta, x, y[:4], 0.1, steps=1)

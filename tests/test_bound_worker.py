@@ -31,7 +31,7 @@ from services.bound_worker import service as worker_service
 from services.bound_worker.cache import BlobCache
 from services.discovery import WORKERS_SET, Heartbeat, WorkerInfo, live_workers, register, worker_key
 from services.proto.gls.v1 import bound_worker_pb2, bound_worker_pb2_grpc, common_pb2
-from services.rich_status import error_info
+from services.rich_status import error_info, field_violations
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,48 +247,59 @@ def _no_kind(request: bound_worker_pb2.PointsRequest) -> None:
     request.objective.kind = bound_worker_pb2.Objective.KIND_UNSPECIFIED
 
 
-INVALID_POINTS: dict[str, tuple[Mutation, str]] = {
-    "unknown relaxation": (_relaxation("zonotope"), "objective.relaxation.method is 'zonotope': not a known"),
-    "theta length": (_set_blob("centre", THETA[:-1]), f"centre must have shape \\[{THETA.numel()}\\]"),
-    "sigma shape": (_set_blob("sigma", torch.zeros(3)), "sigma must match centre"),
-    "negative sigma": (_set_blob("sigma", -torch.ones_like(THETA)), "sigma must be >= 0"),
-    "input shape": (_set_blob("inputs", torch.zeros(12, 1, 7, 7)), r"inputs must have shape \[B, 1, 8, 8\]"),
-    "empty batch": (_set_blob("inputs", torch.zeros(0, 1, 8, 8)), "inputs is an empty batch"),
-    "input dtype": (_set_blob("inputs", X.to(torch.uint8)), "inputs must have dtype float32 or float64, got uint8"),
-    "label dtype": (_set_blob("labels", Y.float()), "labels must have dtype int64, got float32"),
-    "label count": (_set_blob("labels", Y[:5]), r"labels must have shape \[12\]"),
-    "label range": (_set_blob("labels", Y + 10), r"labels must lie in \[0, 10\)"),
-    "nan theta": (_set_blob("centre", _with_nan(THETA)), "centre contains NaN or inf"),
-    "inf sigma": (_set_blob("sigma", _with_nan(torch.zeros_like(THETA), math.inf)), "sigma contains NaN or inf"),
-    "nan input": (_set_blob("inputs", _with_nan(X)), "inputs contains NaN or inf"),
-    "input range": (_set_blob("inputs", X + 1.5), r"inputs must lie in \[0, 1\]"),
-    "negative eps": (_set(eps=-0.1), "eps must be finite and >= 0"),
-    "nan eps": (_set(eps=math.nan), "eps must be finite and >= 0"),
-    "misaligned": (_set(start=2), "start/stop: member range \\[2, 8\\) is not aligned to blocks of 4"),
-    "empty range": (_set(start=4, stop=4), "member range start=4 stop=4 is empty"),
-    "beyond count": (_set(stop=12), "exceeds count=8"),
-    "odd pairs": (_set(count=7, stop=7), "count must be positive \\(and even when symmetric\\)"),
-    "zero block": (_set(block=0), "block must be >= 1"),
-    "alpha gradients": (_set(want_gradients=True), "want_gradients: alpha-crown has no weight gradients"),
-    "bad spec": (_bad_spec, "spec: layer 5: Linear expects"),
-    "byte length": (_truncate_inputs, "inputs has 3068 bytes of data"),
-    "hash mismatch": (_wrong_hash, "centre.sha256 0{64} does not match its tensor"),
-    "no centre": (_no_centre, "centre is missing"),
-    "no kind": (_no_kind, "objective.kind must be"),
+INVALID_POINTS: dict[str, tuple[Mutation, str, str]] = {  # the mutation, the field named, the message
+    "unknown relaxation": (_relaxation("zonotope"), "objective.relaxation.method",
+                           "objective.relaxation.method: unknown relaxation 'zonotope'"),
+    "theta length": (_set_blob("centre", THETA[:-1]), "centre", f"centre: must have shape \\[{THETA.numel()}\\]"),
+    "sigma shape": (_set_blob("sigma", torch.zeros(3)), "sigma", "sigma: must match centre"),
+    "negative sigma": (_set_blob("sigma", -torch.ones_like(THETA)), "sigma", "sigma: must be >= 0"),
+    "input shape": (_set_blob("inputs", torch.zeros(12, 1, 7, 7)), "inputs", r"inputs: must have shape \[B, 1, 8, 8\]"),
+    "empty batch": (_set_blob("inputs", torch.zeros(0, 1, 8, 8)), "inputs", "inputs: is an empty batch"),
+    "input dtype": (_set_blob("inputs", X.to(torch.uint8)), "inputs.dtype",
+                    "inputs.dtype: must be float32 or float64, got uint8"),
+    "label dtype": (_set_blob("labels", Y.float()), "labels.dtype", "labels.dtype: must be int64, got float32"),
+    "label count": (_set_blob("labels", Y[:5]), "labels", r"labels: must have shape \[12\]"),
+    "label range": (_set_blob("labels", Y + 10), "labels.0", r"labels.0: label 1\d is not a class of the network "
+                                                             r"\(0..9\)"),
+    "nan theta": (_set_blob("centre", _with_nan(THETA)), "centre", "centre: contains NaN or inf"),
+    "inf sigma": (_set_blob("sigma", _with_nan(torch.zeros_like(THETA), math.inf)), "sigma",
+                  "sigma: contains NaN or inf"),
+    "nan input": (_set_blob("inputs", _with_nan(X)), "inputs", "inputs: contains NaN or inf"),
+    "input range": (_set_blob("inputs", X + 1.5), "inputs", r"inputs: must lie in \[0, 1\]"),
+    "negative eps": (_set(eps=-0.1), "eps", "eps: must be finite and >= 0"),
+    "nan eps": (_set(eps=math.nan), "eps", "eps: must be finite and >= 0"),
+    "misaligned": (_set(start=2), "start", "start: member range \\[2, 8\\) is not aligned to blocks of 4"),
+    "empty range": (_set(start=4, stop=4), "stop", r"stop: member range \[4, 4\) is empty"),
+    "beyond count": (_set(stop=12), "stop", "exceeds the population of 8"),
+    "odd pairs": (_set(count=7, stop=7), "count", "count: must be even for symmetric pairs"),
+    "zero block": (_set(block=0), "block", "block: must be an integer >= 1"),
+    "alpha gradients": (_set(want_gradients=True), "want_gradients",
+                        "want_gradients: alpha-crown has no weight gradients"),
+    "bad spec": (_bad_spec, "spec", "spec: layer 5: Linear expects"),
+    "byte length": (_truncate_inputs, "inputs.data", "inputs.data: has 3068 bytes"),
+    "hash mismatch": (_wrong_hash, "centre.sha256", "centre.sha256: 0{64} does not match its tensor"),
+    "no centre": (_no_centre, "centre", "centre: is missing"),
+    "no kind": (_no_kind, "objective.kind", "objective.kind: must be"),
 }
+
+
+def assert_invalid(error: grpc.RpcError, field: str, match: str) -> None:
+    """INVALID_ARGUMENT whose message matches and whose BadRequest names ``field`` (read from the error, not text)."""
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(match, error.details() or ""), error.details()
+    assert [name for name, _ in field_violations(error)] == [field]
+    assert error_info(error) == ("INVALID_REQUEST", {})
 
 
 @pytest.mark.parametrize("case", sorted(INVALID_POINTS))
 def test_invalid_points_requests_are_rejected_and_the_worker_keeps_serving(
         case: str, stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
-    mutate, match = INVALID_POINTS[case]
+    mutate, field, match = INVALID_POINTS[case]
     request = points_request(pgpe(), ALPHA)
     mutate(request)
     with pytest.raises(grpc.RpcError) as raised:
         stub.EvaluatePoints(request)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert raised.value.details() is not None
-    assert re.search(match, raised.value.details()), raised.value.details()
+    assert_invalid(raised.value, field, match)
     assert stub.EvaluatePoints(points_request(pgpe(2), DEEPPOLY, block=2)).losses.shape == [2]
 
 
@@ -302,29 +313,35 @@ def _bounds_request(**fields: object) -> bound_worker_pb2.BoundsRequest:
     return request
 
 
-INVALID_BOUNDS: dict[str, tuple[bound_worker_pb2.BoundsRequest, str]] = {
-    "params length": (_bounds_request(params=inline(torch.zeros(2, 5))), r"params must have shape \[208\] or"),
-    "params nan": (_bounds_request(params=inline(_with_nan(THETA))), "params contains NaN or inf"),
-    "no relaxation": (_bounds_request(relaxation=None), "relaxation is missing"),
-    "unknown relaxation": (_bounds_request(relaxation=common_pb2.Relaxation(method="poly")),
-                           "relaxation.method is 'poly'"),
+INVALID_BOUNDS: dict[str, tuple[bound_worker_pb2.BoundsRequest, str, str]] = {
+    "params length": (_bounds_request(params=inline(torch.zeros(2, 5))), "params",
+                      r"params: must have shape \[P, 208\] or \[208\]"),
+    "params nan": (_bounds_request(params=inline(_with_nan(THETA))), "params", "params: contains NaN or inf"),
+    "no relaxation": (_bounds_request(relaxation=None), "relaxation", "relaxation: is missing"),
+    "unknown relaxation": (_bounds_request(relaxation=common_pb2.Relaxation(method="poly")), "relaxation.method",
+                           "relaxation.method: unknown relaxation 'poly'"),
     "alpha steps": (_bounds_request(relaxation=common_pb2.Relaxation(method="alpha-crown", alpha_steps=100_000_000)),
-                    r"relaxation.alpha_steps must lie in \[0, 1000\]"),  # unbounded work otherwise
+                    "relaxation.alpha_steps",
+                    r"relaxation.alpha_steps: must be an integer in \[0, 1000\]"),  # unbounded work otherwise
     "eps per input": (_bounds_request(perturbation=common_pb2.Perturbation(
-        eps_per_input=codec.tensor_to_proto(torch.zeros(3)))), r"eps_per_input must have shape \[12\]"),
-    "negative eps": (_bounds_request(perturbation=common_pb2.Perturbation(eps=-1)), "perturbation.eps must be"),
-    "labels": (_bounds_request(labels=inline(-Y - 1)), r"labels must lie in \[0, 10\)"),
-    "inputs": (_bounds_request(inputs=inline(X.double() * 3)), r"inputs must lie in \[0, 1\]"),
+        eps_per_input=codec.tensor_to_proto(torch.zeros(3)))), "perturbation.eps_per_input",
+        r"perturbation.eps_per_input: must be a scalar or have shape \[12\]"),
+    "negative eps per input": (_bounds_request(perturbation=common_pb2.Perturbation(
+        eps_per_input=codec.tensor_to_proto(-torch.ones(12)))), "perturbation.eps_per_input",
+        "perturbation.eps_per_input: must be finite and >= 0, got -1 at index 0"),
+    "negative eps": (_bounds_request(perturbation=common_pb2.Perturbation(eps=-1)), "perturbation.eps",
+                     "perturbation.eps: must be finite and >= 0"),
+    "labels": (_bounds_request(labels=inline(-Y - 1)), "labels.0", r"labels.0: label -\d+ is not a class"),
+    "inputs": (_bounds_request(inputs=inline(X.double() * 3)), "inputs", r"inputs: must lie in \[0, 1\]"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(INVALID_BOUNDS))
 def test_invalid_bounds_requests_are_rejected(case: str, stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
-    request, match = INVALID_BOUNDS[case]
+    request, field, match = INVALID_BOUNDS[case]
     with pytest.raises(grpc.RpcError) as raised:
         stub.Bounds(request)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert re.search(match, raised.value.details() or ""), raised.value.details()
+    assert_invalid(raised.value, field, match)
     assert stub.Bounds(_bounds_request()).lower.shape == [12, 9]
 
 
@@ -358,19 +375,21 @@ def test_oversized_messages_are_resource_exhausted() -> None:
         small.stop()
 
 
+@pytest.mark.parametrize("kind", [RuntimeError, ValueError])
 def test_unexpected_errors_are_internal_and_the_worker_keeps_serving(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        kind: type[Exception], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
         stub: bound_worker_pb2_grpc.BoundWorkerStub) -> None:
-    """Fault injection: gls_core failing in a way no validation foresaw (here: a simulated allocation failure)."""
+    """Fault injection: gls_core failing in a way no validation foresaw (here: a simulated allocation failure).
+    A bare ValueError out of the computation is a bug too: only InvalidInput is the caller's mistake."""
     def failing(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("simulated: out of memory")
+        raise kind("simulated: out of memory")
 
     monkeypatch.setattr(worker_service, "evaluate_members", failing)
     with pytest.raises(grpc.RpcError) as raised:
         stub.EvaluatePoints(points_request(pgpe(), DEEPPOLY))
     assert raised.value.code() == grpc.StatusCode.INTERNAL
     details = raised.value.details()
-    found = re.fullmatch(r"EvaluatePoints failed: internal error \(incident ([0-9a-f]{12}); the worker's log has "
+    found = re.fullmatch(r"EvaluatePoints failed: internal error \(incident ([0-9a-f]{12}); the server's log has "
                          r"the details\)", details)
     assert found is not None and "memory" not in details, details  # the error's text is not sent to the caller
     assert error_info(raised.value) == ("INTERNAL_ERROR", {"incident": found.group(1)})
@@ -523,7 +542,7 @@ def test_verify_rejects_timeouts_beyond_the_cap(stub: bound_worker_pb2_grpc.Boun
         with pytest.raises(grpc.RpcError) as error:
             stub.Verify(verify_request(X[:1], Y[:1], 0.05, timeout))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "timeout_seconds must lie in (0, 300]" in (error.value.details() or "")
+        assert "timeout_seconds: must lie in (0, 300]" in (error.value.details() or "")
 
 
 def test_a_worker_token_is_required_from_every_caller_but_probes() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 import torch
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_gateway_support import ALICE, BOB, Stack, digits_model, digits_test, serve_worker, start_stack
@@ -265,10 +266,25 @@ def test_malformed_grpc_requests_get_invalid_argument(stack: Stack, model_id: st
         message.relaxation.method = "alpha-crown"
         message.relaxation.alpha_init = 3.0
 
-    cases = [(bad_dtype, "inputs"), (short_data, "inputs"), (wrong_shape, "inputs: fc-16-digits takes inputs"),
-             (out_of_range, "labels.3: label 12"), (float_labels, "labels"), (nan_eps, "perturbation.eps"),
-             (no_model, "model: set model_id"), (bad_spec, "inline.spec"), (short_theta, "inline.theta"),
-             (pixels, "inputs: pixels must lie in [0, 1]"), (alpha_init, "relaxation.alpha_init")]
+    def long_name(message: certifier_pb2.CertifyRequest) -> None:
+        spec_to_proto(spec, out=message.inline.spec)
+        message.inline.spec.name = "n" * 300
+        tensor_to_proto(theta, out=message.inline.theta)
+
+    def empty_layer(message: certifier_pb2.CertifyRequest) -> None:
+        spec_to_proto(spec, out=message.inline.spec)
+        message.inline.spec.layers[1].linear.out_features = 0
+        tensor_to_proto(theta, out=message.inline.theta)
+
+    cases = [(bad_dtype, "inputs.dtype: 'complex64'"), (short_data, "inputs.data: has 1020 bytes"),
+             (wrong_shape, "inputs: must have shape [B, 1, 8, 8] for fc-16-digits"),
+             (out_of_range, "labels.3: label 12"), (float_labels, "labels.dtype"), (nan_eps, "perturbation.eps"),
+             (no_model, "model: set model_id"), (bad_spec, "inline.spec: layer 1: Linear expects"),
+             (short_theta, "inline.theta: must have shape"), (pixels, "inputs: must lie in [0, 1]"),
+             (alpha_init, "relaxation.alpha_init"),
+             # a nested message's errors name the whole path, not the outer field
+             (long_name, "inline.spec.name: has 300 characters"),
+             (empty_layer, "inline.spec.layers[1]: Linear needs positive features")]
     with stack.certifier() as client:
         for change, expected in cases:
             code, details = grpc_code(client, request(change=change))
@@ -281,7 +297,7 @@ def test_malformed_grpc_requests_get_invalid_argument(stack: Stack, model_id: st
         assert code == "INVALID_ARGUMENT" and "(10000 characters)" in details and len(details) < 400
         negative = request()
         negative.perturbation.eps = -1
-        assert grpc_code(client, negative) == ("INVALID_ARGUMENT", "perturbation.eps: must be a finite radius >= 0, "
+        assert grpc_code(client, negative) == ("INVALID_ARGUMENT", "perturbation.eps: must be finite and >= 0, "
                                                                    "got -1.0")
         too_many = CertifierClient.request(torch.rand(101, 1, 8, 8), torch.zeros(101), EPS, "ibp", model_id=model_id)
         assert "limit of 100" in grpc_code(client, too_many)[1]
@@ -312,6 +328,48 @@ def test_stream_refuses_a_second_model_mid_stream(stack: Stack, model_id: str) -
                 received.append(verdict.index)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "message 1" in error.value.details()
         assert received == [0, 1, 2, 3]  # what was certified before the bad message arrived
+
+
+def grpc_count(stack: Stack, method: str, code: str) -> float:
+    """The gateway's gls_gateway_grpc_requests_total for (method, code), 0 before the first such call."""
+    prefix = f'gls_gateway_grpc_requests_total{{code="{code}",method="{method}"}} '
+    lines = [line for line in stack.http(None).get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+def test_the_token_is_checked_before_the_payload_is_parsed(stack: Stack, model_id: str) -> None:
+    """An undecodable payload without a token is UNAUTHENTICATED (not grpcio's INTERNAL parse error); with one, it is
+    INVALID_ARGUMENT naming ``request``, counted as such, in a stream too (not as OK)."""
+    garbage = b"\xff\xff\xff"
+    with pytest.raises(DecodeError):
+        certifier_pb2.CertifyRequest.FromString(garbage)
+    x, y = digits_test(4)
+    valid = CertifierClient.request(x, y, EPS, "ibp", model_id=model_id).SerializeToString()
+    token = (("authorization", f"Bearer {ALICE}"),)
+    with grpc.insecure_channel(stack.gateway.certifier_address) as channel:
+        unary = channel.unary_unary("/gls.v1.Certifier/Certify", request_serializer=None, response_deserializer=None)
+        stream = channel.stream_stream("/gls.v1.Certifier/CertifyStream", request_serializer=None,
+                                       response_deserializer=None)
+        for metadata in ((), (("authorization", "Bearer nope"),)):
+            with pytest.raises(grpc.RpcError) as refused:
+                unary(garbage, metadata=metadata, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value.details()
+        with pytest.raises(grpc.RpcError) as unparsed:
+            unary(garbage, metadata=token, timeout=30)
+        assert unparsed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [field for field, _ in field_violations(unparsed.value)] == ["request"]
+        assert "the payload is not a valid gls.v1.CertifyRequest" in (unparsed.value.details() or "")
+
+        before = {code: grpc_count(stack, "CertifyStream", code) for code in ("OK", "INVALID_ARGUMENT")}
+        received = []
+        with pytest.raises(grpc.RpcError) as bad_message:
+            for answer in stream(iter([valid, garbage]), metadata=token, timeout=60):
+                received.append(certifier_pb2.Verdict.FromString(answer).index)
+        assert bad_message.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request: message 1 is not a valid gls.v1.CertifyRequest" in (bad_message.value.details() or "")
+        assert received == [0, 1, 2, 3]
+    assert grpc_count(stack, "CertifyStream", "INVALID_ARGUMENT") == before["INVALID_ARGUMENT"] + 1
+    assert grpc_count(stack, "CertifyStream", "OK") == before["OK"]
 
 
 def test_health_reflection_and_metrics(stack: Stack, model_id: str) -> None:

@@ -158,5 +158,5 @@ def test_validation(setup: Setup) -> None:
         tightness_auc(spec, theta, x, y, "ibp", 0.0)
     with pytest.raises(ValueError, match="radii"):
         certified_accuracy_curve(spec, theta, x, y, [], "ibp")
-    with pytest.raises(ValueError, match="one network"):
+    with pytest.raises(ValueError, match=r"theta: must have shape \[\d+\] \(the \d+ parameters of "):
         quick(spec, theta.expand(2, -1), x, y, 0.1)

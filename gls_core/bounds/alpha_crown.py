@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from ..nets.spec import NetSpec
+from ..validation import check_alpha_options
 from .backsub import Sides
 from .layerwise import Walk, backsub_intersect_bounds, final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
@@ -35,15 +36,7 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
                        should_stop: Callable[[], bool] | None = None) -> Box:
     """alpha-CROWN bounds; ``should_stop`` is polled before each slope step (any slopes give sound bounds, so
     stopping early only loosens them: a server uses it to stop work whose caller has gone)."""
-    if steps < 0 or step_size < 0:
-        raise ValueError(f"alpha-crown needs steps >= 0 and step_size >= 0, got steps={steps}, step_size={step_size}")
-    if init != "deeppoly":
-        try:
-            start_value = float(init)
-        except (TypeError, ValueError):
-            raise ValueError(f"alpha-crown init must be a number in [0, 1] or 'deeppoly', got {init!r}") from None
-        if not 0.0 <= start_value <= 1.0:
-            raise ValueError(f"alpha-crown init must be in [0, 1] or 'deeppoly', got {init!r}")
+    check_alpha_options(steps, step_size, init)
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidInput
 from ..nets.convert import from_sequential
 from ..nets.spec import Conv2d, Linear, NetSpec
+from ..validation import check_labels, check_relaxation
 from . import native
 from .alpha_crown import alpha_crown_bounds
 from .backsub import Sides, footprint
@@ -42,11 +44,7 @@ def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C (B x (classes-1) x classes) whose rows give the logit differences y_i - y_t, i != t."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    y = torch.as_tensor(y)
-    if y.dim() != 1 or y.dtype in (torch.float16, torch.float32, torch.float64, torch.bool):
-        raise ValueError(f"y must be a 1-D tensor of integer labels, got shape {tuple(y.shape)} and {y.dtype}")
-    if bool((y < 0).any()) or bool((y >= num_classes).any()):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}")
+    y = check_labels(torch.as_tensor(y), None, num_classes)
     eye = torch.eye(num_classes, device=y.device)
     rows = eye.unsqueeze(0) - eye[y].unsqueeze(1)  # [B, classes, classes]: row i is e_i - e_t
     keep = ~torch.nn.functional.one_hot(y, num_classes).bool()
@@ -138,11 +136,8 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
     (polled before each slope step; stopping early gives looser, still sound, bounds).
     """
     if sides not in ("both", "lower", "upper"):
-        raise ValueError(f"sides must be 'both', 'lower' or 'upper', got {sides!r}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
-    if method != "alpha-crown" and options:
-        raise ValueError(f"method {method!r} takes no options, got {sorted(options)}")
+        raise InvalidInput("sides", "must be 'both', 'lower' or 'upper'", sides)
+    check_relaxation(method, options, METHODS)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, *input_shape), got {type(x).__name__}")
     spec, population, single = _resolve(net, x, params)

@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import torch
 
+from ..validation import check_params
+
 Shape = tuple[int, ...]
 MIN_STD = 1e-6
 """Smallest Normalize std: below it 1/std overflows float32 bounds into inf and NaN margins."""
@@ -186,13 +188,4 @@ class NetSpec:
         """Validate a population (P x D, or D for one member) and return it as P x D."""
         if not isinstance(params, torch.Tensor):
             raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
-        if params.dim() == 1:
-            params = params.unsqueeze(0)
-        if params.dim() != 2 or params.shape[1] != self.num_params:
-            raise ValueError(
-                f"params must have shape (P, {self.num_params}) for {self.name}, got {tuple(params.shape)}")
-        if not params.is_floating_point():
-            raise ValueError(f"params must be floating point, got {params.dtype}")
-        if not bool(torch.isfinite(params).all()):
-            raise ValueError("params contain NaN or inf")
-        return params
+        return check_params(self, params)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidInput
 from ..nets.spec import NetSpec
+from ..validation import check_count
 from .estimators import Evaluated, Proposal
 from .objective import Objective
 
@@ -17,12 +19,13 @@ from .objective import Objective
 def block_ranges(count: int, block: int, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
     """The blocks covering members [start, stop); start and stop must lie on block boundaries (or at count)."""
     stop = count if stop is None else stop
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
+    check_count(block, "block")
     if not 0 <= start <= stop <= count:
-        raise ValueError(f"member range [{start}, {stop}) outside [0, {count})")
+        raise InvalidInput("start" if start < 0 or start > stop else "stop",
+                           f"member range [{start}, {stop}) outside [0, {count})")
     if start % block or (stop % block and stop != count):
-        raise ValueError(f"member range [{start}, {stop}) is not aligned to blocks of {block}")
+        raise InvalidInput("start" if start % block else "stop",
+                           f"member range [{start}, {stop}) is not aligned to blocks of {block}")
     return [(first, min(first + block, stop)) for first in range(start, stop, block)]
 
 

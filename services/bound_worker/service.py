@@ -1,8 +1,8 @@
 """The BoundWorker RPCs: decode and validate, compute with gls_core, encode.
 
-A worker never dies on a request: validation errors become INVALID_ARGUMENT, an unknown blob
-FAILED_PRECONDITION, anything unexpected INTERNAL (logged with its traceback under an incident id,
-which is all the caller is told). At most
+A worker never dies on a request: a failure becomes a status in ``services.grpc_errors`` (a field
+gls_core or the decoder names as invalid: INVALID_ARGUMENT; an unknown blob: FAILED_PRECONDITION;
+anything else, a ValueError from a bug included: INTERNAL under an incident id). At most
 ``concurrency`` requests compute at once; the others wait for a slot within their deadline.
 """
 
@@ -11,22 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
 import grpc
 import torch
 
-from gls_core.bounds.api import NotDifferentiableError, compute_bounds, margin_spec
+from gls_core.bounds.api import compute_bounds, margin_spec
 from gls_core.training.points import evaluate_members
 from gls_core.verify import VerifyOptions, verify_each
 
-from .. import rich_status
 from ..codec import tensor_to_proto
+from ..grpc_errors import SlotTimeout, abort, status_for
 from ..proto.gls.v1 import bound_worker_pb2
-from ..rich_status import Reason
-from .decoding import MissingBlobError, RequestDecoder
+from .decoding import RequestDecoder
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +75,11 @@ class BoundWorkerService:
     def _handle(self, name: str, context: grpc.ServicerContext, work: Callable[[], Response]) -> Response:
         with self._lock:
             self.in_flight += 1
-        metadata: dict[str, str] = {}
         try:
             try:
                 response = work()
-            except MissingBlobError as error:
-                code, message, reason = grpc.StatusCode.FAILED_PRECONDITION, str(error), Reason.MISSING_BLOB
-                metadata = {"sha256": error.sha256}
-            except (ValueError, NotDifferentiableError) as error:
-                code, message, reason = grpc.StatusCode.INVALID_ARGUMENT, str(error), Reason.INVALID_REQUEST
-            except _SlotTimeout:
-                code, reason = grpc.StatusCode.DEADLINE_EXCEEDED, Reason.NO_COMPUTE_SLOT
-                message = "deadline passed while waiting for a compute slot"
-            except Exception:  # a bug: its text stays in the log, the caller gets an id to quote
-                incident = uuid.uuid4().hex[:12]
-                log.exception("%s failed (incident %s)", name, incident)
-                code, reason, metadata = grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, {"incident": incident}
-                message = f"{name} failed: internal error (incident {incident}; the worker's log has the details)"
+            except Exception as error:  # every failure, expected or a bug, is answered by the one mapping
+                status = status_for(error, name)
             else:
                 with self._lock:
                     self.served += 1
@@ -101,8 +87,8 @@ class BoundWorkerService:
         finally:
             with self._lock:
                 self.in_flight -= 1
-        log.info("%s rejected: %s %s", name, code.name, message)
-        rich_status.abort(context, code, message, reason, metadata)
+        log.info("%s rejected: %s %s", name, status.code.name, status.details)
+        abort(context, status)
 
     def _caller_gone(self, context: grpc.ServicerContext) -> Callable[[], bool]:
         """A ``should_stop`` for the computation of one call; counts the call in ``abandoned`` once it stops it."""
@@ -178,10 +164,6 @@ class BoundWorkerService:
         return response
 
 
-class _SlotTimeout(Exception):
-    pass
-
-
 class _Slot:
     """One of the ``concurrency`` compute slots, waited for no longer than the request's deadline."""
 
@@ -191,7 +173,7 @@ class _Slot:
     def __enter__(self) -> None:
         timeout = None if self.timeout is None else max(0.0, self.timeout)
         if not self.semaphore.acquire(timeout=timeout):
-            raise _SlotTimeout
+            raise SlotTimeout
 
     def __exit__(self, *exc: object) -> None:
         self.semaphore.release()

@@ -1,8 +1,10 @@
 """The public gRPC ``Certifier``: the semantics and numbers of ``POST /v1/certify``, over protobuf.
 
-Requests carry the bearer token in the ``authorization`` metadata. Errors map in one place
-(``CertifierService._status``): a bad field is INVALID_ARGUMENT with ``field: reason``, another tenant's model
-NOT_FOUND, no live worker UNAVAILABLE, a missing or unknown token UNAUTHENTICATED.
+Requests carry the bearer token in the ``authorization`` metadata, checked before the payload is
+parsed (the handlers take raw bytes): without a valid token every call is UNAUTHENTICATED, and a
+payload that is no CertifyRequest is INVALID_ARGUMENT (field ``request``). Errors map in
+``services.grpc_errors``: a bad field is INVALID_ARGUMENT naming its full path (``inline.spec.name``),
+another tenant's model NOT_FOUND, no live worker UNAVAILABLE.
 
 ``CertifyStream`` takes the model from its first message (later messages leave it unset or repeat
 it exactly); the perturbation and relaxation of a message apply to it, and when unset are those of
@@ -12,29 +14,26 @@ indexed across the whole stream.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-import redis
 import torch
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gls_core.errors import InvalidInput
 from gls_core.nets.spec import NetSpec
 
-from .. import rich_status
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
-from ..proto.gls.v1 import certifier_pb2, common_pb2
-from ..rich_status import Reason
-from ..store import OverQuota
+from ..grpc_errors import SlotTimeout, abort, status_for
+from ..proto.gls.v1 import certifier_pb2
 from .certify import (
     COMPLETE,
     CertifyTask,
@@ -53,28 +52,19 @@ from .certify import (
     verify_stream,
 )
 from .context import Gateway
-from .errors import STORAGE_FULL, ApiError, InvalidRequest, NotFoundError, QuotaExceeded
-
-log = logging.getLogger("services.gateway.certifier")
+from .errors import ApiError, InvalidRequest
 
 SERVICE_NAME = certifier_pb2.DESCRIPTOR.services_by_name["Certifier"].full_name
 Model = tuple[NetSpec, torch.Tensor]
 
 
-def _codec_error(field: str, error: ValueError) -> InvalidRequest:
-    """codec messages start with the (possibly more precise) field they are about: keep it as the field."""
-    message = str(error)
-    head, _, rest = message.partition(" ")
-    if head.rstrip(":").startswith(field) and rest:
-        return InvalidRequest.one(head.rstrip(":"), rest)
-    return InvalidRequest.one(field, message)
-
-
-def _tensor(message: common_pb2.Tensor, field: str, dtypes: tuple[str, ...]) -> torch.Tensor:
+def _request(payload: bytes, number: int | None = None) -> certifier_pb2.CertifyRequest:
+    """Parse a payload (after the token was checked): one that is no CertifyRequest is the caller's error."""
     try:
-        return tensor_from_proto(message, field, dtypes=dtypes)
-    except ValueError as error:
-        raise _codec_error(field, error) from None
+        return certifier_pb2.CertifyRequest.FromString(payload)
+    except DecodeError:
+        which = "the payload" if number is None else f"message {number}"
+        raise InvalidInput("request", f"{which} is not a valid gls.v1.CertifyRequest (protobuf parse error)") from None
 
 
 def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:
@@ -83,10 +73,6 @@ def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:
                                  worst_margin=worst, margin_upper=verdict.margin_upper,
                                  predicted=verdict.predicted, status=verdict.status or "",
                                  seconds=verdict.seconds or 0.0)
-
-
-class SlotTimeout(Exception):
-    """The caller's deadline passed while its request waited for a free Certifier slot."""
 
 
 class CertifierService:
@@ -117,42 +103,9 @@ class CertifierService:
             raise ApiError(401, "invalid bearer token")
         return tenant
 
-    @staticmethod
-    def _status(error: Exception, name: str) -> grpc.Status:
-        """The one mapping from gateway errors to gRPC status codes, with each error's reason (rich status)."""
-        code = grpc.StatusCode
-        if isinstance(error, InvalidRequest):
-            return rich_status.status(code.INVALID_ARGUMENT, str(error), Reason.INVALID_REQUEST, fields=error.errors)
-        if isinstance(error, SlotTimeout):
-            return rich_status.status(code.DEADLINE_EXCEEDED, str(error), Reason.NO_COMPUTE_SLOT)
-        if isinstance(error, NotFoundError):
-            return rich_status.status(code.NOT_FOUND, error.message, Reason.NOT_FOUND)
-        if isinstance(error, OverQuota):
-            error = QuotaExceeded(error)
-        if isinstance(error, QuotaExceeded):
-            return rich_status.status(code.RESOURCE_EXHAUSTED, error.message, Reason.QUOTA_EXCEEDED)
-        if isinstance(error, ApiError):
-            if error.status == 401:
-                return rich_status.status(code.UNAUTHENTICATED, error.message, Reason.UNAUTHENTICATED)
-            return rich_status.status(code.UNAVAILABLE, error.message, Reason.WORKERS_UNAVAILABLE)
-        if isinstance(error, redis.exceptions.OutOfMemoryError):
-            return rich_status.status(code.RESOURCE_EXHAUSTED, STORAGE_FULL, Reason.STORAGE_FULL)
-        if isinstance(error, redis.ConnectionError | redis.TimeoutError):
-            return rich_status.status(code.UNAVAILABLE, "storage (Redis) unavailable; retry shortly",
-                                      Reason.STORAGE_UNAVAILABLE)
-        incident = uuid.uuid4().hex[:12]  # a bug: logged with an id, answered without internals
-        log.error("unhandled error %s in Certifier/%s", incident, name, exc_info=error)
-        return rich_status.status(code.INTERNAL, f"internal error (incident {incident}; see the server log)",
-                                  Reason.INTERNAL_ERROR, {"incident": incident})
-
     def _record(self, name: str, code: grpc.StatusCode, started: float) -> None:
         self.gateway.metrics.grpc_requests.labels(name, code.name).inc()
         self.gateway.metrics.grpc_latency.labels(name).observe(time.perf_counter() - started)
-
-    @staticmethod
-    def _abort(context: grpc.ServicerContext, status: grpc.Status) -> NoReturn:
-        context.abort_with_status(status)
-        raise AssertionError("context.abort_with_status returned")  # pragma: no cover
 
     # ----------------------------------------------------------------------------------- decode
 
@@ -163,10 +116,10 @@ class CertifierService:
         elif kind == "inline":
             try:
                 spec = spec_from_proto(request.inline.spec)
-            except ValueError as error:
-                raise _codec_error("inline.spec", error) from None
-            theta = check_theta(spec, _tensor(request.inline.theta, "inline.theta", ("float32", "float64")),
-                                "inline.theta")
+            except InvalidInput as error:  # its fields are the spec's: spec.name -> inline.spec.name
+                raise error.within("inline") from None
+            theta = check_theta(spec, tensor_from_proto(request.inline.theta, "inline.theta",
+                                                        dtypes=("float32", "float64")), "inline.theta")
         else:
             raise InvalidRequest.one("model", "set model_id (a stored model) or inline (spec and theta)")
         check_spec(spec, "inline.spec" if kind == "inline" else "model_id")
@@ -178,15 +131,16 @@ class CertifierService:
         spec, theta = model
         perturbation = first if first is not None and not request.HasField("perturbation") else request
         relaxing = first if first is not None and not request.HasField("relaxation") else request
-        raw = _tensor(request.inputs, "inputs", ("float32", "float64", "uint8"))
+        raw = tensor_from_proto(request.inputs, "inputs", dtypes=("float32", "float64", "uint8"))
         x = raw.to(torch.float32).div_(255) if raw.dtype == torch.uint8 else raw
         x = check_inputs(spec, x, self.gateway.settings.certify_max_inputs)
-        y = check_labels(_tensor(request.labels, "labels", ("int64", "uint8")), x.shape[0],
+        y = check_labels(tensor_from_proto(request.labels, "labels", dtypes=("int64", "uint8")), x.shape[0],
                          spec.num_outputs)
         eps: float | torch.Tensor = check_eps(perturbation.perturbation.eps, "perturbation.eps")
         if perturbation.perturbation.HasField("eps_per_input"):
-            eps = check_eps_per_input(_tensor(perturbation.perturbation.eps_per_input, "perturbation.eps_per_input",
-                                              ("float32", "float64")), x.shape[0], "perturbation.eps_per_input")
+            field = "perturbation.eps_per_input"
+            eps = check_eps_per_input(tensor_from_proto(perturbation.perturbation.eps_per_input, field,
+                                                        dtypes=("float32", "float64")), x.shape[0], field)
         proto = relaxing.relaxation
         options: dict[str, Any] = {}
         if proto.method == COMPLETE:
@@ -197,10 +151,7 @@ class CertifierService:
         if not proto.method:
             method = "deeppoly"
         else:
-            try:
-                method, options = relaxation_from_proto(proto)
-            except ValueError as error:
-                raise _codec_error("relaxation", error) from None
+            method, options = relaxation_from_proto(proto)
         method, options = relaxation(method, options)
         return CertifyTask(spec, theta, x, y, eps, method, options)
 
@@ -213,10 +164,11 @@ class CertifierService:
 
     # ------------------------------------------------------------------------------------- RPCs
 
-    def Certify(self, request: certifier_pb2.CertifyRequest,  # noqa: N802 (gRPC's name)
+    def Certify(self, payload: bytes,  # noqa: N802 (gRPC's name)
                 context: grpc.ServicerContext) -> certifier_pb2.CertifyResponse:
         def work() -> certifier_pb2.CertifyResponse:
-            tenant = self._tenant(context)
+            tenant = self._tenant(context)  # before the payload is parsed: no token, no parse errors either
+            request = _request(payload)
             task = self._task(self._model(tenant, request), request)
             verdicts = self._run("grpc", task)
             return certifier_pb2.CertifyResponse(
@@ -229,31 +181,31 @@ class CertifierService:
             with self._slot(context):
                 response = work()
         except Exception as error:
-            status = self._status(error, "Certify")
+            status = status_for(error, "Certify")
             self._record("Certify", status.code, started)
-            self._abort(context, status)
+            abort(context, status)
         self._record("Certify", grpc.StatusCode.OK, started)
         return response
 
-    def CertifyStream(self, requests: Iterable[certifier_pb2.CertifyRequest],  # noqa: N802 (gRPC's name)
+    def CertifyStream(self, payloads: Iterable[bytes],  # noqa: N802 (gRPC's name)
                       context: grpc.ServicerContext) -> Iterator[certifier_pb2.Verdict]:
         started = time.perf_counter()
         try:
             with self._slot(context):
-                yield from self._stream(requests, context)
+                yield from self._stream(payloads, context)
         except Exception as error:
-            status = self._status(error, "CertifyStream")
+            status = status_for(error, "CertifyStream")
             self._record("CertifyStream", status.code, started)
-            self._abort(context, status)
+            abort(context, status)
         self._record("CertifyStream", grpc.StatusCode.OK, started)
 
-    def _stream(self, requests: Iterable[certifier_pb2.CertifyRequest],
-                context: grpc.ServicerContext) -> Iterator[certifier_pb2.Verdict]:
+    def _stream(self, payloads: Iterable[bytes], context: grpc.ServicerContext) -> Iterator[certifier_pb2.Verdict]:
         tenant = self._tenant(context)
         first: certifier_pb2.CertifyRequest | None = None
         model: Model | None = None
         offset = 0
-        for number, request in enumerate(requests):
+        for number, payload in enumerate(payloads):
+            request = _request(payload, number)
             if first is None:
                 first, model = request, self._model(tenant, request)
             elif request.WhichOneof("model") is not None and self._model_bytes(request) != self._model_bytes(first):
@@ -282,13 +234,12 @@ class CertifierService:
         return b"inline:" + request.inline.SerializeToString(deterministic=True)
 
     def add_to_server(self, server: grpc.Server) -> None:
+        # No request_deserializer: the methods parse the payload themselves, after checking the token.
         handlers = {
             "Certify": grpc.unary_unary_rpc_method_handler(
-                self.Certify, request_deserializer=certifier_pb2.CertifyRequest.FromString,
-                response_serializer=certifier_pb2.CertifyResponse.SerializeToString),
+                self.Certify, response_serializer=certifier_pb2.CertifyResponse.SerializeToString),
             "CertifyStream": grpc.stream_stream_rpc_method_handler(
-                self.CertifyStream, request_deserializer=certifier_pb2.CertifyRequest.FromString,
-                response_serializer=certifier_pb2.Verdict.SerializeToString),
+                self.CertifyStream, response_serializer=certifier_pb2.Verdict.SerializeToString),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 

@@ -7,8 +7,9 @@ cheap); the bounds are computed by the bound workers through ``WorkerPool.bounds
 options left out take evaluation's defaults (``gls_core.evaluation.bound_options``: 20 steps of
 0.1 from DeepPoly's slopes), so a bare "alpha-crown" certifies what ``gls evaluate`` certifies.
 
-Every check raises :class:`InvalidRequest` naming the field (``inputs``, ``labels.3``, ...), so the
-REST and gRPC edges report the same problems in their own way.
+Every check is one of gls_core's validators (or a service limit) and raises
+:class:`~gls_core.errors.InvalidInput` naming the field (``inputs``, ``labels.3``, ...), so the REST
+and gRPC edges report the same problems in their own way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load as load_tensors
 
+from gls_core import validation
 from gls_core.attacks import logit_margin, predict_logits
 from gls_core.bounds.api import METHODS
 from gls_core.bounds.layerwise import check_supported
@@ -31,8 +33,9 @@ from gls_core.evaluation import COMPLETE, bound_options
 from gls_core.nets.spec import NetSpec
 from gls_core.nets.zoo import network
 from gls_core.training.config import ModelConfig
+from gls_core.validation import check_params, check_relaxation
 
-from ..codec import quoted
+from ..codec import MAX_ALPHA_STEPS
 from ..settings import Settings
 from ..store import NotFound, Store
 from ..worker_client import NoWorkersError, WorkerPool, WorkerRejectedError
@@ -40,7 +43,6 @@ from .errors import ApiError, InvalidRequest, NotFoundError, Unavailable
 
 CHUNK = 1024
 """Inputs per call to the workers (each call is split across all of them): bounds request sizes and memory."""
-ALPHA_KEYS = ("steps", "step_size", "init")
 NO_WORKERS = "no bound worker is live: certification needs at least one (start services.bound_worker)"
 
 
@@ -93,26 +95,10 @@ def check_complete_inputs(count: int, settings: Settings, field: str = "inputs")
 
 def relaxation(method: str, options: dict[str, Any], field: str = "relaxation") -> tuple[str, dict[str, Any]]:
     """The method and its complete options; alpha-CROWN's missing options come from evaluation's defaults."""
-    if method not in METHODS:
-        raise InvalidRequest.one(f"{field}.method", f"unknown relaxation {quoted(method)}; expected one of "
-                                                    f"{', '.join(sorted(METHODS))} or {COMPLETE}")
+    method, given = check_relaxation(method, options, METHODS, field, max_steps=MAX_ALPHA_STEPS)
     if method != "alpha-crown":
-        if options:
-            raise InvalidRequest.one(field, f"{sorted(options)} only apply to alpha-crown, not {method}")
         return method, {}
-    errors = []
-    steps, step_size, init = (options.get(key) for key in ALPHA_KEYS)
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= 1000):
-        errors.append((f"{field}.steps", f"must be an integer in [0, 1000], got {steps!r}"))
-    if step_size is not None and not (isinstance(step_size, int | float) and math.isfinite(step_size)
-                                      and step_size >= 0):
-        errors.append((f"{field}.step_size", f"must be a finite number >= 0, got {step_size!r}"))
-    if init is not None and init != "deeppoly" and not (isinstance(init, int | float) and 0 <= init <= 1):
-        errors.append((f"{field}.init", f"must be 'deeppoly' or a number in [0, 1], got {init!r}"))
-    if errors:
-        raise InvalidRequest(errors)
-    given = {key: value for key, value in options.items() if value is not None}
-    merged = {**bound_options(method), **given}
+    merged = {**bound_options(method), **{key: value for key, value in given.items() if value is not None}}
     if merged["steps"] == 0 and merged["step_size"] == 0 and merged["init"] == 0:
         raise InvalidRequest.one(field, "steps=0, step_size=0 and init=0 cannot be sent to the bound workers (the "
                                         "wire reads all-zero alpha options as the defaults); use init > 0")
@@ -129,58 +115,29 @@ def check_spec(spec: NetSpec, field: str) -> None:
 
 
 def check_theta(spec: NetSpec, theta: torch.Tensor, field: str) -> torch.Tensor:
-    if theta.dim() != 1 or theta.numel() != spec.num_params:
-        raise InvalidRequest.one(field, f"{spec.name} has {spec.num_params} parameters, got shape "
-                                        f"{list(theta.shape)}")
-    if not bool(torch.isfinite(theta).all()):
-        raise InvalidRequest.one(field, "contains NaN or inf")
-    return theta.to(torch.float32).contiguous()
+    return check_params(spec, theta, field, flat=True)[0].to(torch.float32).contiguous()
 
 
 def check_inputs(spec: NetSpec, x: torch.Tensor, limit: int, field: str = "inputs") -> torch.Tensor:
-    if x.dim() == 0 or x.shape[0] == 0:
-        raise InvalidRequest.one(field, "no inputs")
-    if tuple(x.shape[1:]) != tuple(spec.input_shape) or x.dim() != len(spec.input_shape) + 1:
-        shape = ", ".join(str(size) for size in spec.input_shape)
-        raise InvalidRequest.one(field, f"{spec.name} takes inputs of shape [B, {shape}], got {list(x.shape)}")
-    if x.shape[0] > limit:
+    """gls_core's checks, after the per-request limit (413: cheap, and before the values are looked at)."""
+    if x.dim() > 0 and x.shape[0] > limit:
         raise InvalidRequest.one(field, f"{x.shape[0]} inputs, more than the limit of {limit} per request "
                                         "(GLS_CERTIFY_MAX_INPUTS; stream larger sets with CertifyStream)", status=413)
-    if not bool(torch.isfinite(x).all()):
-        raise InvalidRequest.one(field, "contains NaN or inf")
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 1:
-        raise InvalidRequest.one(field, f"pixels must lie in [0, 1] (before normalisation), found values in "
-                                        f"[{low:g}, {high:g}]")
-    return x.to(torch.float32).contiguous()
+    return validation.check_inputs(spec, x, field).to(torch.float32).contiguous()
 
 
 def check_labels(y: torch.Tensor, batch: int, classes: int, field: str = "labels") -> torch.Tensor:
-    if y.dim() != 1 or y.shape[0] != batch:
-        raise InvalidRequest.one(field, f"need one label per input ({batch}), got shape {list(y.shape)}")
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise InvalidRequest.one(field, f"must be integers, got {y.dtype}")
-    y = y.to(torch.int64)
-    bad = ((y < 0) | (y >= classes)).nonzero().flatten()
-    if bad.numel():
-        index = int(bad[0])
-        raise InvalidRequest.one(f"{field}.{index}", f"label {int(y[index])} is not a class of the model "
-                                                     f"(0..{classes - 1})")
-    return y
+    return validation.check_labels(y, batch, classes, field)
 
 
 def check_eps(eps: float, field: str = "eps") -> float:
-    if not math.isfinite(eps) or eps < 0:
-        raise InvalidRequest.one(field, f"must be a finite radius >= 0, got {eps!r}")
-    return float(eps)
+    return validation.check_radius(eps, field)
 
 
 def check_eps_per_input(eps: torch.Tensor, batch: int, field: str) -> torch.Tensor:
-    if eps.dim() != 1 or eps.shape[0] != batch or not eps.is_floating_point():
-        raise InvalidRequest.one(field, f"need one float radius per input ({batch}), got {eps.dtype} of shape "
-                                        f"{list(eps.shape)}")
-    if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
-        raise InvalidRequest.one(field, "radii must be finite and >= 0")
+    if eps.dim() != 1:  # one radius per input: a scalar tensor is no list of radii
+        raise InvalidRequest.one(field, f"need one radius per input ({batch}), got shape {list(eps.shape)}")
+    validation.check_eps(eps, batch, field)
     return eps.to(torch.float32)
 
 

@@ -1,10 +1,10 @@
-"""Request errors shared by the REST and gRPC edges, and the REST exception handlers.
+"""The REST error mapping: every exception a route can end in, as one JSON shape and status, in one place.
 
-Validation code raises :class:`InvalidRequest` (a list of ``(field, reason)``) or :class:`ApiError`;
-each edge maps them to its own status in one place: REST answers 4xx with a JSON ``detail``,
-gRPC answers INVALID_ARGUMENT / NOT_FOUND / UNAVAILABLE with ``field: reason`` text. The Store's
-:class:`~services.store.OverQuota` becomes :class:`QuotaExceeded`: 429 on REST, RESOURCE_EXHAUSTED
-on gRPC. Anything else is a bug: it is logged with an id and answered with a JSON 500 that leaks nothing.
+The errors themselves are protocol-neutral (``services.errors``, ``gls_core.errors``; gRPC maps the
+same ones in ``services.grpc_errors``): an :class:`~gls_core.errors.InvalidInput` (a request error
+naming one or more fields) is 422 (413 for a size limit) with one ``detail`` entry per field; an
+:class:`ApiError` its own status; the Store's :class:`~services.store.OverQuota` 429. Anything else
+is a bug: it is logged with an incident id and answered with a JSON 500 that leaks nothing.
 
 Every REST error body has the one shape :class:`ErrorBody`; routes declare the statuses they can
 answer with :func:`error_responses`, so the OpenAPI schema lists each of them with that body.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -26,56 +26,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..codec import quoted
-from ..store import JOBS_QUOTA, STORED_BYTES_QUOTA, OverQuota
+from gls_core.errors import InvalidInput
+
+from ..errors import (
+    MAX_REPORTED_ERRORS,
+    QUOTA_SETTINGS,
+    STORAGE_FULL,
+    ApiError,
+    InvalidRequest,
+    NotFoundError,
+    QuotaExceeded,
+    QuotaUsage,
+    Unavailable,
+    quota_message,
+)
+from ..store import OverQuota
+
+__all__ = ["MAX_REPORTED_ERRORS", "QUOTA_SETTINGS", "STORAGE_FULL", "ApiError", "BodySizeLimit", "ErrorBody",
+           "InvalidRequest", "NotFoundError", "QuotaExceeded", "QuotaUsage", "Unavailable", "error_responses",
+           "install_handlers", "quota_message"]
 
 log = logging.getLogger("services.gateway")
-
-MAX_REPORTED_ERRORS = 20
-"""A body with a million NaNs gets the first 20 errors named, not a million-line answer."""
-
-
-class ApiError(Exception):
-    """An answer other than success: HTTP status plus a message (e.g. 404, 409, 413, 503)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        """The JSON answer: :class:`ErrorBody`."""
-        return {"detail": self.message}
-
-
-class NotFoundError(ApiError):
-    def __init__(self, kind: str, item_id: str) -> None:
-        super().__init__(404, f"{kind} {quoted(item_id)} not found")
-
-
-class Unavailable(ApiError):
-    """A dependency (Redis, the bound workers) cannot serve the request now: 503 / UNAVAILABLE."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(503, message)
-
-
-class InvalidRequest(ValueError):
-    """One or more fields are wrong; each entry is (dotted field path, reason)."""
-
-    def __init__(self, errors: Sequence[tuple[str, str]], status: int = 422) -> None:
-        self.errors = list(errors)[:MAX_REPORTED_ERRORS]
-        self.status = status
-        super().__init__("; ".join(f"{field}: {reason}" for field, reason in self.errors))
-
-    @classmethod
-    def one(cls, field: str, reason: str, status: int = 422) -> InvalidRequest:
-        return cls([(field, reason)], status)
-
-    def detail(self) -> list[dict[str, Any]]:
-        return [{"loc": ["body"] if field == "body" else ["body", *field.split(".")], "field": field, "msg": reason,
-                 "type": "value_error"} for field, reason in self.errors]
 
 
 class FieldError(BaseModel):
@@ -85,14 +56,6 @@ class FieldError(BaseModel):
     type: str = Field(description="a machine-readable kind: 'value_error' or a pydantic error type")
 
 
-class QuotaUsage(BaseModel):
-    quota: str = Field(description=f"{JOBS_QUOTA} (queued or running jobs) or {STORED_BYTES_QUOTA} (bytes of "
-                                   "uploaded models and datasets)")
-    setting: str = Field(description="the gateway setting that sets the limit")
-    limit: int = Field(description="the most the tenant may have")
-    usage: int = Field(description="what the tenant has now")
-
-
 class ErrorBody(BaseModel):
     """The body of every error answer: a message, or (for invalid fields) one entry per field."""
 
@@ -100,38 +63,6 @@ class ErrorBody(BaseModel):
     quota: QuotaUsage | None = Field(None, description="on 429 only: the quota the request would exceed")
 
 
-QUOTA_SETTINGS = {JOBS_QUOTA: "GLS_TENANT_MAX_JOBS", STORED_BYTES_QUOTA: "GLS_TENANT_MAX_STORED_MB"}
-
-
-def mebibytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.2f} MiB"
-
-
-def quota_message(error: OverQuota) -> str:
-    """What a refused request is told: the quota, the usage, the limit and the setting, in words."""
-    setting = QUOTA_SETTINGS[error.quota]
-    if error.quota == JOBS_QUOTA:
-        return (f"tenant {error.tenant} has {error.usage} queued or running jobs; the limit is {error.limit} "
-                f"({setting}); cancel one or wait until one finishes")
-    return (f"tenant {error.tenant} stores {error.usage} bytes ({mebibytes(error.usage)}) of uploaded models and "
-            f"datasets; this upload needs {error.requested} bytes more, over the limit of {error.limit} bytes "
-            f"({mebibytes(error.limit)}, {setting}); delete models or datasets you no longer need")
-
-
-class QuotaExceeded(ApiError):
-    """A tenant's quota refuses the request (nothing was stored): 429, RESOURCE_EXHAUSTED over gRPC."""
-
-    def __init__(self, error: OverQuota) -> None:
-        super().__init__(429, quota_message(error))
-        self.usage = QuotaUsage(quota=error.quota, setting=QUOTA_SETTINGS[error.quota], limit=error.limit,
-                                usage=error.usage)
-
-    def body(self) -> dict[str, Any]:
-        return {**super().body(), "quota": self.usage.model_dump()}
-
-
-STORAGE_FULL = ("storage (Redis) is full: it reached its maxmemory and evicts nothing, so nothing stored was "
-                "lost; delete datasets or models you no longer need, or ask the operator to raise maxmemory")
 REASONS = {
     400: "the body cannot be parsed (e.g. malformed multipart)",
     401: "missing, malformed or unknown bearer token",
@@ -188,6 +119,12 @@ def _validation_detail(error: RequestValidationError) -> list[dict[str, Any]]:
             loc = ["body"]
         detail.append({"loc": loc, "field": dotted(loc), "msg": message, "type": str(item.get("type", ""))})
     return detail
+
+
+def field_detail(error: InvalidInput) -> list[dict[str, Any]]:
+    """One :class:`FieldError` per bad field of ``error``, located in the body."""
+    return [{"loc": ["body"] if field == "body" else ["body", *field.split(".")], "field": field, "msg": reason,
+             "type": "value_error"} for field, reason in error.violations()[:MAX_REPORTED_ERRORS]]
 
 
 def too_large_message(max_upload_mb: int) -> str:
@@ -247,9 +184,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_detail(error)}, status_code=422)
 
-    @app.exception_handler(InvalidRequest)
-    async def _invalid_field(request: Request, error: InvalidRequest) -> JSONResponse:
-        return JSONResponse({"detail": error.detail()}, status_code=error.status)
+    @app.exception_handler(InvalidInput)
+    async def _invalid_field(request: Request, error: InvalidInput) -> JSONResponse:
+        status = error.status if isinstance(error, InvalidRequest) else 422
+        return JSONResponse({"detail": field_detail(error)}, status_code=status)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
