@@ -17,11 +17,19 @@ import torch
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from test_gateway_support import ALICE, BOB, Stack, digits_model, digits_test, serve_worker, start_stack
+from test_gateway_support import (
+    ALICE,
+    BOB,
+    Stack,
+    digits_model,
+    digits_test,
+    serve_worker,
+    start_stack,
+    upload_digits_model,
+)
 
 from gls_core.bounds.api import compute_bounds, margin_spec
 from gls_core.evaluation import bound_options, certify
-from gls_core.training.checkpoint import save_model
 from services.client import CertifierClient, ClientError, verdict_dict
 from services.codec import spec_to_proto, tensor_to_proto
 from services.proto.gls.v1 import certifier_pb2
@@ -41,10 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def model_id(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
-    _, theta = digits_model()
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_model(path, theta, "fc-16", "digits")
-    return str(stack.client().upload_model(path)["id"])
+    return upload_digits_model(stack, tmp_path_factory.mktemp("model"))
 
 
 def assert_same_verdicts(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
@@ -467,10 +472,7 @@ def test_a_burst_of_calls_queues_instead_of_being_refused(tmp_path: Path) -> Non
 
     burst = start_stack(tmp_path, workers=1, certifier_threads=2, certifier_queue=32)
     try:
-        _, theta = digits_model()
-        path = tmp_path / "model.safetensors"
-        save_model(path, theta, "fc-16", "digits")
-        model = str(burst.client().upload_model(path)["id"])
+        model = upload_digits_model(burst, tmp_path)
         x, y = digits_test(8)
         channel = grpc.insecure_channel(burst.gateway.certifier_address)
         certify_call = channel.unary_unary("/gls.v1.Certifier/Certify",

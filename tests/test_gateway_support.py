@@ -20,6 +20,7 @@ from servers import RedisServer
 from gls_core.data import load_dataset
 from gls_core.nets.spec import NetSpec
 from gls_core.nets.zoo import network
+from gls_core.training.checkpoint import save_model
 from services.bound_worker import RunningWorker
 from services.bound_worker import serve as serve_worker
 from services.client import CertifierClient, GlsClient
@@ -98,6 +99,14 @@ def digits_model() -> tuple[NetSpec, torch.Tensor]:
     spec = network("fc-16", "digits")
     assert theta.shape == (spec.num_params,)
     return spec, theta
+
+
+def upload_digits_model(stack: Stack, folder: Path) -> str:
+    """:func:`digits_model` saved as a model file in ``folder`` and uploaded by alice: its id."""
+    _, theta = digits_model()
+    path = folder / "model.safetensors"
+    save_model(path, theta, "fc-16", "digits")
+    return str(stack.client().upload_model(path)["id"])
 
 
 @functools.cache

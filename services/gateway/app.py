@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from gls_core.training.config import TrainConfig
 
@@ -28,15 +29,20 @@ TAGS = [
 ]
 
 
+READ_BY_ROUTE: tuple[type[BaseModel], ...] = (TrainConfig, certify_rest.CertifyIn)
+"""Bodies their routes read themselves (a job raw, a certify body streamed), so FastAPI does not see the models."""
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus TrainConfig (the job body is read raw, so FastAPI does not see its model)."""
+    """FastAPI's schema plus the models of :data:`READ_BY_ROUTE`."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
                              tags=app.openapi_tags)
-        config = TrainConfig.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(config.pop("$defs", {}))
-        components["TrainConfig"] = config
+        for model in READ_BY_ROUTE:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
         app.openapi_schema = schema
     return app.openapi_schema
 

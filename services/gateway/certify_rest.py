@@ -1,19 +1,33 @@
-"""``POST /v1/certify``: certify inputs against a stored or inline model (JSON in, verdicts out)."""
+"""``POST /v1/certify``: certify inputs against a stored or inline model (JSON in, verdicts out).
+
+The body is read as it arrives (:mod:`.json_arrays`): ``inputs``, ``labels`` and ``model.theta`` go
+straight into numpy arrays, checked on the way, and the other fields are validated by
+:class:`CertifyIn` as before. The gateway's memory grows by about the decoded arrays, not by the
+Python lists a whole-body parse would make; a body over ``GLS_CERTIFY_MAX_BODY_MB`` is refused
+before the rest of it is read.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError, field_validator
 from pydantic.config import JsonDict, JsonValue
+from starlette.concurrency import run_in_threadpool
 
 from gls_core.bounds.api import METHODS
 from gls_core.nets.zoo import ARCHITECTURES, DATASETS
 
+from ..settings import Settings
 from .certify import (
+    CHUNK,
     COMPLETE,
     CertifyTask,
     certify,
@@ -29,7 +43,8 @@ from .certify import (
     zoo_model,
 )
 from .deps import ID_PATTERN, PROTECTED, GatewayDep, Tenant
-from .errors import InvalidRequest, error_responses
+from .errors import ApiError, InvalidRequest, error_responses
+from .json_arrays import ArrayField, JsonArrayReader, MalformedJson, Parsed, Path, TooManyItems
 
 router = APIRouter(tags=["certify"], responses=PROTECTED)
 METHOD_NAMES: list[JsonValue] = [*sorted(METHODS), COMPLETE]
@@ -135,7 +150,100 @@ class CertifyOut(BaseModel):
     eps: float
 
 
-def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn) -> CertifyTask:
+MIB = 1024 * 1024
+FEED_BYTES = 1 << 20
+"""Bytes gathered from the stream before the parser runs on them (in a worker thread, off the event loop)."""
+INPUTS, LABELS, THETA = ("inputs",), ("labels",), ("model", "theta")
+RAGGED = "ragged: every input must have the same [C, H, W] shape"
+CERTIFY_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/CertifyIn"}}}}}
+"""The body is read by the route, so FastAPI documents it only through this (app.py adds CertifyIn's schema)."""
+
+
+def body_arrays(max_inputs: int) -> dict[Path, ArrayField]:
+    """The arrays of a certify body read into numpy: the rest of the body is small."""
+    return {INPUTS: ArrayField(4, StrictFloat, np.float32, max_inputs, RAGGED),
+            LABELS: ArrayField(1, StrictInt, np.int64, max_inputs),
+            THETA: ArrayField(1, StrictFloat, np.float32)}
+
+
+def body_too_large(limit_mb: int) -> ApiError:
+    return ApiError(413, f"certify body larger than the limit of {limit_mb} MiB (GLS_CERTIFY_MAX_BODY_MB; send "
+                         "more inputs in several requests or stream them with the gRPC CertifyStream)",
+                    {"Connection": "close"})
+
+
+def _json_media(content_type: str | None) -> bool:
+    """What FastAPI reads as JSON: no Content-Type, application/json or application/*+json."""
+    if not content_type:
+        return True
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _field(path: Path) -> str:
+    return ".".join(map(str, path)) or "body"
+
+
+def _rejected(error: MalformedJson | TooManyItems) -> Exception:
+    """A body the reader stopped on, as the answer naming where."""
+    if isinstance(error, TooManyItems):
+        return InvalidRequest.one(_field(error.path), f"more than the limit of {error.limit} per request "
+                                  "(GLS_CERTIFY_MAX_INPUTS; stream larger sets with CertifyStream)", status=413)
+    if error.encoding:
+        return ApiError(400, f"the body is not UTF-8 JSON text: {error.reason} (in {_field(error.path)})")
+    if error.at_value:
+        return RequestValidationError([{"type": "value_error", "loc": ("body", *error.path), "msg": error.reason}])
+    where = f" in {_field(error.path)}" if error.path else ""
+    return RequestValidationError([{"type": "value_error", "loc": ("body",),
+                                    "msg": f"malformed JSON{where}: {error.reason}"}])
+
+
+async def read_body(request: Request, settings: Settings) -> tuple[CertifyIn, dict[Path, np.ndarray]]:
+    """The body's fields (its arrays left empty) and its arrays, or the errors that name every bad field."""
+    limit_mb = settings.certify_max_body_mb
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_mb * MIB:
+        raise body_too_large(limit_mb)
+    if not _json_media(request.headers.get("content-type")):
+        raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": "expected Content-Type "
+                                       f"application/json, got {request.headers['content-type']!r}"}])
+    reader = JsonArrayReader(body_arrays(settings.certify_max_inputs))
+    pending, received = bytearray(), 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit_mb * MIB:
+                raise body_too_large(limit_mb)
+            pending += chunk
+            if len(pending) >= FEED_BYTES:
+                await run_in_threadpool(reader.feed, bytes(pending))
+                pending.clear()
+        parsed = await run_in_threadpool(_finish, reader, bytes(pending))
+    except (MalformedJson, TooManyItems) as error:
+        raise _rejected(error) from None
+    return _validated(parsed)
+
+
+def _finish(reader: JsonArrayReader, rest: bytes) -> Parsed:
+    reader.feed(rest)
+    if not reader.received:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    return reader.finish()
+
+
+def _validated(parsed: Parsed) -> tuple[CertifyIn, dict[Path, np.ndarray]]:
+    errors = [{**error, "loc": ("body", *error["loc"])} for error in parsed.errors]
+    try:
+        body = CertifyIn.model_validate(parsed.document)
+    except ValidationError as error:
+        errors += [{**item, "loc": ("body", *item["loc"])} for item in error.errors()]
+    if errors:
+        raise RequestValidationError(errors)
+    return body, parsed.arrays
+
+
+def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn, arrays: dict[Path, np.ndarray]) -> CertifyTask:
     if (body.model_id is None) == (body.model is None):
         raise InvalidRequest.one("model_id", "give exactly one of model_id (a stored model) and model (inline)")
     if body.model_id is not None:
@@ -143,14 +251,10 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn) -> Certify
     else:
         assert body.model is not None
         spec = zoo_model(body.model.arch, body.model.dataset, "model")
-        theta = check_theta(spec, torch.tensor(body.model.theta, dtype=torch.float32), "model.theta")
+        theta = check_theta(spec, torch.from_numpy(arrays[THETA]), "model.theta")
     check_spec(spec, "model")
-    try:
-        array = np.asarray(body.inputs, dtype=np.float32)
-    except ValueError:
-        raise InvalidRequest.one("inputs", "ragged: every input must have the same [C, H, W] shape") from None
-    x = check_inputs(spec, torch.from_numpy(array), gateway.settings.certify_max_inputs)
-    y = check_labels(torch.tensor(body.labels, dtype=torch.int64), x.shape[0], spec.num_outputs)
+    x = check_inputs(spec, torch.from_numpy(arrays[INPUTS]), gateway.settings.certify_max_inputs)
+    y = check_labels(torch.from_numpy(arrays[LABELS]), x.shape[0], spec.num_outputs)
     if body.relaxation.method == COMPLETE:
         if any(value is not None for value in (body.relaxation.steps, body.relaxation.step_size, body.relaxation.init)):
             raise InvalidRequest.one("relaxation", "steps, step_size and init only apply to alpha-crown")
@@ -164,21 +268,44 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn) -> Certify
     return CertifyTask(spec, theta, x, y, check_eps(body.eps), method, options)
 
 
-@router.post("/v1/certify", response_model=CertifyOut,
+VERDICTS: TypeAdapter[list[VerdictOut]] = TypeAdapter(list[VerdictOut])
+
+
+def _certify(gateway: GatewayDep, tenant: str, body: CertifyIn, arrays: dict[Path, np.ndarray]) -> list[bytes]:
+    """The answer as JSON pieces: each slice of verdicts is serialised as soon as it is decided, so no more than
+    one slice's worth of Python objects lives at a time (a whole answer of them is ~8x its JSON)."""
+    task = task_from_body(gateway, tenant, body, arrays)
+    gateway.metrics.certify_inputs.labels("rest", task.method).inc(task.x.shape[0])
+    total, count, pieces = task.x.shape[0], 0, list[bytes]()
+    for start in range(0, total, CHUNK):
+        part = slice(start, min(start + CHUNK, total))
+        eps = task.eps[part] if isinstance(task.eps, torch.Tensor) else task.eps
+        verdicts = certify(gateway.pool, replace(task, x=task.x[part], y=task.y[part], eps=eps), offset=start)
+        count += sum(verdict.certified for verdict in verdicts)
+        listed = VERDICTS.dump_json(VERDICTS.validate_python([verdict.public() for verdict in verdicts]))
+        pieces.append((b"," if pieces else b"") + listed[1:-1])
+    gateway.metrics.certified_inputs.labels("rest", task.method).inc(count)
+    head, tail = CertifyOut(verdicts=[], certified=count, total=total, method=task.method,
+                            eps=float(body.eps)).model_dump_json().encode().split(b"[]", 1)
+    return [head + b"[", *pieces, b"]" + tail]
+
+
+@router.post("/v1/certify", response_model=CertifyOut, openapi_extra=CERTIFY_BODY,
              responses=error_responses(
                  (400, "the body is not JSON text (e.g. not UTF-8)"),
                  (404, "model_id is not a model of this tenant (another tenant's ids answer exactly the same)"),
-                 (413, "the body is larger than GLS_MAX_UPLOAD_MB, or holds more inputs than GLS_CERTIFY_MAX_INPUTS "
-                       "(GLS_CERTIFY_COMPLETE_MAX_INPUTS for the complete method)"),
+                 (413, "the body is larger than GLS_CERTIFY_MAX_BODY_MB (or GLS_MAX_UPLOAD_MB), or holds more inputs "
+                       "than GLS_CERTIFY_MAX_INPUTS (GLS_CERTIFY_COMPLETE_MAX_INPUTS for the complete method)"),
                  (422, "a field is invalid, alone or with the model (shapes, classes, the theta length) or other "
                        "fields; detail names it"),
                  502, (503, "no bound worker is live, the workers are busy, or Redis is unavailable; retry shortly")))
-def certify_inputs(body: CertifyIn, gateway: GatewayDep, tenant: Tenant) -> dict[str, Any]:
+async def certify_inputs(request: Request, gateway: GatewayDep, tenant: Tenant) -> StreamingResponse:
     """Certify each input at radius eps with a convex relaxation computed by the bound workers."""
-    task = task_from_body(gateway, tenant, body)
-    gateway.metrics.certify_inputs.labels("rest", task.method).inc(task.x.shape[0])
-    verdicts = certify(gateway.pool, task)
-    count = sum(verdict.certified for verdict in verdicts)
-    gateway.metrics.certified_inputs.labels("rest", task.method).inc(count)
-    return {"verdicts": [verdict.public() for verdict in verdicts], "certified": count, "total": len(verdicts),
-            "method": task.method, "eps": float(body.eps)}
+    body, arrays = await read_body(request, gateway.settings)
+    pieces = await run_in_threadpool(_certify, gateway, tenant, body, arrays)
+
+    async def answer() -> AsyncIterator[bytes]:
+        while pieces:
+            yield pieces.pop(0)  # each piece is let go once sent
+
+    return StreamingResponse(answer(), media_type="application/json")
