@@ -4,8 +4,8 @@
     python bench/gateway_memory.py --dataset-mb 50 --certify-mb 10
 
 A private redis-server, one ``python -m services.bound_worker`` and ``python -m services.gateway`` run
-on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``, ``GLS_CERTIFY_MAX_INPUTS``
-and ``GLS_TENANT_MAX_STORED_MB`` raised to admit the requests. Each measured request gets a freshly
+on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``, ``GLS_CERTIFY_MAX_BODY_MB``,
+``GLS_CERTIFY_MAX_INPUTS`` and ``GLS_TENANT_MAX_STORED_MB`` raised to admit the requests. Each measured request gets a freshly
 started gateway, warmed up by a small request of the same kind, so that neither lazy imports nor
 memory the allocator kept from an earlier request hide in the numbers. The gateway's resident set
 is read from ``/proc/<pid>/status``: VmRSS before, the peak as the larger of VmHWM (reset through
@@ -144,8 +144,8 @@ def main() -> None:
     parser.add_argument("--certify-mb", type=float, default=40.0, help="size of the certify body, MiB")
     args = parser.parse_args()
     limit_mb = int(max(args.dataset_mb, args.certify_mb) * 2) + 64
-    gateway_env = {"GLS_MAX_UPLOAD_MB": str(limit_mb), "GLS_CERTIFY_MAX_INPUTS": "1000000",
-                   "GLS_TENANT_MAX_STORED_MB": str(limit_mb * 4)}
+    gateway_env = {"GLS_MAX_UPLOAD_MB": str(limit_mb), "GLS_CERTIFY_MAX_BODY_MB": str(limit_mb),
+                   "GLS_CERTIFY_MAX_INPUTS": "1000000", "GLS_TENANT_MAX_STORED_MB": str(limit_mb * 4)}
     began = time.perf_counter()
     rows: list[Row] = []
     with stack(workers=1, gateway_env=gateway_env) as running:
