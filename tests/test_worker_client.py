@@ -191,7 +191,7 @@ def test_bounds_split_across_workers_equal_compute_bounds(workers: list[RunningW
 
 
 def test_rejections_are_raised_not_retried(workers: list[RunningWorker]) -> None:
-    with pool_for(*workers) as pool, pytest.raises(WorkerRejectedError, match=r"INVALID_ARGUMENT: inputs must lie"):
+    with pool_for(*workers) as pool, pytest.raises(WorkerRejectedError, match=r"INVALID_ARGUMENT: inputs: must lie"):
         pool.evaluate(SPEC, pgpe(), DEEPPOLY, X + 2, Y, EPS, SEED, BLOCK)
     with pool_for(*workers) as pool, pytest.raises(ValueError, match="one seed"):
         pool.evaluate(SPEC, pgpe(), DEEPPOLY, X, Y, EPS, SEED + 1, BLOCK)
