@@ -1,8 +1,9 @@
 """`gls cluster up`: the docker-compose topology as local processes on loopback.
 
 Redis (a private redis-server on a free port unless a URL is given), the gateway (REST + gRPC
-Certifier), one coordinator and N bound workers, each a child process configured through the same
-GLS_* environment variables the containers use, each logging to ``run_dir/logs``.
+Certifier), one coordinator with a spare standing by and N bound workers, each a child process
+configured through the same GLS_* environment variables the containers use, each logging to
+``run_dir/logs``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _die_with_parent_and_stand_by() -> None:
+    """As :func:`_die_with_parent`, and block the promotion signal, which stays blocked across exec: the spare
+    coordinator takes it with ``sigwait`` once it is ready, so one sent during its start-up is kept, not fatal."""
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {PROMOTE})
+
+
 PR_SET_PDEATHSIG = 1
+PROMOTE = signal.SIGUSR1
+"""Sent by the supervisor to the spare coordinator: the coordinator died, take its place."""
+SPARE = "coordinator-spare"
 REDIS_MAX_MEMORY_MB = 2048
 RESTARTS_PER_MINUTE = 5
 """A child that dies more often than this is left down and the cluster stops: it will not get better."""
@@ -76,6 +87,7 @@ class Child:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    standing_by: bool = False  # a spare: started with the promotion signal blocked
 
     restarts: list[float] = field(default_factory=list)  # monotonic times of restarts by the supervisor
 
@@ -83,8 +95,14 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True,
+                                        preexec_fn=_die_with_parent_and_stand_by if self.standing_by
+                                        else _die_with_parent)
         log.close()
+
+    def spare(self) -> Child:
+        """A fresh, not yet started copy of this child, to stand by in its place."""
+        return Child(self.name, self.args, self.env, self.log_path, standing_by=self.standing_by)
 
     @property
     def alive(self) -> bool:
@@ -135,7 +153,7 @@ class Cluster:
         Raises :class:`GivingUp` for a child that died more than ``RESTARTS_PER_MINUTE`` times in a minute.
         """
         now = time.monotonic() if now is None else now
-        restarted = []
+        restarted = self._promote_spare(now)
         for name, child in self.all_children().items():
             if child.alive:
                 continue
@@ -148,6 +166,23 @@ class Cluster:
         if restarted:
             self.write_info()  # the new pids
         return restarted
+
+    def _promote_spare(self, now: float) -> list[str]:
+        """A dead coordinator is replaced by its spare, already started and sharing its consumer name, which
+        takes the job it left pending at once; a new spare is started in its place."""
+        coordinator, spare = self.children.get("coordinator"), self.children.get(SPARE)
+        if coordinator is None or coordinator.alive or spare is None or not spare.alive or spare.process is None:
+            return []
+        recent = [at for at in coordinator.restarts if now - at < 60.0]
+        if len(recent) >= RESTARTS_PER_MINUTE:
+            raise GivingUp(f"coordinator exited {len(recent) + 1} times within a minute; see {coordinator.log_path}")
+        successor = spare.spare()
+        spare.process.send_signal(PROMOTE)
+        spare.name, spare.standing_by, spare.restarts = "coordinator", False, [*recent, now]
+        self.children["coordinator"] = spare
+        self.children[SPARE] = successor
+        successor.start()
+        return ["coordinator (its spare took over)"]
 
     def write_info(self) -> None:
         """``cluster.json``, readable by its owner only: it holds the token and the Redis password."""
@@ -266,6 +301,9 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
         coordinator_env = {**env, "GLS_COORDINATOR_ID": env.get("GLS_COORDINATOR_ID") or coordinator_id(run_dir)}
         cluster.children["coordinator"] = Child("coordinator", [python, "-m", "services.coordinator"],
                                                 coordinator_env, run_dir / "logs" / "coordinator.log")
+        # Started ahead, imports done, waiting for PROMOTE: a coordinator's crash costs no process start-up.
+        cluster.children[SPARE] = Child(SPARE, [python, "-m", "services.coordinator", "--spare"], coordinator_env,
+                                        run_dir / "logs" / "coordinator.log", standing_by=True)
         gateway_env = {**env, "GLS_GATEWAY_HOST": "127.0.0.1", "GLS_GATEWAY_PORT": str(gateway_port),
                        "GLS_CERTIFIER_PORT": str(certifier_port)}
         cluster.children["gateway"] = Child("gateway", [python, "-m", "services.gateway"], gateway_env,

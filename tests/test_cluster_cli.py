@@ -66,7 +66,8 @@ def test_cluster_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         with GlsClient(info["gateway_url"], info["token"]) as client:
             assert client.jobs() == []
         pids = list(info["pids"].values())
-        assert len(pids) == 4 and "redis" in info["pids"] and all(alive(pid) for pid in pids)
+        assert len(pids) == 5 and {"redis", "coordinator", "coordinator-spare"} <= info["pids"].keys()
+        assert all(alive(pid) for pid in pids)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     finally:
@@ -100,6 +101,20 @@ def test_crashed_processes_are_restarted_and_all_die_with_cluster_up(tmp_path: P
 
         wait_until(restarted, "the killed worker was not restarted")
         assert process.poll() is None  # the rest kept running
+        # a crashed coordinator is replaced by its spare (same consumer name), and a new spare stands by
+        coordinator, spare = info["pids"]["coordinator"], info["pids"]["coordinator-spare"]
+        wait_until(lambda: b"standing by" in (run_dir / "logs" / "coordinator.log").read_bytes(),
+                   "the spare coordinator never became ready")
+        os.kill(coordinator, signal.SIGKILL)
+
+        def promoted() -> bool:
+            pids = json.loads((run_dir / "cluster.json").read_text())["pids"]
+            return pids["coordinator"] == spare and pids["coordinator-spare"] not in (coordinator, spare)
+
+        wait_until(promoted, "the spare coordinator did not take over")
+        wait_until(lambda: b"promoted: taking over" in (run_dir / "logs" / "coordinator.log").read_bytes(),
+                   "the promoted spare did not start claiming jobs")
+        assert alive(spare)
         assert httpx.get(f"{info['gateway_url']}/readyz", timeout=10).status_code == 200
         pids = list(json.loads((run_dir / "cluster.json").read_text())["pids"].values())
         process.kill()  # SIGKILL: no chance to stop its children itself

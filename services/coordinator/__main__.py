@@ -1,8 +1,14 @@
-"""`python -m services.coordinator`: run a coordinator from GLS_* environment settings until SIGTERM."""
+"""`python -m services.coordinator [--spare]`: run a coordinator from GLS_* environment settings until SIGTERM.
+
+With ``--spare`` it connects and imports everything, then waits for SIGUSR1 before it claims any job: the
+supervisor of `gls cluster up` keeps one so that a crashed coordinator is replaced without a process start.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -12,18 +18,29 @@ import torch
 from ..settings import Settings
 from .service import Coordinator, wait_ready
 
+PROMOTE = signal.SIGUSR1
+
 
 def main() -> None:
+    spare = "--spare" in sys.argv[1:]
+    if spare:  # blocked before anything else: a promotion sent while starting waits for sigwait below
+        signal.pthread_sigmask(signal.SIG_BLOCK, {PROMOTE})
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("gls.coordinator")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     wait_ready(settings)
     coordinator = Coordinator(settings)
+    if spare:
+        importlib.import_module("evotorch.algorithms.functional")  # PGPE's first step would import it (seconds)
+        log.info("spare coordinator %s standing by (pid %d)", coordinator.consumer, os.getpid())
+        signal.sigwait({PROMOTE})
+        log.info("spare coordinator promoted: taking over")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        logging.getLogger("gls.coordinator").info("signal %d: finishing the current step", signum)
+        log.info("signal %d: finishing the current step", signum)
         coordinator.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
