@@ -80,7 +80,7 @@ def _stand_in(event: str, value: Any) -> Any:
 
 
 class _Sink:
-    """One named array being read: shape bookkeeping and number blocks."""
+    """One named array being read: its shape so far and a buffer of its numbers."""
 
     def __init__(self, path: Path, spec: ArrayField, errors: list[dict[str, Any]]) -> None:
         self.path, self.spec, self.errors = path, spec, errors
