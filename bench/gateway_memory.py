@@ -4,12 +4,13 @@
     python bench/gateway_memory.py --dataset-mb 50 --certify-mb 10
 
 A private redis-server, one ``python -m services.bound_worker`` and ``python -m services.gateway`` run
-on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``, ``GLS_CERTIFY_MAX_BODY_MB``,
-``GLS_CERTIFY_MAX_INPUTS`` and ``GLS_TENANT_MAX_STORED_MB`` raised to admit the requests. Each measured
-request gets a freshly started gateway, warmed up by a small request of the same kind, so that neither lazy imports nor
-memory the allocator kept from an earlier request hide in the numbers. The gateway's resident set
-is read from ``/proc/<pid>/status``: VmRSS before, the peak as the larger of VmHWM (reset through
-``/proc/<pid>/clear_refs`` just before the request) and VmRSS sampled every 10 ms, and VmRSS after.
+on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``,
+``GLS_CERTIFY_MAX_BODY_MB``, ``GLS_CERTIFY_MAX_INPUTS`` and ``GLS_TENANT_MAX_STORED_MB`` raised to admit
+the requests. Each measured request gets a freshly started gateway, warmed up by a small request of the
+same kind, so that neither lazy imports nor memory the allocator kept from an earlier request hide in
+the numbers. The gateway's resident set is read from ``/proc/<pid>/status``: VmRSS before, the peak as
+the larger of VmHWM (reset through ``/proc/<pid>/clear_refs`` just before the request) and VmRSS sampled
+every 10 ms, and VmRSS after.
 
 - The upload: ``x`` uint8 random pixels N x 3 x 32 x 32 and int64 ``y``, written by ``numpy.savez``
   (uncompressed) to a temporary file and sent with ``GlsClient.upload_dataset``.
