@@ -76,8 +76,15 @@ PROMOTE = signal.SIGUSR1
 """Sent by the supervisor to the spare coordinator: the coordinator died, take its place."""
 SPARE = "coordinator-spare"
 REDIS_MAX_MEMORY_MB = 2048
-RESTARTS_PER_MINUTE = 5
-"""A child that dies more often than this is left down and the cluster stops: it will not get better."""
+BACKOFF_WINDOW_S = 60.0
+"""Restarts within this long count towards a child's back-off; one that stays up longer starts afresh."""
+BACKOFF_MAX_S = 60.0
+
+
+def backoff(recent_restarts: int) -> float:
+    """Seconds to wait before restarting a child that exited after ``recent_restarts`` recent restarts:
+    none for the first crash (recovery is what matters), then 1, 2, 4, ... up to ``BACKOFF_MAX_S``."""
+    return 0.0 if recent_restarts == 0 else min(BACKOFF_MAX_S, 2.0 ** (recent_restarts - 1))
 
 
 @dataclass
@@ -90,6 +97,7 @@ class Child:
     standing_by: bool = False  # a spare: started with the promotion signal blocked
 
     restarts: list[float] = field(default_factory=list)  # monotonic times of restarts by the supervisor
+    exited_at: float | None = None  # when the supervisor found it gone (None: running, or not seen dead yet)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +133,17 @@ class Child:
             self.process.wait(10)
 
 
-class GivingUp(RuntimeError):
-    """A child keeps dying; restarting it again would only hide the problem."""
+    def due(self, now: float) -> tuple[bool, float]:
+        """(restart now?, seconds of back-off) for an exited child; notes when it was first found gone."""
+        if self.exited_at is None:
+            self.exited_at = now
+        self.restarts = [at for at in self.restarts if now - at < BACKOFF_WINDOW_S]
+        wait = backoff(len(self.restarts))
+        return now >= self.exited_at + wait, wait
+
+    def restarted(self, now: float) -> None:
+        self.restarts.append(now)
+        self.exited_at = None
 
 
 @dataclass
@@ -148,24 +165,31 @@ class Cluster:
         return {**({"redis": self.redis_child} if self.redis_child else {}), **self.children}
 
     def supervise(self, now: float | None = None) -> list[str]:
-        """Restart every child that has exited (Redis first: the others reconnect to it); the names restarted.
+        """Restart every child that has exited (Redis first: the others reconnect to it); what it did, in words.
 
-        Raises :class:`GivingUp` for a child that died more than ``RESTARTS_PER_MINUTE`` times in a minute.
+        A child that keeps exiting is restarted after a growing back-off (:func:`backoff`) while the rest
+        keep running; a dead coordinator is replaced by its spare.
         """
         now = time.monotonic() if now is None else now
-        restarted = self._promote_spare(now)
+        events = self._promote_spare(now)
+        changed = bool(events)
         for name, child in self.all_children().items():
             if child.alive:
                 continue
-            child.restarts = [at for at in child.restarts if now - at < 60.0]
-            if len(child.restarts) >= RESTARTS_PER_MINUTE:
-                raise GivingUp(f"{name} exited {len(child.restarts) + 1} times within a minute; see {child.log_path}")
-            child.restarts.append(now)
+            first_seen = child.exited_at is None
+            ready, wait = child.due(now)
+            if not ready:
+                if first_seen:
+                    events.append(f"{name} exited again ({len(child.restarts)} restarts in the last minute); "
+                                  f"restarting it in {wait:.0f} s")
+                continue
+            child.restarted(now)
             child.start()
-            restarted.append(name)
-        if restarted:
+            events.append(f"{name} exited; restarted")
+            changed = True
+        if changed:
             self.write_info()  # the new pids
-        return restarted
+        return events
 
     def _promote_spare(self, now: float) -> list[str]:
         """A dead coordinator is replaced by its spare, already started and sharing its consumer name, which
@@ -173,16 +197,17 @@ class Cluster:
         coordinator, spare = self.children.get("coordinator"), self.children.get(SPARE)
         if coordinator is None or coordinator.alive or spare is None or not spare.alive or spare.process is None:
             return []
-        recent = [at for at in coordinator.restarts if now - at < 60.0]
-        if len(recent) >= RESTARTS_PER_MINUTE:
-            raise GivingUp(f"coordinator exited {len(recent) + 1} times within a minute; see {coordinator.log_path}")
+        ready, _ = coordinator.due(now)
+        if not ready:  # a coordinator that keeps dying waits out its back-off like any other child
+            return []
         successor = spare.spare()
         spare.process.send_signal(PROMOTE)
-        spare.name, spare.standing_by, spare.restarts = "coordinator", False, [*recent, now]
+        spare.name, spare.standing_by, spare.restarts = "coordinator", False, coordinator.restarts
+        spare.restarted(now)
         self.children["coordinator"] = spare
         self.children[SPARE] = successor
         successor.start()
-        return ["coordinator (its spare took over)"]
+        return ["coordinator exited; its spare took over"]
 
     def write_info(self) -> None:
         """``cluster.json``, readable by its owner only: it holds the token and the Redis password."""

@@ -43,10 +43,11 @@ def cluster_up(workers: Annotated[int, typer.Option(min=1, help="bound workers t
                certifier_port: Annotated[int, typer.Option(help="gRPC Certifier port (0: a free one)")] = 0) -> None:
     """Start Redis (unless REDIS_URL is set), the gateway, a coordinator and N workers; stop on Ctrl-C/SIGTERM.
 
-    A process that exits is restarted (at most 5 times a minute); if this command itself is killed, its
-    processes get SIGTERM and stop too.
+    A process that exits is restarted at once, and after a growing back-off (1, 2, 4 ... 60 s) if it keeps
+    exiting, while the rest keep running; if this command itself is killed, its processes get SIGTERM and
+    stop too.
     """
-    from .cluster import CLUSTER_FILE, GivingUp, up
+    from .cluster import CLUSTER_FILE, up
 
     stop = threading.Event()
 
@@ -64,14 +65,8 @@ def cluster_up(workers: Annotated[int, typer.Option(min=1, help="bound workers t
     typer.echo(f"written to         {run_dir / CLUSTER_FILE}")
     try:
         while not stop.wait(1.0):
-            try:
-                restarted = cluster.supervise()
-            except GivingUp as error:
-                console.print(f"{error}; stopping the cluster", style="red", markup=False)
-                raise typer.Exit(1) from None
-            if restarted:
-                console.print(f"{', '.join(restarted)} exited; restarted (see {run_dir / 'logs'})", style="yellow",
-                              markup=False)
+            for event in cluster.supervise():
+                console.print(f"{event} (see {run_dir / 'logs'})", style="yellow", markup=False)
     finally:
         console.print("stopping ...")
         cluster.stop()
