@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     worker_grace_s: float = Field(10.0, ge=0, description="on SIGTERM, how long running requests may finish")
     worker_token: str = Field("", description="shared secret every BoundWorker call must carry (empty: none "
                                             "asked; set it wherever workers are reachable by others)")
+    internal_tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) of this process "
+                                                "between services: workers serve gRPC with it, the coordinator "
+                                                "and gateway show it when dialling workers (mutual TLS)")
+    internal_tls_key_file: Path | None = Field(None, description="PEM private key of GLS_INTERNAL_TLS_CERT_FILE")
+    internal_tls_ca_file: Path | None = Field(None, description="PEM CA of the services: workers require a client "
+                                              "certificate it signed, callers trust only it for workers")
+    internal_tls_server_name: str = Field("", description="name callers check in every worker's certificate "
+                                          "instead of the dialled host (one certificate for all workers, e.g. "
+                                          "'gls-worker'; empty: the advertised host must be in its SANs)")
     worker_addresses: str = Field("", description="static comma-separated worker list (besides Redis discovery)")
     verify_max_timeout_s: float = Field(300.0, gt=0, description="longest branch and bound per input a worker runs")
     heartbeat_s: float = Field(2.0, gt=0)
@@ -106,6 +115,12 @@ class Settings(BaseSettings):
             raise ValueError("GLS_TLS_CERT_FILE and GLS_TLS_KEY_FILE go together: set both or neither")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("GLS_TLS_CLIENT_CA_FILE (mutual TLS) needs GLS_TLS_CERT_FILE and GLS_TLS_KEY_FILE")
+        internal = (self.internal_tls_cert_file, self.internal_tls_key_file, self.internal_tls_ca_file)
+        if any(path is None for path in internal) and any(path is not None for path in internal):
+            raise ValueError("GLS_INTERNAL_TLS_CERT_FILE, GLS_INTERNAL_TLS_KEY_FILE and GLS_INTERNAL_TLS_CA_FILE "
+                             "go together (mutual TLS between the services): set all three or none")
+        if self.internal_tls_server_name and self.internal_tls_cert_file is None:
+            raise ValueError("GLS_INTERNAL_TLS_SERVER_NAME needs the GLS_INTERNAL_TLS_* certificate files")
         return self
 
     @cached_property
@@ -114,6 +129,15 @@ class Settings(BaseSettings):
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
         return ServerTLS.load(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    @cached_property
+    def internal_tls(self) -> ServerTLS | None:
+        """This process's certificate between services, read and checked (TLSConfigError names the setting)."""
+        if self.internal_tls_cert_file is None or self.internal_tls_key_file is None or \
+                self.internal_tls_ca_file is None:
+            return None
+        return ServerTLS.load_internal(self.internal_tls_cert_file, self.internal_tls_key_file,
+                                       self.internal_tls_ca_file)
 
     @cached_property
     def tenants_by_token(self) -> dict[str, str]:

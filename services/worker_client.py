@@ -43,6 +43,7 @@ from .discovery import live_workers
 from .proto.gls.v1 import bound_worker_pb2
 from .rich_status import Reason, error_info
 from .settings import Settings
+from .tls import peer_channel
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class WorkerPool:
         self.settings = settings
         # The shared secret of GLS_WORKER_TOKEN, sent with every call (services/bound_worker/auth.py checks it).
         self._metadata = (("authorization", f"Bearer {settings.worker_token}"),) if settings.worker_token else ()
+        # GLS_INTERNAL_TLS_*: read now, so that a bad file stops the caller before it serves or claims anything.
+        self._tls = settings.internal_tls
         self.redis = redis_client
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
@@ -219,7 +222,8 @@ class WorkerPool:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.insecure_channel(address, options=[*self.settings.grpc_options, *CHANNEL_OPTIONS])
+                channel = peer_channel(address, self._tls, self.settings.internal_tls_server_name,
+                                       [*self.settings.grpc_options, *CHANNEL_OPTIONS])
                 self._channels[address] = channel
             self._in_flight[address] = self._in_flight.get(address, 0) + 1
             return channel

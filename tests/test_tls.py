@@ -7,23 +7,17 @@ clients, clients that do not trust it, and (with mutual TLS) clients without a c
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
 import torch
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pki import Authority, make_authority
 from pydantic import ValidationError
 from test_gateway_support import ALICE, Stack, start_stack
 
@@ -32,54 +26,6 @@ from services.settings import Settings
 from services.tls import ClientTLS, TLSConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    return path
-
-
-def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey,
-                 ca: bool, path: Path) -> Path:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-    path.write_bytes(builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-@dataclass(frozen=True)
-class Authority:
-    """A CA with one server and one client certificate, as PEM files."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_authority(folder: Path, name: str = "test-ca") -> Authority:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    folder.mkdir(parents=True, exist_ok=True)
-    return Authority(
-        ca=_certificate(name, ca_key, name, ca_key, True, folder / "ca.pem"),
-        server_cert=_certificate("127.0.0.1", server_key, name, ca_key, False, folder / "server.pem"),
-        server_key=_write_key(server_key, folder / "server-key.pem"),
-        client_cert=_certificate("alice-client", client_key, name, ca_key, False, folder / "client.pem"),
-        client_key=_write_key(client_key, folder / "client-key.pem"))
 
 
 @pytest.fixture(scope="module")

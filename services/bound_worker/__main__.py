@@ -9,6 +9,7 @@ import threading
 from types import FrameType
 
 from ..settings import Settings
+from ..tls import TLSConfigError
 from .server import serve
 
 log = logging.getLogger("services.bound_worker")
@@ -18,7 +19,11 @@ def main() -> int:
     settings = Settings()
     logging.basicConfig(stream=sys.stderr, level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = serve(settings)
+    try:
+        worker = serve(settings)
+    except TLSConfigError as error:
+        log.error("%s", error)
+        return 2
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -77,7 +77,12 @@ class RunningWorker:
 
 
 def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
-    """Start a worker from ``settings`` (port 0: a free port) and register it in Redis when enabled."""
+    """Start a worker from ``settings`` (port 0: a free port) and register it in Redis when enabled.
+
+    With GLS_INTERNAL_TLS_* set it serves mutual TLS only; the files are read and checked first, so a
+    bad one raises TLSConfigError (naming the setting) before anything listens.
+    """
+    tls = settings.internal_tls
     device = resolve_device(settings.device)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -96,7 +101,8 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.worker_host}:{settings.worker_port}")
+    listen = f"{settings.worker_host}:{settings.worker_port}"
+    port = server.add_secure_port(listen, tls.grpc_credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {settings.worker_host}:{settings.worker_port}")
     server.start()
@@ -113,7 +119,8 @@ def serve(settings: Settings, *, worker_id: str | None = None) -> RunningWorker:
         timeout = max(0.5, min(5.0, settings.heartbeat_s))
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         heartbeat = Heartbeat(client, info, settings.heartbeat_s, settings.heartbeat_ttl_s).start()
-    log.info("bound worker %s listening on %s:%d (advertised %s, device %s, %d compute slots)", info.id,
-             settings.worker_host, port, address, device, settings.worker_concurrency)
+    log.info("bound worker %s listening on %s:%d (%s, advertised %s, device %s, %d compute slots)", info.id,
+             settings.worker_host, port, "mutual TLS" if tls else "plaintext", address, device,
+             settings.worker_concurrency)
     return RunningWorker(server, port, address, info, service, health_servicer, cache, heartbeat, client,
                          threading.Event())

@@ -16,6 +16,7 @@ from types import FrameType
 import torch
 
 from ..settings import Settings
+from ..tls import TLSConfigError
 from .service import Coordinator, wait_ready
 
 PROMOTE = signal.SIGUSR1
@@ -29,6 +30,11 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("gls.coordinator")
+    try:  # a bad GLS_INTERNAL_TLS_* file stops the coordinator now, not once Redis answers
+        _ = settings.internal_tls
+    except TLSConfigError as error:
+        log.error("%s", error)
+        sys.exit(2)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     wait_ready(settings)
