@@ -52,12 +52,13 @@ class Row:
         return 100 * self.overhead_s / self.step_s if self.step_s else 0.0
 
 
-def start_workers(count: int, threads: int) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
+def start_workers(count: int, threads: int, extra_env: dict[str, str] | None = None
+                  ) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     processes, addresses = [], []
     for _ in range(count):
         port = free_port()
         env = {**os.environ, "GLS_WORKER_HOST": "127.0.0.1", "GLS_WORKER_PORT": str(port),
-               "GLS_WORKER_REGISTER": "false", "GLS_THREADS": str(threads), "GLS_DEVICE": "cpu"}
+               "GLS_WORKER_REGISTER": "false", "GLS_THREADS": str(threads), "GLS_DEVICE": "cpu", **(extra_env or {})}
         processes.append(subprocess.Popen([sys.executable, "-m", "services.bound_worker"], env=env, cwd=ROOT,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         addresses.append(f"127.0.0.1:{port}")

@@ -463,12 +463,82 @@ def test_compose_workers_scale() -> None:
         assert {container_port(port) for port in worker.get("expose", [])} == {settings.worker_port}
         assert "GLS_WORKER_ADVERTISE" not in compose_environment(worker), \
             f"{name}: a fixed GLS_WORKER_ADVERTISE would be shared by all replicas (the entrypoint sets it)"
-        program = python_c_source(worker["healthcheck"]["test"][1:])
-        assert "grpc_health" in program and "HealthStub" in program and "SERVING" in program, program
-        target = re.search(r"insecure_channel\(['\"]([^'\"]+)['\"]\)", program)
-        assert target and int(target.group(1).rsplit(":", 1)[1]) == settings.worker_port, program
+        probe = worker["healthcheck"]["test"]
+        assert probe[:1] == ["CMD"] and probe[1:] == ["python", "-m", "services.worker_probe"], probe
+        check_command(probe[1:], f"{name} healthcheck")
+        # the probe dials the advertised address, which in the probe's environment is loopback and the port
+        assert settings.advertised_worker_address == f"127.0.0.1:{settings.worker_port}"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert settings_from(compose_environment(services["worker"])).device == "cpu"
+
+
+COMPOSE_INTERNAL_TLS = DEPLOY / "compose.internal-tls.yml"
+K8S_INTERNAL_TLS = DEPLOY / "k8s-internal-tls"
+INTERNAL_TLS_FILES = {"GLS_INTERNAL_TLS_CERT_FILE": "service.pem", "GLS_INTERNAL_TLS_KEY_FILE": "service-key.pem",
+                      "GLS_INTERNAL_TLS_CA_FILE": "ca.pem"}
+
+
+def assert_internal_tls(settings: Settings, where: str) -> None:
+    """All three GLS_INTERNAL_TLS_* files and the shared worker name are set (the values the README's PKI makes)."""
+    files = (settings.internal_tls_cert_file, settings.internal_tls_key_file, settings.internal_tls_ca_file)
+    assert all(path is not None for path in files), where
+    assert settings.internal_tls_server_name == "gls-worker", where
+
+
+def test_compose_internal_tls_override() -> None:
+    """deploy/compose.internal-tls.yml: a valid override that gives every GLS service the three files as secrets."""
+    raw = yaml.safe_load(COMPOSE_INTERNAL_TLS.read_text())
+    with pytest.raises(AssertionError, match="GLS_INTERNAL_TLS_DIR"):
+        interpolate(raw, COMPOSE_SECRETS)  # compose refuses to start without the folder
+    override = interpolate(raw, {**COMPOSE_SECRETS, "GLS_INTERNAL_TLS_DIR": "/srv/gls-pki"})
+    errors = [error.message for error in compose_validator().iter_errors(override)]
+    assert not errors, errors
+    base = gls_compose_services()
+    assert set(override["services"]) == set(base), "every service of the GLS image needs the certificate"
+    secrets_by_file = {Path(secret["file"]).name: name for name, secret in override["secrets"].items()}
+    assert sorted(secrets_by_file) == sorted(INTERNAL_TLS_FILES.values())
+    for name, service in override["services"].items():
+        environment = {**compose_environment(base[name]), **compose_environment(service)}
+        assert_internal_tls(settings_from(environment), name)
+        for variable, filename in INTERNAL_TLS_FILES.items():
+            secret = secrets_by_file[filename]
+            assert secret in service["secrets"], f"{name}: secret {secret} is not mounted"
+            assert environment[variable] == f"/run/secrets/{secret}", f"{name}: {variable}"
+
+
+def test_k8s_internal_tls_overlay() -> None:
+    """deploy/k8s-internal-tls: patches the three workloads with the files of Secret gls-internal-tls."""
+    kustomization = yaml.safe_load((K8S_INTERNAL_TLS / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization" and kustomization["resources"] == ["../k8s"]
+    patches = {entry["path"] for entry in kustomization["patches"]}
+    assert patches == {path.name for path in K8S_INTERNAL_TLS.glob("*.y*ml")} - {"kustomization.yaml"}
+    deployments = k8s_objects("Deployment")
+    readme = (DEPLOY / "README.md").read_text()
+    patched = set()
+    for filename in sorted(patches):
+        patch = yaml.safe_load((K8S_INTERNAL_TLS / filename).read_text())
+        name = patch["metadata"]["name"]
+        assert patch["kind"] == "Deployment" and name in deployments and patch["metadata"]["namespace"] == NAMESPACE
+        patched.add(name)
+        pod = patch["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        base = k8s_container(name)
+        assert container["name"] == base["name"]
+        ((volume_name, secret_name),) = [(v["name"], v["secret"]["secretName"]) for v in pod["volumes"]]
+        assert f"create secret generic {secret_name}" in readme, f"deploy/README.md does not create {secret_name}"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume_name]
+        assert mount.get("readOnly") is True
+        environment = {**k8s_environment(base), **{v["name"]: v["value"] for v in container["env"]}}
+        assert_internal_tls(settings_from(environment), filename)
+        for variable, file in INTERNAL_TLS_FILES.items():
+            assert environment[variable] == f"{mount['mountPath']}/{file}", f"{filename}: {variable}"
+        for probe_name, probe in _probes(container).items():
+            assert probe_name in base and probe["grpc"] is None, f"{filename}: {probe_name} replaces a gRPC probe"
+            check_command(probe["exec"]["command"], f"{filename} {probe_name}")
+            assert probe["exec"]["command"] == ["python", "-m", "services.worker_probe"]
+    assert patched == {"gateway", "coordinator", "worker"}
+    assert set(_probes(k8s_container("worker"))) == set(_probes(yaml.safe_load(
+        (K8S_INTERNAL_TLS / "worker.yaml").read_text())["spec"]["template"]["spec"]["containers"][0]))
 
 
 def duration_seconds(value: str) -> float:

@@ -33,6 +33,7 @@ from gls_core.training.points import evaluate_members
 from services import codec
 from services.bound_worker import RunningWorker, serve
 from services.client import CertifierClient
+from services.gateway import serve as serve_gateway
 from services.proto.gls.v1 import bound_worker_pb2, bound_worker_pb2_grpc, common_pb2
 from services.rich_status import error_info
 from services.settings import Settings
@@ -165,6 +166,11 @@ def test_the_probe_reaches_a_worker_under_mutual_tls(authority: Authority, worke
     assert secure.returncode == 0 and out.strip() == f"{worker.address}: SERVING", err
     out, err = plain.communicate(timeout=60)
     assert plain.returncode == 1 and f"{worker.address}: UNAVAILABLE" in err, (out, err)
+    plaintext_worker = serve(Settings(**worker_values()))  # type: ignore[arg-type]
+    try:  # without GLS_INTERNAL_TLS_* (the compose default) the same probe speaks plaintext
+        assert check(Settings(worker_advertise=plaintext_worker.address)) == "SERVING"
+    finally:
+        plaintext_worker.stop()
 
 
 def test_one_certificate_for_all_workers_with_a_server_name(authority: Authority) -> None:
@@ -238,6 +244,16 @@ def test_bad_internal_tls_settings_are_named(authority: Authority, tmp_path: Pat
             WorkerPool(settings)
 
 
+def test_the_gateway_stops_on_a_bad_internal_tls_file_before_it_listens(authority: Authority,
+                                                                        tmp_path: Path) -> None:
+    # its __main__ turns TLSConfigError into exit status 2, as tests/test_tls.py checks for its own files
+    settings = Settings(internal_tls_cert_file=authority.server_cert, internal_tls_key_file=tmp_path / "gone.pem",
+                        internal_tls_ca_file=authority.ca, redis_url="redis://127.0.0.1:1/0", gateway_port=0,
+                        certifier_port=0)
+    with pytest.raises(TLSConfigError, match=r"GLS_INTERNAL_TLS_KEY_FILE=.*gone.pem: cannot read it"):
+        serve_gateway(settings)
+
+
 def test_each_service_exits_2_naming_a_bad_internal_tls_file(authority: Authority, tmp_path: Path) -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GLS_REDIS_URL": "redis://127.0.0.1:1/0",
            "GLS_WORKER_PORT": "0", "GLS_GATEWAY_PORT": "0", "GLS_CERTIFIER_PORT": "0",
@@ -245,7 +261,7 @@ def test_each_service_exits_2_naming_a_bad_internal_tls_file(authority: Authorit
            "GLS_INTERNAL_TLS_KEY_FILE": str(tmp_path / "gone-key.pem"), "GLS_INTERNAL_TLS_CA_FILE": str(authority.ca)}
     processes = {module: subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for module in ("services.bound_worker", "services.coordinator", "services.gateway")}
+                 for module in ("services.bound_worker", "services.coordinator")}
     for module, process in processes.items():
         _, err = process.communicate(timeout=120)
         assert process.returncode == 2, (module, err)
