@@ -327,8 +327,9 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
         cluster.children["coordinator"] = Child("coordinator", [python, "-m", "services.coordinator"],
                                                 coordinator_env, run_dir / "logs" / "coordinator.log")
         # Started ahead, imports done, waiting for PROMOTE: a coordinator's crash costs no process start-up.
-        cluster.children[SPARE] = Child(SPARE, [python, "-m", "services.coordinator", "--spare"], coordinator_env,
-                                        run_dir / "logs" / "coordinator.log", standing_by=True)
+        # It starts once the rest serves, so that it does not slow the start (or restart) of the cluster.
+        spare = Child(SPARE, [python, "-m", "services.coordinator", "--spare"], coordinator_env,
+                      run_dir / "logs" / "coordinator.log", standing_by=True)
         gateway_env = {**env, "GLS_GATEWAY_HOST": "127.0.0.1", "GLS_GATEWAY_PORT": str(gateway_port),
                        "GLS_CERTIFIER_PORT": str(certifier_port)}
         cluster.children["gateway"] = Child("gateway", [python, "-m", "services.gateway"], gateway_env,
@@ -340,6 +341,8 @@ def up(run_dir: Path, workers: int = 2, redis_url: str | None = None, token: str
         _wait(lambda: urllib.request.urlopen(f"{cluster.gateway_url}/readyz", timeout=2).status == 200,
               "gateway", timeout, cluster.children)
         client.close()
+        cluster.children[SPARE] = spare
+        spare.start()
     except BaseException:
         cluster.stop()
         raise
