@@ -83,6 +83,7 @@ class Job:
     coordinator: str = ""
     cancel_requested: bool = False
     model_id: str = ""
+    note: str = ""  # why a queued job waits again (it yielded its turn); cleared when it runs
 
     def public(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -253,7 +254,8 @@ class Store:
                    name=raw.get("name", ""),
                    step=int(raw.get("step", 0)), total_steps=int(raw.get("total_steps", 0)),
                    error=raw.get("error", ""), coordinator=raw.get("coordinator", ""),
-                   cancel_requested=raw.get("cancel_requested") == "1", model_id=raw.get("model_id", ""))
+                   cancel_requested=raw.get("cancel_requested") == "1", model_id=raw.get("model_id", ""),
+                   note=raw.get("note", ""))
 
     def list_jobs(self, tenant: str) -> list[Job]:
         ids = [_text(i) for i in cast(list[Any], self.redis.zrange(f"gls:tenant:{tenant}:jobs", 0, -1))]

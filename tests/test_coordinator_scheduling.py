@@ -86,6 +86,7 @@ def test_tenants_take_turns_and_every_job_ends_with_the_undisturbed_weights(
     assert first_time(events["b1"], "running") < first_time(events["a2"], "running")  # b's job jumped the queue
     assert first_time(events["b1"], "running") < first_time(events["a1"], "succeeded")  # a1 yielded its turn
     assert any("yielded at step" in event.get("note", "") for _, event in events["a1"])
+    assert all(store.get_job(job.id).note == "" for job in jobs.values())  # cleared when each ran again
     for name, job in jobs.items():
         total = store.get_job(job.id).total_steps
         assert step_rows(store, job.id) == list(range(1, total + 1)), name

@@ -141,6 +141,7 @@ def test_a_job_that_yields_is_queued_again_and_goes_before_its_tenants_newer_job
     store.yield_job(owner_token("x", claim[0]), claim[0], older.id, "yielded at step 3")
     assert store.get_job(older.id).status == JobStatus.QUEUED
     assert store.redis.hget(f"gls:job:{older.id}", "note") == b"yielded at step 3"
+    assert store.get_job(older.id).note == "yielded at step 3"  # what GET /v1/jobs/{id} shows
     assert [job.job_id for job in store.queued_jobs()] == [newer.id, older.id]
     again = store.claim_job("y", block_ms=10, stale_ms=60_000)
     assert again is not None and again[1] == older.id  # the older job, read after moving the newer one back

@@ -71,7 +71,7 @@ class JobRunner:
         if not resume:
             trainer.initial_theta = warm_start(self.store, config, job.tenant, trainer.spec)
         self.store.update_job(job.id, status=JobStatus.RUNNING, total_steps=trainer.total_steps,
-                              coordinator=self.consumer, error="")
+                              coordinator=self.consumer, error="", note="")
         started = time.monotonic()
         ended: dict[str, str] = {}
 

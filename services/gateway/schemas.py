@@ -23,6 +23,8 @@ class JobOut(BaseModel):
     coordinator: str = ""
     cancel_requested: bool = False
     model_id: str = Field("", description="the trained model (GET /v1/jobs/{id}/model) once the job succeeded")
+    note: str = Field("", description="why a queued job is waiting again: it yielded its turn to another tenant "
+                                      "(fair scheduling); cleared when it runs again")
 
 
 class DatasetOut(BaseModel):
