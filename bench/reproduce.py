@@ -18,6 +18,7 @@ checkpoints); call it again to continue. ``--quick`` runs a few-minute version o
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shlex
 import shutil
@@ -169,11 +170,20 @@ def train(run: Run, out: Path, seconds: float, warm: Path) -> dict[str, Any]:
             "seconds": time.monotonic() - started, "total_steps": trainer.total_steps}
 
 
+def main_epochs(rows: list[dict[str, Any]]) -> int:
+    """Epochs of the main stage a run has completed, from its metrics."""
+    return max((r["epoch"] for r in rows if r.get("kind") == "epoch" and r.get("stage") == "main"), default=0)
+
+
 def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
-    """Natural, PGD (50 x 3) and alpha-CROWN-certified accuracy on the test set, and the complete verifier's."""
+    """Natural, PGD (50 x 3) and alpha-CROWN-certified accuracy on the test set, and the complete verifier's.
+
+    Records the epoch the evaluated weights come from: a run resumed later reports both.
+    """
+    epoch = main_epochs(read_metrics(out / run.name))
     spec, theta, metadata = load_model(out / run.name)
     test = load_dataset(metadata["dataset"], "test", subset=plan.evaluate_limit)
-    result: dict[str, Any] = {"n": len(test)}
+    result: dict[str, Any] = {"n": len(test), "epoch": epoch}
     for method in ("deeppoly", "alpha-crown"):
         started = time.monotonic()
         value = evaluate(spec, theta, test.x, test.y, EPS, method=method)
@@ -225,9 +235,11 @@ def plot_compute(plan: Plan, out: Path, path: Path) -> Path | None:
 
 
 # (run, radius): the PGD warm start is the paper's Figure 4 setting (a PGD-trained network, along the
-# DeepPoly gradient), where the tight relaxations' kinks show at offsets of about 1e-4..1e-3; the
-# trained models are drawn wider.
-LANDSCAPES = (("pgd", 0.002), ("deeppoly-grad", 0.05), ("ibp-grad", 0.05), ("deeppoly-pgpe", 0.05))
+# DeepPoly gradient), where the tight relaxations' kinks show at offsets of about 1e-4..1e-3; the models
+# of the paradox and its resolution are drawn at the same scale, the lr-5e-5 models also wider.
+FINE = 0.002
+LANDSCAPES = (("pgd", FINE), ("ibp-grad-lr5e-4", FINE), ("deeppoly-grad-lr5e-4", FINE),
+              ("deeppoly-rgs-lr5e-4", FINE), ("deeppoly-pgpe", FINE), ("deeppoly-grad", 0.05), ("ibp-grad", 0.05))
 
 
 def landscapes(out: Path, plan: Plan, figures: Path) -> list[Path]:
@@ -238,7 +250,7 @@ def landscapes(out: Path, plan: Plan, figures: Path) -> list[Path]:
             continue
         spec, theta, metadata = load_model(out / name)
         test = load_dataset(metadata["dataset"], "test", subset=plan.landscape_limit)
-        points = 2 * plan.landscape_points - 1 if name == "pgd" else plan.landscape_points  # finer: kinks are narrow
+        points = 2 * plan.landscape_points - 1 if radius <= FINE else plan.landscape_points  # kinks are narrow
         land = loss_landscape(spec, theta, test.x, test.y, EPS, ["ibp", "crown-ibp", "deeppoly"], radius=radius,
                               points=points, sigmas=[1e-6, 5e-5, 5e-4], samples=plan.landscape_samples)
         path = figures / f"landscape-{name}.png"
@@ -265,7 +277,7 @@ def ordering(results: dict[str, dict[str, Any]], epochs: dict[str, tuple[int, in
             continue
         difference = 100 * (mine[0] - theirs[0])
         holds = difference * sign > 0
-        trained = ", ".join(f"{name} {done}/{total} epochs" for name, (done, total) in
+        trained = ", ".join(f"{name} {results[name].get('epoch', done)}/{total} epochs" for name, (done, total) in
                             ((run, epochs.get(run, (0, 0))), (other, epochs.get(other, (0, 0)))))
         lines.append(f"- {claim}: {'holds' if holds else 'does not hold'} here "
                      f"({100 * mine[0]:.2f}% vs {100 * theirs[0]:.2f}%, {difference:+.2f} points, "
@@ -294,16 +306,18 @@ def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: 
         got = results.get(run.name, {})
         config = load_config(ROOT / run.config, list(run.overrides))
         metrics = read_metrics(out / run.name)
-        done_epochs = max((r["epoch"] for r in metrics if r.get("kind") == "epoch" and r.get("stage") == "main"),
-                          default=0)
+        done_epochs = main_epochs(metrics)
         epochs[run.name] = (done_epochs, config.schedule.epochs)
         compute = member_samples(metrics, config) / paper_member_samples(config.estimator)
         paper = PAPER.get(run.paper) if run.paper else None
         paper_text = " / ".join(f"{v:.2f}" for v in paper) if paper else "-"
         complete = f"{percent(got.get('complete'))} ({got.get('complete_n', '-')})"
+        evaluated_at = got.get("epoch", done_epochs)
+        trained = f"{done_epochs}/{config.schedule.epochs}" + (
+            f" (evaluated at {evaluated_at})" if got and evaluated_at != done_epochs else "")
         rows.append(f"| {run.label or run.name} | {percent(got.get('natural'))} | {percent(got.get('adversarial'))} "
                     f"| {percent(got.get('certified_deeppoly'))} | {percent(got.get('certified_alpha-crown'))} "
-                    f"| {complete} | {paper_text} | {done_epochs}/{config.schedule.epochs} | {compute:.2%} |")
+                    f"| {complete} | {paper_text} | {trained} | {compute:.2%} |")
     images = "\n".join(f"![{path.stem}]({path.relative_to(doc.parent)})" for path in figures)
     evaluated = "\n".join(f"- {run.label or run.name}: `{results[run.name]['evaluated_by']}`" for run in plan.runs
                           if "evaluated_by" in results.get(run.name, {}))
@@ -331,6 +345,19 @@ Training progress this call: {json.dumps(progress)}
 
 {images}
 """
+
+
+def save_result(saved: Path, name: str, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Add one run's evaluation to ``saved`` under a lock, re-reading it first: concurrent sittings
+    (one run each) then keep each other's results. Returns everything saved."""
+    with open(saved.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(saved.read_text()) if saved.is_file() else {}
+        results[name] = result
+        staged = saved.with_suffix(".tmp")
+        staged.write_text(json.dumps(results, indent=1))
+        staged.replace(saved)
+    return results
 
 
 def main() -> None:
@@ -384,9 +411,8 @@ def main() -> None:
     for run in plan.runs:
         if not args.report_only and run.name in chosen and (args.out / run.name / "model.safetensors").is_file():
             print(f"evaluating {run.name}", flush=True)
-            results[run.name] = {**evaluation(run, args.out, plan), "evaluated_by": command}
+            results = save_result(saved, run.name, {**evaluation(run, args.out, plan), "evaluated_by": command})
             print(f"  {results[run.name]}", flush=True)
-    saved.write_text(json.dumps(results, indent=1))
     compute = plot_compute(plan, args.out, figures / "certified-vs-compute.png")
     drawn_landscapes = (sorted(figures.glob("landscape-*.png")) if args.skip_landscapes or args.report_only
                         else landscapes(args.out, plan, figures))

@@ -70,3 +70,20 @@ def test_the_ordering_says_whether_each_claim_holds_and_what_is_missing() -> Non
     assert lines[1].endswith("not measured yet (deeppoly-rgs not evaluated).")
     assert "DeepPoly-PGPE certifies more than DeepPoly-GRAD: holds here" in lines[2]
     assert "DeepPoly-PGPE certifies more than IBP-GRAD: does not hold here (75.00% vs 80.00%, -5.00 points" in lines[3]
+
+
+def test_saved_results_keep_what_another_sitting_saved_meanwhile(tmp_path: Path) -> None:
+    """Two sittings evaluating one run each: the second write keeps the first's result."""
+    saved = tmp_path / "results.json"
+    reproduce.save_result(saved, "deeppoly-grad-lr5e-4", {"certified_alpha-crown": 0.6})
+    merged = reproduce.save_result(saved, "deeppoly-rgs-lr5e-4", {"certified_alpha-crown": 0.7})
+    assert merged == {"deeppoly-grad-lr5e-4": {"certified_alpha-crown": 0.6},
+                      "deeppoly-rgs-lr5e-4": {"certified_alpha-crown": 0.7}}
+    assert reproduce.json.loads(saved.read_text()) == merged
+
+
+def test_the_ordering_names_the_epoch_each_model_was_evaluated_at() -> None:
+    results = {"ibp-grad": {"certified_alpha-crown": 0.80, "epoch": 70},
+               "deeppoly-grad": {"certified_alpha-crown": 0.70, "epoch": 40}}
+    lines = reproduce.ordering(results, {"ibp-grad": (70, 70), "deeppoly-grad": (55, 70)}, quick_plan().claims)
+    assert "ibp-grad 70/70 epochs" in lines[0] and "deeppoly-grad 40/70 epochs" in lines[0]
