@@ -87,3 +87,11 @@ def test_the_ordering_names_the_epoch_each_model_was_evaluated_at() -> None:
                "deeppoly-grad": {"certified_alpha-crown": 0.70, "epoch": 40}}
     lines = reproduce.ordering(results, {"ibp-grad": (70, 70), "deeppoly-grad": (55, 70)}, quick_plan().claims)
     assert "ibp-grad 70/70 epochs" in lines[0] and "deeppoly-grad 40/70 epochs" in lines[0]
+
+
+def test_the_wall_time_curve_accumulates_the_main_stages_epoch_times() -> None:
+    rows = [{"kind": "epoch", "stage": "init", "epoch": 0, "certified_acc": 0.1, "epoch_time_s": 99.0},
+            {"kind": "epoch", "stage": "main", "epoch": 1, "certified_acc": 0.5, "epoch_time_s": 1800.0},
+            {"kind": "step", "stage": "main", "step": 5},
+            {"kind": "epoch", "stage": "main", "epoch": 2, "certified_acc": 0.6, "epoch_time_s": 3600.0}]
+    assert reproduce.wall_curve(rows) == ([0.5, 1.5], [50.0, 60.0])
