@@ -190,10 +190,11 @@ def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
         result.update(natural=value.natural_acc, adversarial=value.adversarial_acc,
                       **{f"certified_{method}": value.certified_acc, f"seconds_{method}": time.monotonic() - started})
     subset = load_dataset(metadata["dataset"], "test", subset=plan.complete_limit)
+    started = time.monotonic()
     complete = evaluate(spec, theta, subset.x, subset.y, EPS, method="complete",
                         complete_timeout=plan.complete_timeout)
     result.update(complete_n=len(subset), complete=complete.certified_acc,
-                  complete_adversarial=complete.adversarial_acc)
+                  complete_adversarial=complete.adversarial_acc, seconds_complete=time.monotonic() - started)
     return result
 
 
@@ -312,6 +313,18 @@ def findings() -> str:
     return FINDINGS.read_text() if FINDINGS.is_file() else ""
 
 
+def hours(metrics: list[dict[str, Any]]) -> str:
+    """Hours of one core the main stage's epochs took (as logged; a resumed epoch counts from its resume)."""
+    spent = wall_curve(metrics)[0]
+    return f"{spent[-1]:.2f}" if spent else "-"
+
+
+def evaluation_hours(result: dict[str, Any]) -> str:
+    """Hours the evaluation took: DeepPoly and alpha-CROWN (with PGD) on the test set, the complete verifier."""
+    spent = [value for key, value in result.items() if key.startswith("seconds_")]
+    return f"{sum(spent) / 3600:.2f}" if spent else "-"
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -319,7 +332,7 @@ def percent(value: float | None) -> str:
 def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: dict[str, dict[str, Any]],
            figures: list[Path], doc: Path, command: str) -> str:
     rows = ["| run | natural | PGD | DeepPoly-cert. | alpha-CROWN-cert. | complete (n) | paper nat. / cert. / adv. "
-            "| epochs | compute vs paper |", "|" + " --- |" * 9]
+            "| epochs | compute vs paper | training h | evaluation h |", "|" + " --- |" * 11]
     epochs: dict[str, tuple[int, int]] = {}
     for run in plan.runs:
         got = results.get(run.name, {})
@@ -336,7 +349,8 @@ def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: 
             f" (evaluated at {evaluated_at})" if got and evaluated_at != done_epochs else "")
         rows.append(f"| {run.label or run.name} | {percent(got.get('natural'))} | {percent(got.get('adversarial'))} "
                     f"| {percent(got.get('certified_deeppoly'))} | {percent(got.get('certified_alpha-crown'))} "
-                    f"| {complete} | {paper_text} | {trained} | {compute:.2%} |")
+                    f"| {complete} | {paper_text} | {trained} | {compute:.2%} | {hours(metrics)} "
+                    f"| {evaluation_hours(got)} |")
     images = "\n".join(f"![{path.stem}]({path.relative_to(doc.parent)})" for path in figures)
     evaluated = "\n".join(f"- {run.label or run.name}: `{results[run.name]['evaluated_by']}`" for run in plan.runs
                           if "evaluated_by" in results.get(run.name, {}))
