@@ -103,6 +103,8 @@ def full_plan() -> Plan:
         Run("ibp-grad", grad.format("ibp"), PRINTED_LR, share=0.5, paper="ibp-grad", label="IBP-GRAD (lr 5e-5)"),
         Run("deeppoly-grad", grad.format("deeppoly"), PRINTED_LR, share=2, paper="deeppoly-grad",
             label="DeepPoly-GRAD (lr 5e-5)"),
+        Run("deeppoly-rgs", "configs/mnist-cnn3tiny-deeppoly-rgs.yaml", PRINTED_LR, share=3, paper="deeppoly-rgs",
+            label="DeepPoly-RGS (lr 5e-5)"),
         Run("deeppoly-pgpe", "configs/mnist-cnn3tiny-deeppoly-pgpe.yaml", pgpe, warm_start=True, share=3,
             paper="deeppoly-pgpe", label="DeepPoly-PGPE"),
         Run("alphacrown-pgpe", "configs/mnist-cnn3tiny-alphacrown-pgpe.yaml", pgpe, warm_start=True, share=3,
@@ -114,7 +116,7 @@ def full_plan() -> Plan:
     ], evaluate_limit=None, complete_limit=200, complete_timeout=30.0, landscape_limit=256, landscape_points=41,
         landscape_samples=64,
         claims=claims("ibp-grad-lr5e-4", "deeppoly-grad-lr5e-4", "deeppoly-rgs-lr5e-4", "deeppoly-pgpe")
-        + claims("ibp-grad", "deeppoly-grad", "deeppoly-rgs-lr5e-4", "deeppoly-pgpe", " (lr 5e-5)")[:1])
+        + claims("ibp-grad", "deeppoly-grad", "deeppoly-rgs", "deeppoly-pgpe", " (lr 5e-5)")[:2])
 
 
 def quick_plan() -> Plan:

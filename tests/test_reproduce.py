@@ -46,6 +46,7 @@ def test_the_grad_runs_are_planned_at_both_learning_rates() -> None:
     rates = {run.name: load_config(ROOT / run.config, list(run.overrides)).schedule.lr for run in full_plan().runs}
     assert rates["ibp-grad"] == rates["deeppoly-grad"] == 5e-5
     assert rates["ibp-grad-lr5e-4"] == rates["deeppoly-grad-lr5e-4"] == rates["deeppoly-rgs-lr5e-4"] == 5e-4
+    assert rates["deeppoly-rgs"] == 5e-5
 
 
 def test_an_unknown_run_name_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
