@@ -27,7 +27,7 @@ from gls_core.training.points import evaluate_members
 
 SIGMAS = (1e-4, 1e-3, 3e-3, 1e-2)
 REFERENCE_SIGMA, REFERENCE_SAMPLES = 1e-3, 64
-STEP = 1e-3  # of the one-sided difference quotients along the smoothed gradient's direction (L2)
+STEPS = (1e-5, 1e-4, 1e-3)  # of the one-sided difference quotients along the smoothed gradient (L2)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,9 +53,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     objective = Objective("certified", args.relaxation, {})
-    print("| model | loss | GRAD norm | smoothed norm | cos(GRAD, smoothed) | slope ahead / behind | "
+    print("| model | loss | GRAD norm | smoothed norm | cos(GRAD, smoothed) | "
+          + " | ".join(f"slope ahead / behind at {h:g}" for h in STEPS) + " | "
           + " | ".join(f"cos(RGS, GRAD) / cos(single, single) at {s:g}" for s in SIGMAS) + " |")
-    print("|" + " --- |" * (6 + len(SIGMAS)))
+    print("|" + " --- |" * (5 + len(STEPS) + len(SIGMAS)))
     for run in args.runs:
         spec, theta, metadata = load_model(run)
         batch = load_dataset(metadata["dataset"], "train", subset=args.batch)
@@ -65,10 +66,12 @@ def main() -> None:
         grad = grads[0]
         smoothed = at(REFERENCE_SIGMA, REFERENCE_SAMPLES, step=99)[1].mean(dim=0)
         direction = smoothed / smoothed.norm()
-        ahead = float(point_gradients(spec, theta + STEP * direction, batch, args.eps, objective, 0.0, 1, 0)[0][0])
-        behind = float(point_gradients(spec, theta - STEP * direction, batch, args.eps, objective, 0.0, 1, 0)[0][0])
         loss = float(losses[0])
-        cells = [f"{(ahead - loss) / STEP:.3f} / {(loss - behind) / STEP:.3f}"]
+        cells = []
+        for step in STEPS:
+            ahead, behind = (float(point_gradients(spec, theta + sign * step * direction, batch, args.eps, objective,
+                                                   0.0, 1, 0)[0][0]) for sign in (1, -1))
+            cells.append(f"{(ahead - loss) / step:.3f} / {(loss - behind) / step:.3f}")
         for sigma in SIGMAS:
             rgs = sum(cosine(at(sigma, 2, step=k)[1].mean(dim=0), grad) for k in range(1, 6)) / 5
             single = at(sigma, 2, step=50)[1]
