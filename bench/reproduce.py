@@ -172,9 +172,14 @@ def train(run: Run, out: Path, seconds: float, warm: Path) -> dict[str, Any]:
             "seconds": time.monotonic() - started, "total_steps": trainer.total_steps}
 
 
+def main_evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-epoch evaluation rows of the main stage, in order."""
+    return [r for r in rows if r.get("kind") == "epoch" and r.get("stage") == "main"]
+
+
 def main_epochs(rows: list[dict[str, Any]]) -> int:
     """Epochs of the main stage a run has completed, from its metrics."""
-    return max((r["epoch"] for r in rows if r.get("kind") == "epoch" and r.get("stage") == "main"), default=0)
+    return max((r["epoch"] for r in main_evaluations(rows)), default=0)
 
 
 def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
@@ -204,7 +209,7 @@ def compute_curve(rows: list[dict[str, Any]], config: Any) -> tuple[list[int], l
     """(cumulative member-samples, certified accuracy) at each evaluation of the main stage."""
     members = {"pgpe": config.pgpe.popsize, "rgs": config.rgs.samples}.get(config.estimator, 1)
     per_step = config.data.batch_size * members
-    evaluations = [r for r in rows if r.get("kind") == "epoch" and r.get("stage") == "main"]  # log axis: no 0
+    evaluations = main_evaluations(rows)  # log axis: no 0
     return [r["step"] * per_step for r in evaluations], [100 * r["certified_acc"] for r in evaluations]
 
 
@@ -214,7 +219,7 @@ def wall_curve(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     Every run of the reproduction trains on one torch thread, so this is the equal-cost axis that
     compares PGPE with GRAD continued from the same warm start.
     """
-    evaluations = [r for r in rows if r.get("kind") == "epoch" and r.get("stage") == "main"]
+    evaluations = main_evaluations(rows)
     hours, total = [], 0.0
     for row in evaluations:
         total += row.get("epoch_time_s", 0.0) / 3600

@@ -44,6 +44,13 @@ def point_gradients(spec: NetSpec, theta: torch.Tensor, batch: Dataset, eps: flo
     return evaluated.losses, evaluated.grads
 
 
+def loss_at(spec: NetSpec, theta: torch.Tensor, batch: Dataset, eps: float, objective: Objective) -> float:
+    """The loss at theta alone (no gradient: the slopes need only values)."""
+    proposal = Proposal(step=0, seed=0, centre=theta, sigma=torch.zeros_like(theta), count=1, symmetric=False,
+                        needs_grads=False)
+    return float(evaluate_members(spec, proposal, objective, batch.x, batch.y, eps, 0, 1).losses[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -69,8 +76,8 @@ def main() -> None:
         loss = float(losses[0])
         cells = []
         for step in STEPS:
-            ahead, behind = (float(point_gradients(spec, theta + sign * step * direction, batch, args.eps, objective,
-                                                   0.0, 1, 0)[0][0]) for sign in (1, -1))
+            ahead, behind = (loss_at(spec, theta + sign * step * direction, batch, args.eps, objective)
+                             for sign in (1, -1))
             cells.append(f"{(ahead - loss) / step:.3f} / {(loss - behind) / step:.3f}")
         for sigma in SIGMAS:
             rgs = sum(cosine(at(sigma, 2, step=k)[1].mean(dim=0), grad) for k in range(1, 6)) / 5
