@@ -70,12 +70,13 @@ def test_tenants_take_turns_and_every_job_ends_with_the_undisturbed_weights(
         cluster: tuple[Settings, list[RunningWorker]], tmp_path: Path) -> None:
     settings, _ = cluster
     store = Store(redis.Redis.from_url(settings.redis_url))
-    # a1 (12 steps) runs well past one 0.5 s slice; the others are short
-    configs = {"a1": with_schedule(11, 4), "a2": with_schedule(12, 1), "a3": with_schedule(13, 1),
+    # a1 (36 steps, over a second even on an idle machine) runs many times past one 0.2 s slice, so it must
+    # yield to bob before it ends; the others are short
+    configs = {"a1": with_schedule(11, 12), "a2": with_schedule(12, 1), "a3": with_schedule(13, 1),
                "b1": with_schedule(21, 2)}
     jobs = {name: store.submit_job("alice" if name.startswith("a") else "bob", config)
             for name, config in configs.items()}  # alice's three, then bob's one
-    coordinator, thread = run_coordinator(settings.model_copy(update={"job_slice_s": 0.5}))
+    coordinator, thread = run_coordinator(settings.model_copy(update={"job_slice_s": 0.2}))
     try:
         for job in jobs.values():
             wait_for(store, job.id, lambda j: j.status.finished, timeout=300)
