@@ -182,12 +182,29 @@ def main_epochs(rows: list[dict[str, Any]]) -> int:
     return max((r["epoch"] for r in main_evaluations(rows)), default=0)
 
 
+def epochs_trained(folder: Path, config: Any) -> float:
+    """Main-stage epochs completed, plus the fraction of the current one where a run stopped mid-epoch
+    (a PGPE epoch is hours here, so a sitting often ends inside one)."""
+    done = main_epochs(read_metrics(folder))
+    if not (folder / POSITION_FILE).is_file():
+        return done
+    position = read_position(folder)
+    if position.finished or position.batch == 0:
+        return done
+    per_epoch = config.schedule.steps_per_epoch or (config.data.train_subset or MNIST_TRAIN) // config.data.batch_size
+    return round(done + position.batch / per_epoch, 2)
+
+
+def epochs_text(value: float) -> str:
+    return f"{value:g}"
+
+
 def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
     """Natural, PGD (50 x 3) and alpha-CROWN-certified accuracy on the test set, and the complete verifier's.
 
     Records the epoch the evaluated weights come from: a run resumed later reports both.
     """
-    epoch = main_epochs(read_metrics(out / run.name))
+    epoch = epochs_trained(out / run.name, load_config(ROOT / run.config, list(run.overrides)))
     spec, theta, metadata = load_model(out / run.name)
     test = load_dataset(metadata["dataset"], "test", subset=plan.evaluate_limit)
     result: dict[str, Any] = {"n": len(test), "epoch": epoch}
@@ -292,7 +309,7 @@ def certified_of(result: dict[str, Any]) -> tuple[float, str] | None:
     return None if value is None else (value, "alpha-CROWN")
 
 
-def ordering(results: dict[str, dict[str, Any]], epochs: dict[str, tuple[int, int]],
+def ordering(results: dict[str, dict[str, Any]], epochs: dict[str, tuple[float, int]],
              plan_claims: list[tuple[str, str, str, int]]) -> list[str]:
     """One line per claim of the paper: whether it holds here, by how much, and how far each run trained."""
     lines = []
@@ -304,8 +321,9 @@ def ordering(results: dict[str, dict[str, Any]], epochs: dict[str, tuple[int, in
             continue
         difference = 100 * (mine[0] - theirs[0])
         holds = difference * sign > 0
-        trained = ", ".join(f"{name} {results[name].get('epoch', done)}/{total} epochs" for name, (done, total) in
-                            ((run, epochs.get(run, (0, 0))), (other, epochs.get(other, (0, 0)))))
+        trained = ", ".join(f"{name} {epochs_text(results[name].get('epoch', done))}/{total} epochs"
+                            for name, (done, total) in ((run, epochs.get(run, (0, 0))),
+                                                        (other, epochs.get(other, (0, 0)))))
         lines.append(f"- {claim}: {'holds' if holds else 'does not hold'} here "
                      f"({100 * mine[0]:.2f}% vs {100 * theirs[0]:.2f}%, {difference:+.2f} points, "
                      f"{mine[1]}-certified; {trained}).")
@@ -340,20 +358,20 @@ def report(plan: Plan, out: Path, results: dict[str, dict[str, Any]], progress: 
            figures: list[Path], doc: Path, command: str) -> str:
     rows = ["| run | natural | PGD | DeepPoly-cert. | alpha-CROWN-cert. | complete (n) | paper nat. / cert. / adv. "
             "| epochs | compute vs paper | training h | evaluation h |", "|" + " --- |" * 11]
-    epochs: dict[str, tuple[int, int]] = {}
+    epochs: dict[str, tuple[float, int]] = {}
     for run in plan.runs:
         got = results.get(run.name, {})
         config = load_config(ROOT / run.config, list(run.overrides))
         metrics = read_metrics(out / run.name)
-        done_epochs = main_epochs(metrics)
+        done_epochs = epochs_trained(out / run.name, config)
         epochs[run.name] = (done_epochs, config.schedule.epochs)
         compute = member_samples(metrics, config) / paper_member_samples(config.estimator)
         paper = PAPER.get(run.paper) if run.paper else None
         paper_text = " / ".join(f"{v:.2f}" for v in paper) if paper else "-"
         complete = f"{percent(got.get('complete'))} ({got.get('complete_n', '-')})"
         evaluated_at = got.get("epoch", done_epochs)
-        trained = f"{done_epochs}/{config.schedule.epochs}" + (
-            f" (evaluated at {evaluated_at})" if got and evaluated_at != done_epochs else "")
+        trained = f"{epochs_text(done_epochs)}/{config.schedule.epochs}" + (
+            f" (evaluated at {epochs_text(evaluated_at)})" if got and evaluated_at != done_epochs else "")
         rows.append(f"| {run.label or run.name} | {percent(got.get('natural'))} | {percent(got.get('adversarial'))} "
                     f"| {percent(got.get('certified_deeppoly'))} | {percent(got.get('certified_alpha-crown'))} "
                     f"| {complete} | {paper_text} | {trained} | {compute:.2%} | {hours(metrics)} "

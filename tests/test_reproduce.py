@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from bench import reproduce
 from bench.reproduce import PAPER, compute_curve, full_plan, member_samples, paper_member_samples, quick_plan
 from gls_core.training import load_config
+from gls_core.training.checkpoint import POSITION_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +98,16 @@ def test_the_wall_time_curve_accumulates_the_main_stages_epoch_times() -> None:
             {"kind": "step", "stage": "main", "step": 5},
             {"kind": "epoch", "stage": "main", "epoch": 2, "certified_acc": 0.6, "epoch_time_s": 3600.0}]
     assert reproduce.wall_curve(rows) == ([0.5, 1.5], [50.0, 60.0])
+
+
+def test_a_run_stopped_inside_an_epoch_counts_the_fraction_it_trained(tmp_path: Path) -> None:
+    config = load_config(ROOT / "configs/mnist-cnn3tiny-deeppoly-pgpe.yaml")  # 117 steps of 512 per epoch
+    rows = [{"kind": "epoch", "stage": "main", "epoch": e, "step": 117 * e, "certified_acc": 0.7} for e in (1, 2)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert reproduce.epochs_trained(tmp_path, config) == 2  # no checkpoint position: the epochs logged
+    save_position = {"stage": 0, "epoch": 2, "batch": 39, "step": 273, "finished": False}
+    (tmp_path / POSITION_FILE).write_text(json.dumps(save_position))
+    assert reproduce.epochs_trained(tmp_path, config) == pytest.approx(2 + 39 / 117, abs=0.005)
+    assert reproduce.epochs_text(reproduce.epochs_trained(tmp_path, config)) == "2.33"
+    (tmp_path / POSITION_FILE).write_text(json.dumps({**save_position, "batch": 0, "epoch": 2, "step": 234}))
+    assert reproduce.epochs_text(reproduce.epochs_trained(tmp_path, config)) == "2"
