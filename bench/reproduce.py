@@ -419,6 +419,20 @@ Training progress this call: {json.dumps(progress)}
 """
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The call as made, less where its report went (``--doc``): what a reader reruns to get the numbers."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--doc="):
+            skip = False
+            continue
+        if arg == "--doc":
+            skip = True
+            continue
+        kept.append(arg)
+    return " ".join(["scripts/reproduce-gls", *map(shlex.quote, kept)])
+
+
 def save_result(saved: Path, name: str, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Add one run's evaluation to ``saved`` under a lock, re-reading it first: concurrent sittings
     (one run each) then keep each other's results. Returns everything saved."""
@@ -465,7 +479,7 @@ def main() -> None:
                 print(f"seeded {args.out / folder.name} from {folder}", flush=True)
         if (args.seed_from / "results.json").is_file() and not (args.out / "results.json").is_file():
             shutil.copy(args.seed_from / "results.json", args.out / "results.json")  # earlier evaluations
-    command = " ".join(["scripts/reproduce-gls", *map(shlex.quote, sys.argv[1:])])  # as this call was made
+    command = recorded_command(sys.argv[1:])
     torch.manual_seed(0)
     progress: dict[str, dict[str, Any]] = {}
     warm = args.out / "pgd" / "model.safetensors"

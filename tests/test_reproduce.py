@@ -112,3 +112,9 @@ def test_a_run_stopped_inside_an_epoch_counts_the_fraction_it_trained(tmp_path: 
     assert reproduce.epochs_text(reproduce.epochs_trained(tmp_path, config)) == "2.33"
     (tmp_path / POSITION_FILE).write_text(json.dumps({**save_position, "batch": 0, "epoch": 2, "step": 234}))
     assert reproduce.epochs_text(reproduce.epochs_trained(tmp_path, config)) == "2"
+
+
+def test_the_recorded_command_leaves_out_where_the_report_went() -> None:
+    argv = ["--doc", "/tmp/scratch/reproduction.md", "--runs", "deeppoly-rgs", "--doc=/tmp/x.md", "--budget", "2"]
+    assert reproduce.recorded_command(argv) == "scripts/reproduce-gls --runs deeppoly-rgs --budget 2"
+    assert reproduce.recorded_command(["--runs", "a b"]) == "scripts/reproduce-gls --runs 'a b'"
