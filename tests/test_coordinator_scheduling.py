@@ -44,10 +44,11 @@ def test_a_coordinator_whose_claim_was_taken_over_commits_nothing_more(
         cluster: tuple[Settings, list[RunningWorker]], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings, _ = cluster
     store = Store(redis.Redis.from_url(settings.redis_url))
-    config = with_schedule(7, 10)
+    config = with_schedule(7, 30)
     job = store.submit_job("alice", config)
     # "first" refreshes its claim only every 7.5 s, so to "second" (stale after 0.5 s) it looks stalled while it
-    # keeps computing: the takeover happens mid-run and first's next commit must be refused.
+    # keeps computing: the takeover happens mid-run and first's next commit must be refused. Second needs a second
+    # or two to take over; 90 steps keep first busy that long even on an idle machine.
     first, first_thread = run_coordinator(settings.model_copy(update={"coordinator_id": "first", "job_stale_s": 30.0}))
     wait_for(store, job.id, lambda j: j.step >= 1)
     with caplog.at_level(logging.WARNING, logger="gls.coordinator"):
@@ -62,7 +63,7 @@ def test_a_coordinator_whose_claim_was_taken_over_commits_nothing_more(
     refused = [record.getMessage() for record in caplog.records if "leaving it to its new owner" in record.getMessage()]
     assert refused and "'first" in refused[0] and "'second" in refused[0]
     assert store.get_job(job.id).coordinator == "second"
-    assert step_rows(store, job.id) == list(range(1, 31))  # each step once: first wrote none after the takeover
+    assert step_rows(store, job.id) == list(range(1, 91))  # each step once: first wrote none after the takeover
     assert torch.equal(trained_weights(store, job.id), in_process(tmp_path, config))
 
 
