@@ -131,7 +131,6 @@ def full_plan() -> Plan:
         + EQUAL_COST_CLAIMS)
 
 
-
 def quick_plan() -> Plan:
     """Minutes: 2,000 training images, 2 epochs, small populations; checks the pipeline end to end."""
     small = ("data.train_subset=2000", "data.test_subset=200", "schedule.epochs=2", "schedule.eps_ramp_epochs=1",
@@ -421,15 +420,12 @@ Training progress this call: {json.dumps(progress)}
 
 def recorded_command(argv: list[str]) -> str:
     """The call as made, less where its report went (``--doc``): what a reader reruns to get the numbers."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip or arg.startswith("--doc="):
-            skip = False
-            continue
+    kept, args = [], iter(argv)
+    for arg in args:
         if arg == "--doc":
-            skip = True
-            continue
-        kept.append(arg)
+            next(args, None)  # and its value
+        elif not arg.startswith("--doc="):
+            kept.append(arg)
     return " ".join(["scripts/reproduce-gls", *map(shlex.quote, kept)])
 
 
