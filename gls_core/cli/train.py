@@ -63,16 +63,24 @@ def _resume_command(config: Path, out_dir: Path, overrides: list[str]) -> str:
 
 
 def _resumable(out_dir: Path, settings: TrainConfig) -> tuple[Position, dict[str, tuple[Any, Any]]]:
-    """The run's position and the config changes a resume makes; typer.Exit with the reason otherwise."""
+    """The run's position and the config changes a resume makes; typer.Exit with the reason otherwise.
+
+    Every file of the checkpoint is read and checked first, so a damaged run is refused before
+    anything in it is rewritten.
+    """
     from gls_core.training import ConfigError
-    from gls_core.training.checkpoint import CONFIG_FILE, POSITION_FILE, read_config, read_position
+    from gls_core.training.checkpoint import CONFIG_FILE, POSITION_FILE, load_checkpoint, read_config
     from gls_core.training.extend import check_extension
 
     if not (out_dir / CONFIG_FILE).is_file() or not (out_dir / POSITION_FILE).is_file():
         raise fail(f"no run to resume in {out_dir} (no {CONFIG_FILE} and {POSITION_FILE}); start it without --resume")
-    position = read_position(out_dir)
     try:
-        return position, check_extension(read_config(out_dir), settings, position)
+        run_config = read_config(out_dir)
+        _, position = load_checkpoint(out_dir, run_config)
+    except (FileNotFoundError, ValueError) as error:  # ConfigError is a ValueError
+        raise fail(f"cannot resume: {error}") from None
+    try:
+        return position, check_extension(run_config, settings, position)
     except ConfigError as error:
         raise fail(str(error)) from None
 

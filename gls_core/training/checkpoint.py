@@ -79,6 +79,17 @@ def model_from_bytes(data: bytes, source: str = "model") -> tuple[NetSpec, torch
             raise ValueError(str(error).replace(handle.name, source)) from None
 
 
+def _read_tensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; ValueError naming the file when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except (OSError, RuntimeError, SafetensorError) as error:  # a corrupt header surfaces as any of these
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    return metadata, tensors
+
+
 def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]:
     """The network spec and flat weights of a model file (or of a run directory's model)."""
     path = Path(path)
@@ -86,14 +97,10 @@ def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            if "theta" not in handle.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                raise ValueError(f"{path}: not a GLS model file (no 'theta' tensor)")
-            theta = handle.get_tensor("theta")
-    except (OSError, RuntimeError, SafetensorError) as error:  # a corrupt header surfaces as any of these
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    metadata, tensors = _read_tensors(path)
+    if "theta" not in tensors:
+        raise ValueError(f"{path}: not a GLS model file (no 'theta' tensor)")
+    theta = tensors["theta"]
     if metadata.get("format") != FORMAT or "arch" not in metadata or "dataset" not in metadata:
         raise ValueError(f"{path}: missing GLS metadata (format {FORMAT!r}, arch, dataset)")
     spec = network(metadata["arch"], metadata["dataset"])
@@ -111,19 +118,61 @@ def save_checkpoint(run_dir: Path, config: TrainConfig, state: dict[str, torch.T
 
 
 def read_position(run_dir: Path) -> Position:
-    """Where the run's last checkpoint stands (without loading its tensors)."""
-    return Position(**json.loads((run_dir / POSITION_FILE).read_text()))
+    """Where the run's last checkpoint stands (without loading its tensors); ValueError if state.json is damaged."""
+    path = run_dir / POSITION_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    fields = {name: type(value) for name, value in asdict(Position()).items()}
+    if not isinstance(data, dict) or set(data) != set(fields):
+        raise ValueError(f"{path}: expected a JSON object with the keys {', '.join(fields)}")
+    for name, kind in fields.items():
+        value = data[name]
+        if type(value) is not kind or (kind is int and value < 0):
+            expected = "true or false" if kind is bool else "a whole number >= 0"
+            raise ValueError(f"{path}: {name} must be {expected}, got {value!r}")
+    return Position(**data)
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], Position]:
-    position_file, state_file = run_dir / POSITION_FILE, run_dir / STATE_FILE
+def load_checkpoint(run_dir: Path, config: TrainConfig | None = None) -> tuple[dict[str, torch.Tensor], Position]:
+    """The committed estimator state and position, after checking every file a resume reads or rewrites.
+
+    A damaged or inconsistent file (state.json, state.safetensors, model.safetensors, metrics.jsonl;
+    with ``config``, a model or stage the config does not train) raises ValueError naming the file
+    and what is wrong, before anything is written: a resume must not overwrite what it cannot read.
+    """
+    position_file, state_file, model_file = run_dir / POSITION_FILE, run_dir / STATE_FILE, run_dir / MODEL_FILE
     if not position_file.is_file() or not state_file.is_file():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume ({POSITION_FILE}, {STATE_FILE})")
     position = read_position(run_dir)
-    with safe_open(str(state_file), framework="pt") as handle:
-        if (handle.metadata() or {}).get("step") != str(position.step):
-            raise ValueError(f"{run_dir}: {STATE_FILE} and {POSITION_FILE} disagree on the step; checkpoint is torn")
-        state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    metadata, state = _read_tensors(state_file)
+    if metadata.get("step") != str(position.step):
+        raise ValueError(f"{state_file} is at step {metadata.get('step', '(none)')}, {position_file} at step "
+                         f"{position.step}: they disagree on the step, the checkpoint is torn")
+    theta = state.get("theta")
+    if theta is None or theta.ndim != 1:
+        raise ValueError(f"{state_file}: no flat 'theta' tensor")
+    spec, _, model_metadata = load_model(model_file)
+    if theta.numel() != spec.num_params:
+        raise ValueError(f"{state_file}: theta has {theta.numel()} weights, {model_file} holds {spec.name} with "
+                         f"{spec.num_params}")
+    model_step = model_metadata.get("step", "")
+    if not model_step.isdigit() or int(model_step) < position.step:  # written first: a torn write leaves it ahead
+        raise ValueError(f"{model_file}: holds step {model_step or '(none)'}, older than the checkpoint's step "
+                         f"{position.step}")
+    if config is not None:
+        trained = network(config.model.arch, config.zoo_dataset).name
+        if spec.name != trained:
+            raise ValueError(f"{model_file} holds {spec.name}, but {CONFIG_FILE} trains {trained}")
+        stages = ["warmup", "main"] if config.warmup is not None else ["main"]
+        if position.stage >= len(stages):
+            raise ValueError(f"{position_file} is in stage {position.stage}, but {CONFIG_FILE} has only "
+                             f"{' and '.join(stages)} (stage 0{' and 1' if len(stages) > 1 else ''})")
+    logged = max((row["step"] for row in read_metrics(run_dir) if isinstance(row.get("step"), int)), default=0)
+    if logged < position.step:  # every step logs its row before the checkpoint that commits it
+        raise ValueError(f"{run_dir / METRICS_FILE}: rows end at step {logged}, the checkpoint is at step "
+                         f"{position.step}")
     return state, position
 
 
@@ -136,10 +185,27 @@ def read_config(run_dir: Path) -> TrainConfig:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The logged rows; a torn last line (an append cut short, never committed) is dropped, any other bad line
+    raises ValueError naming the file and line."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"{path}: line {number} is not valid JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:

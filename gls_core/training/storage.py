@@ -65,7 +65,7 @@ class DirectoryStorage:
         (self.run_dir / METRICS_FILE).write_text("")
 
     def resume(self) -> tuple[State, Position]:
-        state, position = load_checkpoint(self.run_dir)
+        state, position = load_checkpoint(self.run_dir, self.config)
         truncate_metrics(self.run_dir, position.step)
         return state, position
 
