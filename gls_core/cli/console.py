@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +27,17 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on stderr and return the exit to raise (2: bad usage or input)."""
     console.print("error:", message, style="red", markup=False, highlight=False)
     return typer.Exit(code)
+
+
+def output_file(path: Path, option: str = "--out") -> Path:
+    """``path`` ready to be written: its folders made; typer.Exit (2) naming the option if it is a directory."""
+    if path.is_dir():
+        raise fail(f"{option} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise fail(f"{option} {path}: cannot create {path.parent} ({error.strerror or error})") from None
+    return path
 
 
 def duration(seconds: float) -> str:

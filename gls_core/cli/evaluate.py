@@ -67,6 +67,7 @@ def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or 
     try:
         spec, theta, metadata = load_model(run)
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)
+        test.check_fits(spec.name, spec.input_shape, spec.num_outputs)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
     run_evaluation = partial(evaluate, spec, theta, test.x, test.y, eps, method=method, batch_size=batch_size,

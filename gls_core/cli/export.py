@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import fail, out
+from .console import fail, out, output_file
 
 
 class Format(StrEnum):
@@ -34,8 +34,13 @@ def export_command(run: Annotated[Path, typer.Argument(help="run directory or mo
         raise fail(str(error)) from None
     base, stem = (run, "model") if run.is_dir() else (run.parent, run.stem)
     target = out_file or base / f"{stem}{SUFFIXES[fmt.value]}"
+    if target.is_dir():
+        raise fail(f"--out {target} is a directory; name the file, e.g. {target / f'{stem}{SUFFIXES[fmt.value]}'}")
+    output_file(target)
     try:
         export_model(spec, theta, fmt.value, target, {"arch": metadata["arch"], "dataset": metadata["dataset"]})
+    except OSError as error:
+        raise fail(f"cannot write {target}: {error.strerror or error}") from None
     except ValueError as error:
         raise fail(str(error)) from None
     out.print(f"wrote {target} ({spec.name}, {fmt.value})")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .console import fail, out
+from .console import fail, out, output_file
 
 LANDSCAPE_METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 
@@ -50,6 +50,7 @@ def landscape_command(
         raise fail(f"--methods: {unknown or 'none given'}; choose from {list(LANDSCAPE_METHODS)}")
     if direction not in DIRECTIONS:
         raise fail(f"--direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+    output_file(out_file)
     try:
         spec, theta, metadata = load_model(run)
         if eps is None:
@@ -57,6 +58,7 @@ def landscape_command(
                 raise ValueError("give --eps: the model file carries no training config")
             eps = read_config(run).eps
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)
+        test.check_fits(spec.name, spec.input_shape, spec.num_outputs)
         landscape = loss_landscape(spec, theta, test.x, test.y, eps, chosen, radius=radius, points=points,
                                    dimensions=dimensions, direction=direction, sigmas=_floats(sigmas, "--sigmas"),
                                    samples=samples, seed=seed)

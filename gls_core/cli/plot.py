@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .console import fail, out
+from .console import fail, out, output_file
 
 # job id -> PNG bytes; filled by the services plugin (it reads GLS_URL/GLS_TOKEN or GLS_CLUSTER).
 JOB_CURVES: list[Callable[[str], bytes]] = []
@@ -31,12 +31,16 @@ def plot_command(target: Annotated[str, typer.Argument(help="run directory (or i
     run_dir = path.parent if path.name == METRICS_FILE else path
     if (run_dir / METRICS_FILE).is_file():
         config = read_config(run_dir) if (run_dir / CONFIG_FILE).is_file() else None
-        written = plot_curves(read_metrics(run_dir), out_file or run_dir / PLOT_FILE, config)
+        try:
+            rows = read_metrics(run_dir)
+        except ValueError as error:
+            raise fail(str(error)) from None
+        written = plot_curves(rows, output_file(out_file) if out_file else run_dir / PLOT_FILE, config)
     elif path.exists():
         raise fail(f"{path} holds no {METRICS_FILE}: not a run directory")
     elif JOB_CURVES:
-        written = out_file or Path(f"{target}.png")
+        written = output_file(out_file or Path(f"{target}.png"))
         written.write_bytes(JOB_CURVES[0](target))
     else:
         raise fail(f"{target} is neither a run directory nor, without gls[services] installed, a job id")
-    out.print(f"wrote {written}")
+    out.print(f"wrote {written.resolve()}", markup=False, highlight=False)

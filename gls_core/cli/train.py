@@ -100,6 +100,7 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
     from gls_core.training.extend import main_epochs_done
     from gls_core.training.plots import PLOT_FILE
     from gls_core.training.storage import DirectoryStorage
+    from gls_core.training.trainer import starting_weights
 
     overrides = overrides or []
     try:
@@ -121,6 +122,8 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         torch.set_num_threads(settings.threads)
     try:
         trainer = Trainer(settings, out_dir)
+        if not resume:  # model.checkpoint: read and checked before anything is written
+            trainer.initial_theta = starting_weights(settings, trainer.spec)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
     for warning in [*config_warnings(settings), *trainer.data.warnings]:

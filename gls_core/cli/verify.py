@@ -72,7 +72,15 @@ def verify_command(
             name = dataset or model_dataset
             if name is None:
                 raise ValueError("an ONNX model carries no dataset: give --dataset")
+            if name == "file":
+                raise ValueError("--dataset: the test images of a built-in dataset (mnist, cifar10, ...); a file of "
+                                 "inputs goes into a VNN-LIB property")
             test = load_dataset(name, "test", data_dir, subset=limit)
+            try:
+                test.check_fits(model.name if spec.name == "onnx" else spec.name, spec.input_shape, spec.num_outputs)
+            except ValueError as error:
+                trained = f" ({model} was trained on {model_dataset})" if model_dataset not in (None, name) else ""
+                raise ValueError(f"{error}{trained}") from None
     except (FileNotFoundError, ValueError) as error:  # OnnxError and VnnlibError are ValueErrors
         raise fail(str(error)) from None
     if prop is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,16 @@ class Dataset:
         """The shape of one input, C x H x W (what ``gls_core.nets.zoo.DATASETS`` lists)."""
         c, h, w = self.x.shape[1:]
         return (c, h, w)
+
+    def check_fits(self, model: str, input_shape: Sequence[int], outputs: int) -> None:
+        """ValueError naming both shapes unless network ``model`` (its input shape, its outputs) can take this data."""
+        expected = tuple(input_shape)
+        data = self.source if self.name == "file" and self.source else self.name  # a user's file by its path
+        if expected != self.shape:
+            raise ValueError(f"{model} takes inputs of shape {expected}, but the images of {data} have shape "
+                             f"{self.shape}")
+        if self.num_classes > outputs:
+            raise ValueError(f"{model} has {outputs} outputs, but {data} has {self.num_classes} classes")
 
     def batch(self, indices: torch.Tensor,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

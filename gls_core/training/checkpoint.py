@@ -97,6 +97,9 @@ def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no model at {path}")
+    if path.suffix == ".onnx":
+        raise ValueError(f"{path}: an ONNX file, not a GLS model (a run directory or its {MODEL_FILE}); "
+                         "gls verify reads ONNX")
     metadata, tensors = _read_tensors(path)
     if "theta" not in tensors:
         raise ValueError(f"{path}: not a GLS model file (no 'theta' tensor)")

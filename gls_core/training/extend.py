@@ -68,6 +68,8 @@ def check_extension(old: TrainConfig, new: TrainConfig, position: Position) -> d
         else:
             problems.append(f"{path}: cannot change when resuming (run has {before!r}, config has {after!r})")
     if problems:
-        raise ConfigError("cannot resume with this config; only schedule.epochs, later lr milestones and "
-                          "evaluation or execution fields may change:\n" + "\n".join(problems))
+        allowed = "only schedule.epochs, later lr milestones and evaluation or execution fields may change"
+        if len(problems) == 1:
+            raise ConfigError(f"cannot resume with this config: {problems[0]}; {allowed}")
+        raise ConfigError(f"cannot resume with this config; {allowed}:\n" + "\n".join(problems))
     return changes

@@ -82,11 +82,8 @@ def first_examples(dataset: Dataset, count: int | None) -> Dataset:
 
 def spec_for(config: TrainConfig, data: TrainData) -> NetSpec:
     spec = network(config.model.arch, config.zoo_dataset)
-    shape = tuple(data.train.x.shape[1:])
-    if shape != spec.input_shape:
-        raise ValueError(f"training inputs have shape {shape}, {spec.name} expects {spec.input_shape}")
-    if data.train.num_classes > spec.num_outputs:
-        raise ValueError(f"the data has {data.train.num_classes} classes, {spec.name} has {spec.num_outputs} outputs")
+    for part in (data.train, data.test):
+        part.check_fits(spec.name, spec.input_shape, spec.num_outputs)
     return spec
 
 
@@ -183,11 +180,11 @@ class Trainer:
         if resume:
             state, position = self.storage.resume()
             return {key: value.to(self.device) for key, value in state.items()}, self._reopened(position)
-        self.storage.begin(self.config)
         theta = self.initial_theta if self.initial_theta is not None else starting_weights(self.config, self.spec)
         if theta.shape != (self.spec.num_params,):
             raise ValueError(f"initial weights have shape {tuple(theta.shape)}, {self.spec.name} needs "
                              f"({self.spec.num_params},)")
+        self.storage.begin(self.config)  # only a run that can start writes anything
         theta = theta.to(self.device)
         position = Position()
         self._log_epoch(self._eval_row(theta, "init", 0, 0))

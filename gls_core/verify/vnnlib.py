@@ -6,11 +6,12 @@ the box reaches the unsafe set. Supported: one input box (``<=``/``>=`` bounds o
 an unsafe set that is a disjunction of single linear constraints between outputs and constants, the
 shape of the MNIST and CIFAR robustness benchmarks: ``(or (and (>= Y_1 Y_0)) (and (>= Y_2 Y_0)) ...)``
 or a single ``(assert (<= Y_0 Y_1))``. Each disjunct ``a . Y + b <= 0`` becomes a row ``a . Y + b`` that
-must stay positive. Errors name the line and column.
+must stay positive. Errors name the file, the line and the column.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ _VARIABLE = re.compile(r"^([XY])_(\d+)$")
 
 
 class VnnlibError(ValueError):
-    """A malformed or unsupported VNN-LIB file; the message starts with ``line L, column C``."""
+    """A malformed or unsupported VNN-LIB file; the message starts with the file's path (when read from one),
+    then ``line L, column C``."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,14 @@ def _term(item: Expression) -> _Linear:
 
 
 class _Reader:
-    def __init__(self, inputs: int, outputs: int) -> None:
-        self.inputs, self.outputs = inputs, outputs
+    def __init__(self, input_shape: Sequence[int], outputs: int) -> None:
+        self.input_shape = tuple(input_shape)
+        self.inputs, self.outputs = math.prod(self.input_shape), outputs
         self.lower: dict[int, float] = {}
         self.upper: dict[int, float] = {}
         self.unsafe: list[_Linear] = []  # disjuncts, each "expression <= 0"
         self.declared: set[str] = set()
+        self.sizes = {"X": 0, "Y": 0}  # the inputs and outputs the file declares (highest index + 1)
 
     def declare(self, item: list) -> None:
         if len(item) != 3 or not isinstance(item[1], _Atom) or not isinstance(item[2], _Atom):
@@ -118,8 +122,9 @@ class _Reader:
         kind, number = match.group(1), int(match.group(2))
         limit = self.inputs if kind == "X" else self.outputs
         if number >= limit:
+            what = f"inputs (input shape {self.input_shape})" if kind == "X" else "outputs"
             raise VnnlibError(f"line {item[1].line}, column {item[1].column}: {item[1].text} is out of range: the "
-                              f"network has {limit} {'inputs' if kind == 'X' else 'outputs'}")
+                              f"network has {limit} {what}, the property declares {self.sizes[kind]}")
         self.declared.add(item[1].text)
 
     def comparison(self, item: list) -> _Linear:
@@ -176,7 +181,13 @@ class _Reader:
             raise VnnlibError(f"{_where(item)}: output constraints may not mention inputs")
         self.unsafe.append(constraints[0])
 
-    def property(self, input_shape: Sequence[int]) -> Property:
+    def property(self) -> Property:
+        input_shape = self.input_shape
+        declared = self.sizes["X"]
+        if declared < self.inputs:
+            plural = "s" if declared != 1 else ""
+            raise VnnlibError(f"the property declares {declared} input{plural}, but the network takes {self.inputs} "
+                              f"(input shape {input_shape})")
         missing = [i for i in range(self.inputs) if i not in self.lower or i not in self.upper]
         if missing:
             raise VnnlibError(f"X_{missing[0]} has no lower and upper bound ({len(missing)} inputs lack one)")
@@ -197,12 +208,29 @@ class _Reader:
 
 def read_vnnlib(source: str | Path, input_shape: Sequence[int], outputs: int) -> Property:
     """The property of a VNN-LIB file (or its text, when it holds a newline or a parenthesis)."""
-    text = source if isinstance(source, str) and ("(" in source or "\n" in source) else Path(source).read_text()
-    inputs = 1
-    for size in input_shape:
-        inputs *= size
-    reader = _Reader(inputs, outputs)
-    for item in _parse(text):
+    if isinstance(source, str) and ("(" in source or "\n" in source):
+        return _read(source, input_shape, outputs)
+    path = Path(source)
+    try:
+        return _read(path.read_text(), input_shape, outputs)
+    except OSError as error:
+        raise VnnlibError(f"{path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise VnnlibError(f"{path}: not a VNN-LIB text file ({error.reason} at byte {error.start})") from None
+    except VnnlibError as error:
+        raise VnnlibError(f"{path}: {error}") from None
+
+
+def _read(text: str, input_shape: Sequence[int], outputs: int) -> Property:
+    reader = _Reader(input_shape, outputs)
+    items = _parse(text)
+    for item in items:  # the sizes first, so a property for another network is named with both sizes
+        if isinstance(item, list) and _head(item) == "declare-const" and len(item) > 1 and isinstance(item[1], _Atom):
+            match = _VARIABLE.match(item[1].text)
+            if match:
+                kind, number = match.group(1), int(match.group(2))
+                reader.sizes[kind] = max(reader.sizes[kind], number + 1)
+    for item in items:
         head = _head(item)
         if head == "declare-const":
             reader.declare(item)  # type: ignore[arg-type]
@@ -210,7 +238,7 @@ def read_vnnlib(source: str | Path, input_shape: Sequence[int], outputs: int) ->
             reader.assertion(item)  # type: ignore[arg-type]
         else:
             raise VnnlibError(f"{_where(item)}: expected (declare-const ...) or (assert ...)")
-    return reader.property(input_shape)
+    return reader.property()
 
 
 def result_text(status: str, counterexample: torch.Tensor | None = None, outputs: torch.Tensor | None = None) -> str:
