@@ -101,11 +101,22 @@ def _print_json(value: Any) -> None:
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A table on a terminal; piped or redirected, plain aligned columns with every value whole (ids to copy)."""
+    cells = [[" ".join(str("" if row.get(column) is None else row[column]).split()) for column in columns]
+             for row in rows]
+    if not out.is_terminal:
+        widths = [max([len(column), *(len(line[index]) for line in cells)]) for index, column in enumerate(columns)]
+        for line in [columns, *cells]:
+            typer.echo("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+        return
     table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(str(row.get(column, "")) for column in columns))
+    for index, column in enumerate(columns):
+        if column == "id":  # never cut: an id is for copying
+            table.add_column(column, no_wrap=True, min_width=max([2, *(len(line[index]) for line in cells)]))
+        else:
+            table.add_column(column)
+    for line in cells:
+        table.add_row(*line)
     out.print(table)
 
 
@@ -226,7 +237,7 @@ def download(job_id: Annotated[str, typer.Argument(help="job id")],
     """Download a job's trained model."""
     with connect(url, token, cluster) as client:
         written = client.download_model(job_id, path, latest=latest)
-    console.print(f"wrote {written}")
+    console.print(f"wrote {written.resolve()}", markup=False, highlight=False)
 
 
 # certification --------------------------------------------------------------------------------------
@@ -356,7 +367,7 @@ def models_download(model_id: Annotated[str, typer.Argument(help="model id (see 
     """Download a stored model as a GLS model.safetensors (for `gls evaluate` or `gls verify`)."""
     with connect(url, token, cluster) as client:
         written = client.download_stored_model(model_id, path)
-    console.print(f"wrote {written}")
+    console.print(f"wrote {written.resolve()}", markup=False, highlight=False)
 
 
 @models_app.command("delete")

@@ -59,6 +59,18 @@ def test_submit_jobs_show_and_cancel(stack: Stack, tmp_path: Path) -> None:
     assert "invalid bearer token" in gls(stack, "jobs", token="nope").stderr
 
 
+def test_jobs_piped_prints_every_id_whole(stack: Stack) -> None:
+    job_id = stack.client().submit({**JOB, "name": "a-job-name-long-enough-to-crowd-the-table-" + "x" * 40})["id"]
+    stack.store().update_job(job_id, status=JobStatus.FAILED, error="a long error message " * 8)
+    listed = gls(stack, "jobs")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["id", "name", "status", "progress", "model_id", "error"]
+    row = next(line for line in lines if line.startswith(job_id))
+    assert row.split()[:3] == [job_id, "a-job-name-long-enough-to-crowd-the-table-" + "x" * 40, "failed"]
+    assert "…" not in listed.stdout
+
+
 def test_connection_from_cluster_json(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "cluster.json").write_text(json.dumps({"gateway_url": stack.url, "token": ALICE,
                                                       "certifier_address": stack.gateway.certifier_address}))
@@ -107,7 +119,8 @@ def test_watch_follows_the_job_and_exits_with_its_outcome(stack: Stack, final: J
         assert "boom" in watched.stderr
 
 
-def test_job_shows_its_latest_metrics_and_plot_draws_its_curves(stack: Stack, tmp_path: Path) -> None:
+def test_job_shows_its_latest_metrics_and_plot_draws_its_curves(stack: Stack, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = stack.client().submit(JOB)["id"]
     store = stack.store()
     store.update_job(job_id, status=JobStatus.RUNNING, total_steps=9)
@@ -123,10 +136,15 @@ def test_job_shows_its_latest_metrics_and_plot_draws_its_curves(stack: Stack, tm
     assert plotted.exit_code == 0, plotted.output
     png = (tmp_path / "job.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == stack.client().curves(job_id)
+    monkeypatch.chdir(tmp_path)
+    here = gls(stack, "plot", job_id)  # no --out: JOB.png in the current directory, named in full
+    assert here.exit_code == 0, here.output
+    assert here.stdout.strip() == f"wrote {(tmp_path / f'{job_id}.png').resolve()}"
+    assert (tmp_path / f"{job_id}.png").read_bytes() == png
     assert gls(stack, "plot", "job-missing", "--out", str(tmp_path / "none.png")).exit_code == 1
 
 
-def test_download_a_trained_model(stack: Stack, tmp_path: Path) -> None:
+def test_download_a_trained_model(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec, theta = digits_model()
     job_id = stack.client().submit(JOB)["id"]
     assert gls(stack, "download", job_id, "--out", str(tmp_path / "none.safetensors")).exit_code == 1
@@ -134,8 +152,10 @@ def test_download_a_trained_model(stack: Stack, tmp_path: Path) -> None:
     stack.store().put_model("alice", (tmp_path / "trained.safetensors").read_bytes(), "fc-16", "digits",
                             spec.num_params, model_id=job_id)
     stack.store().update_job(job_id, status=JobStatus.SUCCEEDED, model_id=job_id)
-    result = gls(stack, "download", job_id, "--out", str(tmp_path / "out" / "model.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    result = gls(stack, "download", job_id, "--out", "out/model.safetensors")
     assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"wrote {(tmp_path / 'out' / 'model.safetensors').resolve()}"
     loaded_spec, loaded, metadata = load_model(tmp_path / "out" / "model.safetensors")
     assert loaded_spec == spec and loaded.equal(theta) and metadata["job"] == job_id
 

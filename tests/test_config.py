@@ -1,9 +1,11 @@
 """Training configs: presets load, round-trip, and bad input gets an error naming the field."""
 
+import re
 from pathlib import Path
 
 import pytest
 
+from gls_core.data import TRAIN_SIZES
 from gls_core.evaluation import DEFAULT_ALPHA_STEPS, DEFAULT_COMPLETE_TIMEOUT, DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
 from gls_core.training.config import (
     ConfigError,
@@ -15,6 +17,8 @@ from gls_core.training.config import (
     parse_config,
 )
 from gls_core.training.schedules import Schedule, linear_ramp, smooth_ramp
+from gls_core.training.stages import build_stages
+from gls_core.training.trainer import steps_per_epoch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -51,6 +55,71 @@ def test_bad_values_name_the_field(data: dict, fragment: str) -> None:
         parse_config(data, "job.yaml")
     assert fragment in str(error.value)
     assert "job.yaml" in str(error.value)
+
+
+def header(preset: Path) -> str:
+    """The comment block at the top of a preset, as one line."""
+    lines = []
+    for line in preset.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def stage_steps(config: TrainConfig) -> tuple[int, dict[str, int]]:
+    """Steps per epoch and steps of each stage, as the trainer computes them for the published training split."""
+    examples = TRAIN_SIZES[config.data.dataset]
+    per_epoch = steps_per_epoch(config, min(examples, config.data.train_subset or examples))
+    return per_epoch, {stage.name: stage.epochs * per_epoch for stage in build_stages(config, per_epoch)}
+
+
+@pytest.mark.parametrize("preset", sorted(path.stem for path in CONFIGS.glob("*.yaml")))
+def test_step_counts_in_preset_comments_are_the_configs(preset: str) -> None:
+    path = CONFIGS / f"{preset}.yaml"
+    per_epoch, steps = stage_steps(load_config(path))
+    comment = header(path)
+    stated = {int(number) for number in re.findall(r"(\d+) (?:[\w-]+ )?steps\b", comment)}
+    assert stated <= {per_epoch, *steps.values()}, (comment, per_epoch, steps)
+    for epochs, each in re.findall(r"(\d+) epochs of (\d+) steps", comment):
+        assert int(each) == per_epoch and int(epochs) * per_epoch in steps.values(), comment
+
+
+@pytest.mark.parametrize(("preset", "main"), [("tiny-digits-dp-pgpe", "DeepPoly-PGPE"),
+                                              ("demo-mnist-cnn3tiny-dp-pgpe", "PGPE"),
+                                              ("quick-mnist-cnn3tiny-dp-pgpe", "PGPE")])
+def test_the_small_presets_say_how_many_steps_each_stage_runs(preset: str, main: str) -> None:
+    path = CONFIGS / f"{preset}.yaml"
+    config = load_config(path)
+    per_epoch, steps = stage_steps(config)
+    assert config.warmup is not None
+    comment = header(path)
+    assert f"{steps['warmup']} PGD steps ({config.warmup.epochs} epochs of {per_epoch} steps)" in comment, comment
+    assert f"{steps['main']} {main} steps" in comment, comment
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"pgpe": {"popsise": 16}}, "pgpe.popsise: unknown key; did you mean pgpe.popsize?"),
+    ({"pgep": {"popsize": 16}}, "pgep: unknown key; did you mean pgpe?"),
+    ({"warmup": {"epohcs": 2}}, "warmup.epohcs: unknown key; did you mean warmup.epochs?"),
+    ({"data": {"batchsize": 64}}, "data.batchsize: unknown key; did you mean data.batch_size?"),
+])
+def test_a_misspelled_key_gets_the_nearest_field(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, "job.yaml")
+    assert fragment in str(error.value)
+
+
+def test_a_misspelled_key_in_a_file_or_a_set_gets_the_nearest_field(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text("pgpe:\n  popsise: 16\n")
+    with pytest.raises(ConfigError, match=r"pgpe.popsise: unknown key; did you mean pgpe.popsize\?"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"schedule.epoch: unknown key; did you mean schedule.epochs\?"):
+        load_config(CONFIGS / "tiny-digits-dp-pgpe.yaml", ["schedule.epoch=3"])
+    with pytest.raises(ConfigError) as error:
+        parse_config({"bogus": 1})
+    assert str(error.value).endswith("bogus: unknown key")  # nothing close: no guess
 
 
 def test_several_errors_are_reported_together() -> None:

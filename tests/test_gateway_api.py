@@ -102,6 +102,8 @@ def test_config_errors_name_each_field(stack: Stack) -> None:
                                                  "schedule": {"epochs": "many"}}))
     assert set(errors) == {"eps", "estimator", "bogus", "schedule.epochs"}
     assert errors["bogus"] == "unknown key" and "greater than or equal to 0" in errors["eps"]
+    misspelled = fields(alice.post("/v1/jobs", json={**DIGITS_JOB, "pgpe": {"popsise": 16}}))
+    assert misspelled == {"pgpe.popsise": "unknown key; did you mean pgpe.popsize?"}
 
     assert "relaxation" in fields(alice.post("/v1/jobs", json={"relaxation": "zonotope"}))
     assert "empty config" in fields(alice.post("/v1/jobs", json={}))["body"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,19 @@ def test_single_constraints_and_constants() -> None:
 def test_malformed_files_name_line_and_column(text: str, message: str) -> None:
     with pytest.raises(VnnlibError, match=message):
         read_vnnlib(text, (2,), 2)
+
+
+def test_errors_in_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "prop.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(assert (<= X_0 1)")
+    with pytest.raises(VnnlibError) as error:
+        read_vnnlib(path, (2,), 2)
+    assert str(error.value) == f"{path}: line 2, column 1: '(' is never closed"
+    with pytest.raises(VnnlibError, match=f"^{re.escape(str(tmp_path / 'missing.vnnlib'))}: No such file"):
+        read_vnnlib(tmp_path / "missing.vnnlib", (2,), 2)
+    path.write_bytes(b"\xff\xfe(declare-const")
+    with pytest.raises(VnnlibError, match=f"^{re.escape(str(path))}: not a VNN-LIB text file"):
+        read_vnnlib(str(path), (2,), 2)
 
 
 def test_unsupported_and_incomplete_properties_are_refused() -> None:

@@ -9,8 +9,10 @@ something other than what its author meant. ``docs/config.md`` is generated from
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -345,6 +347,25 @@ def config_warnings(config: TrainConfig) -> list[str]:
     return lines
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds (``WarmupConfig | None`` -> WarmupConfig), or None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((model for arg in get_args(annotation) if (model := _section_model(arg)) is not None), None)
+
+
+def unknown_key(loc: Sequence[Any]) -> str:
+    """The message for an unknown key at ``loc``: ``unknown key``, with the nearest valid field when one is close."""
+    section: type[BaseModel] | None = TrainConfig
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if section is not None else None
+        section = _section_model(field.annotation) if field is not None else None
+    if section is None or not loc:
+        return "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f"unknown key; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else "unknown key"
+
+
 def format_errors(error: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted field path: what a user needs to fix the file."""
     lines = [f"invalid training config {source}:"]
@@ -352,7 +373,7 @@ def format_errors(error: ValidationError, source: str) -> str:
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = unknown_key(item["loc"])
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 

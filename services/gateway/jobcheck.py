@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gls_core.nets.zoo import DATASETS
-from gls_core.training.config import TrainConfig
+from gls_core.training.config import TrainConfig, unknown_key
 
 from ..codec import MAX_PGD_RESTARTS
 from ..settings import Settings
@@ -73,7 +73,7 @@ def _schema_errors(error: ValidationError, reported: set[str]) -> list[tuple[str
         field = ".".join(str(part) for part in item["loc"]) or "body"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = unknown_key(item["loc"])
         if field == "data" and message.startswith(_FILE_NEEDS_PATH) and "data.dataset_id" in reported:
             continue  # already said, in the services' terms
         errors.append((field, message))
