@@ -8,7 +8,7 @@ Evaluated without gradients in the network weights: it serves PGPE, which needs 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 import torch
@@ -18,6 +18,7 @@ from ..validation import check_alpha_options
 from .backsub import Sides
 from .layerwise import Walk, backsub_intersect_bounds, final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
+from .slope_gradients import bounds_and_slope_gradients
 from .types import Box, RowwiseRelaxation
 
 
@@ -46,13 +47,17 @@ def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: t
 def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int = 1,
                     step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
                     should_stop: Callable[[], bool] | None = None, splits: Mapping[int, torch.Tensor] | None = None,
-                    beta_step_size: float = 0.05) -> Box:
+                    beta_step_size: float = 0.05, closed_form: bool = True) -> Box:
     """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits).
 
     With ``splits`` (ReLU layer index -> [B, *shape] in {-1, 0, 1}, the walk's subdomains) the split
     constraints also enter the bound as beta-CROWN's Lagrangian terms, one multiplier beta >= 0 per
     row and split neuron, optimised with the slopes (projected signed-gradient steps of ``beta_step_size``).
+    Without splits the slopes' gradients come in closed form (:mod:`.slope_gradients`, ``closed_form``);
+    autograd through the walk computes the same and serves the split terms.
     """
+    if closed_form and not (splits and any(bool((split != 0).any()) for split in splits.values())):
+        return _optimise_closed_form(spec, params, state, C, steps, step_size, init, sides, should_stop)
     start_value = 0.0 if init == "deeppoly" else float(init)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
@@ -68,31 +73,21 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
         if split is not None and bool((split != 0).any()):
             signs[index] = split.to(bounds.lower.dtype).unsqueeze(0).unsqueeze(2).unsqueeze(3)  # [1, B, 1, 1, *shape]
     betas = {index: torch.zeros_like(alphas[index]) for index in signs}
-    if not alphas:  # no ReLU: DeepPoly is exact, nothing to optimise
-        steps = 0
     best: Box | None = None
-    for step in range(steps + 1):
-        if step < steps and should_stop is not None and should_stop():
-            steps = step  # this evaluation becomes the last one
-        optimising = step < steps  # the last evaluation needs no gradients (and runs on the native kernels)
+    for optimising in _evaluations(steps if alphas else 0, should_stop):
+        grads: tuple[torch.Tensor | None, ...] = ()
         with torch.set_grad_enabled(optimising):
             for tensor in (*alphas.values(), *betas.values()):
                 tensor.requires_grad_(optimising)
-            relaxations = {i: _alpha_relaxation(state.pre_relu[i], a,
-                                                -betas[i] * signs[i] if i in betas else None)
+            relaxations = {i: _alpha_relaxation(state.pre_relu[i], a, -betas[i] * signs[i] if i in betas else None)
                            for i, a in alphas.items()}
             bounds = final_bounds(spec, params, state, C, relaxations, sides)
-            if step < steps:
-                objective = torch.zeros((), dtype=bounds.upper.dtype, device=bounds.upper.device)
-                if sides != "upper":
-                    objective = objective + bounds.lower.sum()
-                if sides != "lower":
-                    objective = objective - bounds.upper.sum()
-                grads = torch.autograd.grad(objective, [*alphas.values(), *betas.values()], allow_unused=True)
+            if optimising:
+                grads = _autograd_gradients(bounds, sides, [*alphas.values(), *betas.values()])
         lower, upper = bounds.lower.detach(), bounds.upper.detach()
         best = Box(lower, upper) if best is None else Box(torch.maximum(best.lower, lower),
                                                           torch.minimum(best.upper, upper))
-        if step < steps:
+        if optimising:
             alpha_grads, beta_grads = grads[:len(alphas)], grads[len(alphas):]
             alphas = {i: a.detach() if g is None else (a.detach() + step_size * g.sign()).clamp(0, 1)
                       for (i, a), g in zip(alphas.items(), alpha_grads)}
@@ -100,3 +95,69 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
                      for (i, b), g in zip(betas.items(), beta_grads)}
     assert best is not None
     return best
+
+
+def _evaluations(steps: int, should_stop: Callable[[], bool] | None) -> Iterator[bool]:
+    """One item per evaluation of the bound (True: a slope step follows), the last one without a step; polls
+    ``should_stop`` before each step and makes the next evaluation the last when it says so. No ReLU
+    (``steps`` 0): DeepPoly is exact and one evaluation is all."""
+    for _ in range(steps):
+        if should_stop is not None and should_stop():
+            break
+        yield True
+    yield False
+
+
+def _optimise_closed_form(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int,
+                          step_size: float, init: float | Literal["deeppoly"], sides: Sides,
+                          should_stop: Callable[[], bool] | None) -> Box:
+    """The slope optimisation without split terms, with closed-form gradients.
+
+    Each slope tensor holds the fixed slopes of stable neurons too (1 active, 0 inactive) and only
+    unstable entries move, so a relaxation is the tensor as it stands; tensors are kept with the
+    members innermost, the layout the native kernels read, so no step copies them.
+    """
+    rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
+    alphas: dict[int, torch.Tensor] = {}
+    moves: dict[int, torch.Tensor] = {}
+    upper: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for index, bounds in state.pre_relu.items():
+        shape = (*bounds.lower.shape[:2], rows, 1, *bounds.lower.shape[2:])
+        unstable = ((bounds.lower < 0) & (bounds.upper > 0)).unsqueeze(2).unsqueeze(3)
+        if init == "deeppoly":
+            start = deeppoly_lower_slope(bounds).unsqueeze(2).unsqueeze(3).expand(shape)
+        else:
+            active = (bounds.lower >= 0).to(bounds.lower.dtype).unsqueeze(2).unsqueeze(3)
+            start = torch.where(unstable, float(init), active).expand(shape)
+        alphas[index] = _members_last(start)
+        moves[index] = unstable.to(bounds.lower.dtype) * step_size
+        base = deeppoly_relaxation(bounds)
+        upper[index] = base.upper_slope, base.upper_offset
+    best: Box | None = None
+    for optimising in _evaluations(steps if alphas else 0, should_stop):
+        relaxations = {i: RowwiseRelaxation(a, None, *upper[i]) for i, a in alphas.items()}
+        if optimising:
+            bounds, grads = bounds_and_slope_gradients(spec, params, state, C, relaxations, sides)
+            alphas = {i: (a + grads[i].sign_() * moves[i]).clamp_(0, 1) for i, a in alphas.items()}
+        else:  # the last evaluation needs no gradients (and runs on the native kernels)
+            bounds = final_bounds(spec, params, state, C, relaxations, sides)
+        best = bounds if best is None else Box(torch.maximum(best.lower, bounds.lower),
+                                               torch.minimum(best.upper, bounds.upper))
+    assert best is not None
+    return best
+
+
+def _autograd_gradients(bounds: Box, sides: Sides, tensors: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """d(sum of lower bounds - sum of upper bounds)/d(tensors) by autograd through the walk."""
+    objective = torch.zeros((), dtype=bounds.upper.dtype, device=bounds.upper.device)
+    if sides != "upper":
+        objective = objective + bounds.lower.sum()
+    if sides != "lower":
+        objective = objective - bounds.upper.sum()
+    return torch.autograd.grad(objective, tensors, allow_unused=True)
+
+
+def _members_last(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` ([P, ...]) laid out with the members innermost, as a [P, ...] view: the native kernels read
+    per-row slopes in that layout, and elementwise updates keep it, so no step copies them again."""
+    return t.movedim(0, -1).contiguous().movedim(-1, 0)

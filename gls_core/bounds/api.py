@@ -112,7 +112,6 @@ def chunk_sizes(spec: NetSpec, method: str, members: int, batch: int, rows: int 
         targets = [i for i, layer in enumerate(spec.layers) if isinstance(layer, (Conv2d, Linear)) and i > first]
         last = len(spec.layers) - 1
         per = max((footprint(spec, t, first, rows if t == last else None, fused_input) for t in targets), default=1)
-        per *= 2 if method == "alpha-crown" else 1
     samples = max(1, budget // max(per, 1))
     member_chunk = min(members, max(min(MEMBER_BLOCK, samples), samples // batch))
     batch_chunk = min(batch, max(1, samples // member_chunk))

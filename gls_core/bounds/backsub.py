@@ -268,6 +268,31 @@ def _last_step_fused_dense(coeffs: Coefficients, relaxation: ReluRelaxation, wei
 
 def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor, bias: torch.Tensor,
                       conv: Conv2d, box: Box) -> torch.Tensor:
+    bias_total, args = _native_last_step_args(coeffs, relaxation, weight, bias, conv, box)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
+        values = _RelaxConcretize.apply(*args)
+    else:
+        values = native.relax_concretize(*_native_order(*args))
+    return bias_total + values.view(bias_total.shape)
+
+
+def first_pre_activation_at_corner(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
+                                   bias: torch.Tensor, conv: Conv2d, box: Box) -> torch.Tensor | None:
+    """For whole-map rows on the output of the ReLU over the first convolution: that convolution's output at
+    each row's minimising corner of the box, c - sign(A) r with A the rows' coefficients on the input (the
+    gradient of the last step in the relaxed rows): [P, B, R, 1, O, h, w]. None where the native kernels
+    do not apply."""
+    if coeffs.windows is not None or coeffs.rows is not None:
+        return None
+    if not _native_last_step_applies(coeffs, relaxation, weight, bias, conv, box):
+        return None
+    bias_total, args = _native_last_step_args(coeffs, relaxation, weight, bias, conv, box)
+    return native.relax_dual(*_native_order(*args)).reshape(*bias_total.shape, *coeffs.A.shape[4:])
+
+
+def _native_last_step_args(coeffs: Coefficients, relaxation: ReluRelaxation, weight: torch.Tensor,
+                           bias: torch.Tensor, conv: Conv2d, box: Box) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """(the rows' bias on every input, the native kernels' arguments in :class:`_RelaxConcretize`'s order)."""
     A = coeffs.A  # [P, Bx, R, L, O, h, w]
     members, bx, rows, count = A.shape[:4]
     placement = _RowIndex.of(coeffs, box.lower.shape[0])
@@ -287,11 +312,7 @@ def _last_step_native(coeffs: Coefficients, relaxation: ReluRelaxation, weight: 
     origin_y, origin_x = placement.origin_y, placement.origin_x
     args = (distinct, relaxation.lower_slope, relaxation.upper_slope, relaxation.upper_offset, weight, bias,
             box.center, box.radius, arow, lmap, sample, origin_y, origin_x, sample, conv.padding, conv.stride)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:4]):
-        values = _RelaxConcretize.apply(*args)
-    else:
-        values = native.relax_concretize(*_native_order(*args))
-    return bias_total + values.view(bias_total.shape)
+    return bias_total, args
 
 
 def _native_order(distinct: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, offset: torch.Tensor | None,

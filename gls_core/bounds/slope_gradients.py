@@ -1,0 +1,106 @@
+"""alpha-CROWN's slope gradients in closed form: one recorded back-substitution and one relaxed forward pass.
+
+The bound of a row is ``min_x L(x; alpha)``, an affine function of x whose coefficients the
+back-substitution builds. Its derivative in a lower slope (Danskin) is, per row and unstable neuron,
+``max(lambda, 0) * mu``: ``lambda`` is the row's coefficient on the ReLU's output (recorded on the way
+down) and ``mu`` is the neuron's pre-activation computed by the row's own relaxed network at the
+minimising corner ``x* = c - sign(A) r`` of the input box (one forward pass on the way up, every ReLU
+replaced by the line the row uses there). This is the chain rule that autograd applies to the whole
+walk, with its conventions at ties (a zero coefficient reads the box centre and the upper line), for
+about the cost of one more pass instead of a graph of every step. Where the native kernels apply, the
+step through the first ReLU and convolution is theirs (value and pre-activation at x* in one sweep).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..nets.spec import Conv2d, NetSpec, ReLU
+from . import kernels
+from .backsub import Sides, first_pre_activation_at_corner, start_rows
+from .layerwise import Walk
+from .rules import At, rule_of
+from .types import Box, RowwiseRelaxation
+
+
+def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None,
+                               relaxations: dict[int, RowwiseRelaxation], sides: Sides
+                               ) -> tuple[Box, dict[int, torch.Tensor]]:
+    """The bounds of C @ logits under ``relaxations`` and d(sum of the rows' lower bounds)/d(lower slope) per
+    ReLU layer ([P, B, R, 1, *shape]; meaningful on unstable neurons, whose slopes alpha-CROWN ascends)."""
+    last = len(spec.layers) - 1
+    members, batch = params.shape[0], state.box.lower.shape[0]
+    coeffs = start_rows(spec, params, last, C, sides)
+    rows = coeffs.A.shape[2]
+    recorded: dict[int, torch.Tensor] = {}
+    corner_pre_activation: torch.Tensor | None = None
+    index = last - 1
+    while index >= state.first:
+        layer = spec.layers[index]
+        if isinstance(layer, ReLU):
+            recorded[index] = coeffs.A.expand(members, batch, *coeffs.A.shape[2:])
+            below = spec.layers[index - 1]
+            if index - 1 == state.first and isinstance(below, Conv2d):
+                # The native kernel gives the first convolution's pre-activation at x* without storing the rows
+                # on the input; the bound is then the rows on this ReLU's output at x* (linear: min at x*).
+                corner_pre_activation = first_pre_activation_at_corner(
+                    coeffs, relaxations[index], spec.weight(params, index - 1), spec.bias(params, index - 1), below,
+                    state.box)
+                if corner_pre_activation is not None:
+                    break
+        coeffs = rule_of(layer).backward(At(spec, params, index), coeffs, relaxations)
+        index -= 1
+    lower: torch.Tensor | None = None
+    if corner_pre_activation is not None:
+        start = index
+        h = corner_pre_activation.reshape(members, batch * rows, *corner_pre_activation.shape[4:])
+    else:
+        start = state.first
+        A = coeffs.A.expand(members, batch, *coeffs.A.shape[2:])  # [P, B, R, 1, *input shape]
+        centre = state.box.center.unsqueeze(1).unsqueeze(2)
+        radius = state.box.radius.unsqueeze(1).unsqueeze(2)
+        window_dims = tuple(range(4, A.dim()))
+        lower = coeffs.bias + (A * centre).sum(window_dims) - (A.abs() * radius).sum(window_dims)  # [P, B, R, 1]
+        h = (centre - A.sign() * radius).reshape(members, batch * rows, *A.shape[4:])  # x* per row
+    grads: dict[int, torch.Tensor] = {}
+    top = max(recorded)
+    for index in range(start, top + 1):
+        layer = spec.layers[index]
+        if not isinstance(layer, ReLU):
+            h = _forward(At(spec, params, index), h)
+            continue
+        relaxation = relaxations[index]
+        mu = h.view(members, batch, rows, 1, *h.shape[2:])
+        coefficient = recorded[index]
+        # On stable neurons the slope is fixed whatever alpha holds, so their entries are left as they come.
+        grads[index] = coefficient.clamp(min=0) * mu
+        if index == top and lower is not None:
+            break
+        upper_line = relaxation.upper_slope.unsqueeze(2).unsqueeze(3) * mu
+        if relaxation.upper_offset is not None:
+            upper_line = upper_line + relaxation.upper_offset.unsqueeze(2).unsqueeze(3)
+        relaxed = torch.where(coefficient > 0, relaxation.lower_slope * mu, upper_line)  # the row's line at x*
+        if lower is None:  # the rows on this ReLU's output, at x*
+            window_dims = tuple(range(4, relaxed.dim()))
+            lower = coeffs.bias.expand(members, batch, rows, 1) + (coefficient * relaxed).sum(window_dims)
+        h = relaxed.view(members, batch * rows, *h.shape[2:])
+    assert lower is not None
+    return _packed(lower.reshape(members, batch, rows), sides), grads
+
+
+def _forward(at: At, h: torch.Tensor) -> torch.Tensor:
+    """One affine or reshaping layer on per-member activations; convolutions by the measured kernel choice."""
+    layer = at.layer
+    if isinstance(layer, Conv2d):
+        return kernels.conv_members(h, at.weight, at.bias, layer)
+    return rule_of(layer).forward(at, h, False)
+
+
+def _packed(lower: torch.Tensor, sides: Sides) -> Box:
+    """Lower bounds of the stacked rows as (lower, upper) of the specification rows, as backsubstitute returns."""
+    if sides == "lower":
+        return Box(lower, torch.full_like(lower, torch.inf))
+    if sides == "upper":
+        return Box(torch.full_like(lower, -torch.inf), -lower)
+    half = lower.shape[2] // 2
+    return Box(lower[:, :, :half], -lower[:, :, half:])
