@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..members import linear_forward
 from ..nets.spec import NetSpec
 from .rules import At, rule_of
 from .types import Box
@@ -28,16 +29,26 @@ def propagate_box(spec: NetSpec, params: torch.Tensor, box: Box, start: int, sto
 def spec_interval(spec: NetSpec, params: torch.Tensor, box: Box, C: torch.Tensor | None) -> Box:
     """IBP bounds of C @ logits given the box of the last affine layer's input ([P, B, I]).
 
-    Folding C into the last layer first (C W, C b) is tighter than subtracting logit intervals.
+    Folding C into the last layer first (|C W| r) is tighter than subtracting logit intervals. A batch's
+    specification rows are few distinct ones (a margin row is e_j - e_t: at most classes x (classes - 1)),
+    so |C W| is formed once per distinct row and member, and each input reads its rows' radii from one
+    matmul, instead of a P x B x K x I tensor.
     """
     index = len(spec.layers) - 1
     if C is None:
         return rule_of(spec.layers[index]).interval(At(spec, params, index), box, False)
-    weight = torch.einsum("bkc,pci->pbki", C, spec.weight(params, index))
-    bias = torch.einsum("bkc,pc->pbk", C, spec.bias(params, index))
-    center, radius = box.center.unsqueeze(-1), box.radius.unsqueeze(-1)
-    mid = torch.matmul(weight, center).squeeze(-1) + bias
-    rad = torch.matmul(weight.abs(), radius).squeeze(-1)
+    weight, bias = spec.weight(params, index), spec.bias(params, index)  # [P, O, I], [P, O]
+    logits = linear_forward(box.center, weight, bias)  # centre of the logits: [P, B, O]
+    mid = torch.einsum("bkc,pbc->pbk", C, logits)
+    batch, rows, classes = C.shape
+    distinct, which = torch.unique(C.reshape(-1, classes), dim=0, return_inverse=True)
+    if distinct.shape[0] < batch * rows:
+        folded = torch.einsum("uc,pci->piu", distinct, weight).abs()  # |C_u W|: [P, I, U]
+        radii = torch.bmm(box.radius, folded)  # [P, B, U]
+        rad = radii.gather(2, which.view(1, batch, rows).expand(radii.shape[0], -1, -1))
+    else:
+        folded_rows = torch.einsum("bkc,pci->pbki", C, weight).abs()
+        rad = torch.matmul(folded_rows, box.radius.unsqueeze(-1)).squeeze(-1)
     return Box(mid - rad, mid + rad)
 
 

@@ -5,10 +5,11 @@ back-substitution builds. Its derivative in a lower slope (Danskin) is, per row 
 ``max(lambda, 0) * mu``: ``lambda`` is the row's coefficient on the ReLU's output (recorded on the way
 down) and ``mu`` is the neuron's pre-activation computed by the row's own relaxed network at the
 minimising corner ``x* = c - sign(A) r`` of the input box (one forward pass on the way up, every ReLU
-replaced by the line the row uses there). This is the chain rule that autograd applies to the whole
-walk, with its conventions at ties (a zero coefficient reads the box centre and the upper line), for
-about the cost of one more pass instead of a graph of every step. Where the native kernels apply, the
-step through the first ReLU and convolution is theirs (value and pre-activation at x* in one sweep).
+replaced by the line the row uses there); the bound itself is the row read at x* on the last ReLU.
+This is the chain rule that autograd applies to the whole walk, with its conventions at ties (a zero
+coefficient reads the box centre and the upper line), for about the cost of one more pass instead of
+a graph of every step. Where the native kernels apply, the first convolution's pre-activation at x*
+comes from their last step, which never stores the rows' coefficients on the input.
 """
 
 from __future__ import annotations
@@ -33,12 +34,15 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
     coeffs = start_rows(spec, params, last, C, sides)
     rows = coeffs.A.shape[2]
     recorded: dict[int, torch.Tensor] = {}
+    top_bias: torch.Tensor | None = None  # the rows' bias above the last ReLU
     corner_pre_activation: torch.Tensor | None = None
     index = last - 1
     while index >= state.first:
         layer = spec.layers[index]
         if isinstance(layer, ReLU):
             recorded[index] = coeffs.A.expand(members, batch, *coeffs.A.shape[2:])
+            if top_bias is None:
+                top_bias = coeffs.bias.expand(members, batch, rows, 1)
             below = spec.layers[index - 1]
             if index - 1 == state.first and isinstance(below, Conv2d):
                 # The native kernel gives the first convolution's pre-activation at x* without storing the rows
@@ -74,15 +78,15 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         coefficient = recorded[index]
         # On stable neurons the slope is fixed whatever alpha holds, so their entries are left as they come.
         grads[index] = coefficient.clamp(min=0) * mu
-        if index == top and lower is not None:
-            break
         upper_line = relaxation.upper_slope.unsqueeze(2).unsqueeze(3) * mu
         if relaxation.upper_offset is not None:
             upper_line = upper_line + relaxation.upper_offset.unsqueeze(2).unsqueeze(3)
         relaxed = torch.where(coefficient > 0, relaxation.lower_slope * mu, upper_line)  # the row's line at x*
-        if lower is None:  # the rows on this ReLU's output, at x*
-            window_dims = tuple(range(4, relaxed.dim()))
-            lower = coeffs.bias.expand(members, batch, rows, 1) + (coefficient * relaxed).sum(window_dims)
+        if index == top:
+            if lower is None:  # the rows are affine: their minimum is their value at x*, read on the smallest map
+                assert top_bias is not None
+                lower = top_bias + (coefficient * relaxed).sum(tuple(range(4, relaxed.dim())))
+            break
         h = relaxed.view(members, batch * rows, *h.shape[2:])
     assert lower is not None
     return _packed(lower.reshape(members, batch, rows), sides), grads
