@@ -338,6 +338,62 @@ def landscapes(out: Path, plan: Plan, figures: Path) -> list[Path]:
     return written
 
 
+# The runs the sigma sweep is read against, at its horizon (all start from the same IBP initialisation).
+SWEEP_REFERENCES = ("ibp-grad-lr5e-4", "deeppoly-grad-lr5e-4", "deeppoly-rgs-lr5e-4")
+
+
+def sweep_runs(plan: Plan) -> list[Run]:
+    """The references and the sweep's runs, in that order."""
+    named = {run.name: run for run in plan.runs}
+    sweep = [run for run in plan.runs if run.horizon is not None]
+    return [named[name] for name in SWEEP_REFERENCES if name in named] + sweep if sweep else []
+
+
+def epoch_certified(rows: list[dict[str, Any]], epoch: int) -> float | None:
+    """Certified accuracy of the per-epoch evaluation at ``epoch`` of the main stage (None before it)."""
+    return next((r["certified_acc"] for r in main_evaluations(rows) if r["epoch"] == epoch), None)
+
+
+def sweep_table(plan: Plan, out: Path, epochs: tuple[int, ...] = (10, 14, 16, 18, SWEEP_EPOCHS)) -> str:
+    """Certified accuracy (the per-epoch DeepPoly evaluation on 1,000 test images) of the sigma sweep and its
+    references at the same epochs of the same schedule: where the gap between IBP and DeepPoly opens."""
+    runs = sweep_runs(plan)
+    if not runs:
+        return ""
+    header = "| run | " + " | ".join(f"epoch {e}" for e in epochs) + " |"
+    lines = [header, "|" + " --- |" * (len(epochs) + 1)]
+    for run in runs:
+        rows = read_metrics(out / run.name)
+        cells = [epoch_certified(rows, e) for e in epochs]
+        lines.append(f"| {run.label or run.name} | " + " | ".join(percent(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_sweep(plan: Plan, out: Path, path: Path) -> Path | None:
+    """Certified accuracy against epochs over the sweep's horizon, the references beside the sigmas."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [run for run in sweep_runs(plan) if read_metrics(out / run.name)]
+    if not runs:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for run in runs:
+        evaluations = [r for r in main_evaluations(read_metrics(out / run.name)) if r["epoch"] <= SWEEP_EPOCHS]
+        axes.plot([r["epoch"] for r in evaluations], [100 * r["certified_acc"] for r in evaluations], marker="o",
+                  markersize=3, linestyle="--" if run.horizon is None else "-", label=run.label or run.name)
+    axes.set(xlabel="epoch (eps reaches 0.1 at epoch 20)", ylabel="DeepPoly-certified % (1,000 test images)",
+             title=f"RGS sigma sweep against GRAD, first {SWEEP_EPOCHS} epochs (CNN3-tiny, MNIST, lr 5e-4)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
 def certified_of(result: dict[str, Any]) -> tuple[float, str] | None:
     """The strongest certified accuracy measured for a run: alpha-CROWN on the whole test set."""
     value = result.get("certified_alpha-crown")
@@ -428,6 +484,10 @@ Evaluated by:
 
 "compute vs paper": inputs x weight vectors evaluated by the main stage, over the paper's
 (GRAD: 70 epochs x 60,000; RGS: twice that; PGPE: 150 epochs x 60,000 x 256).
+
+## The RGS sigma sweep (lr 5e-4, the first {SWEEP_EPOCHS} epochs of the 70-epoch schedule)
+
+{sweep_table(plan, out) or "No sweep in this plan."}
 
 ## The paper's ordering, here
 
@@ -522,9 +582,10 @@ def main() -> None:
             results = save_result(saved, run.name, {**evaluation(run, args.out, plan), "evaluated_by": command})
             print(f"  {results[run.name]}", flush=True)
     compute = plot_compute(plan, args.out, figures / "certified-vs-compute.png")
+    sweep = plot_sweep(plan, args.out, figures / "rgs-sigma-sweep.png")
     drawn_landscapes = (sorted(figures.glob("landscape-*.png")) if args.skip_landscapes or args.report_only
                         else landscapes(args.out, plan, figures))
-    drawn = ([compute] if compute else []) + drawn_landscapes
+    drawn = [path for path in (compute, sweep) if path] + drawn_landscapes
     doc.write_text(report(plan, args.out, results, progress, drawn, doc, command))
     print(f"wrote {doc}")
 

@@ -118,3 +118,38 @@ def test_the_recorded_command_leaves_out_where_the_report_went() -> None:
     argv = ["--doc", "/tmp/scratch/reproduction.md", "--runs", "deeppoly-rgs", "--doc=/tmp/x.md", "--budget", "2"]
     assert reproduce.recorded_command(argv) == "scripts/reproduce-gls --runs deeppoly-rgs --budget 2"
     assert reproduce.recorded_command(["--runs", "a b"]) == "scripts/reproduce-gls --runs 'a b'"
+
+
+def test_a_sweep_run_stops_at_its_horizon_and_continues_without_it(tmp_path: Path) -> None:
+    """A sweep trains the first epochs of the full schedule; dropping the horizon continues the same run."""
+    small = ("data.train_subset=512", "data.test_subset=50", "data.batch_size=128", "schedule.epochs=3",
+             "schedule.eps_ramp_epochs=1", "schedule.lr_milestones=[]", "evaluation.pgd_steps=2")
+    swept = reproduce.Run("ibp", "configs/mnist-cnn3tiny-ibp-grad.yaml", small, horizon=1)
+    warm = tmp_path / "pgd" / "model.safetensors"
+    first = reproduce.train(swept, tmp_path, 600.0, warm)
+    assert first["step"] == 4 and not first["finished"]
+    assert reproduce.done_training(swept, tmp_path / "ibp")
+    assert reproduce.train(swept, tmp_path, 600.0, warm)["step"] == 4  # nothing more at the horizon
+    full = reproduce.Run("ibp", "configs/mnist-cnn3tiny-ibp-grad.yaml", small)
+    assert not reproduce.done_training(full, tmp_path / "ibp")
+    rest = reproduce.train(full, tmp_path, 600.0, warm)
+    assert rest["finished"] and rest["step"] == 12
+    rows = [json.loads(line) for line in (tmp_path / "ibp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch" and r["stage"] == "main"] == [1, 2, 3]
+
+
+def test_the_sweep_table_reads_each_run_at_the_same_epochs(tmp_path: Path) -> None:
+    plan = full_plan()
+    sweep = [run for run in plan.runs if run.horizon is not None]
+    assert {run.name for run in sweep} == {f"deeppoly-rgs-lr5e-4-sigma{s}" for s in ("3e-3", "1e-2", "3e-2")}
+    for run in sweep:
+        config = load_config(ROOT / run.config, list(run.overrides))
+        assert config.schedule.epochs == 70 and config.schedule.lr == 5e-4 and run.horizon == 20
+    folder = tmp_path / "deeppoly-rgs-lr5e-4-sigma1e-2"
+    folder.mkdir()
+    rows = [{"kind": "epoch", "stage": "main", "epoch": e, "step": e, "certified_acc": e / 100} for e in (10, 20)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table = reproduce.sweep_table(plan, tmp_path, epochs=(10, 15, 20))
+    line = next(line for line in table.splitlines() if "sigma 1e-2" in line)
+    assert line.split("|")[2:5] == [" 10.00 ", " - ", " 20.00 "]
+    assert "IBP-GRAD (lr 5e-4)" in table
