@@ -2,21 +2,25 @@
 
 A run under nohup or a batch scheduler has no terminal: a bar would print nothing until the end, so
 the reporter writes a plain line (step, rate, ETA and the caller's status) every ``GLS_LOG_EVERY_S``
-seconds (30) instead, and notes (one per epoch) as lines in both cases.
+seconds (30) instead, and notes (one per epoch) as lines in both cases. The rate and the ETA are
+the current stage's recent ones (:mod:`gls_core.cli.eta`), in the bar as in the lines.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from .eta import Estimate, StageRates
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -54,11 +58,28 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def eta_text(estimate: Estimate | None) -> str:
+    """``ETA 3m07s``, naming the later stages it counts at the current stage's rate (they have not run yet)."""
+    if estimate is None:
+        return ""
+    text = f"ETA {duration(estimate.seconds)}"
+    if estimate.untimed:
+        verb = "runs" if len(estimate.untimed) == 1 else "run"
+        text += f" if {' and '.join(estimate.untimed)} {verb} at {estimate.stage}'s rate"
+    return text
+
+
 class Reporter:
-    """Progress of ``total`` units: a bar on a terminal, else a plain line every ``every`` seconds."""
+    """Progress of ``total`` units: a bar on a terminal, else a plain line every ``every`` seconds.
+
+    ``stages`` ((name, units) in order, summing to ``total``) time each stage on its own; without
+    them the whole task is one stage. ``clock`` gives the times the rate is measured with.
+    """
 
     def __init__(self, description: str, total: int | None, *, completed: int = 0, unit: str = "step",
-                 every: float | None = None, stream: Console | None = None) -> None:
+                 every: float | None = None, stream: Console | None = None,
+                 stages: Sequence[tuple[str, int]] | None = None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.description = description
         self.total = total
         self.unit = unit
@@ -66,18 +87,27 @@ class Reporter:
         self.every = every if every is not None else float(os.environ.get("GLS_LOG_EVERY_S", DEFAULT_LOG_EVERY_S))
         self.completed = self.start_completed = completed
         self.status = ""
+        self.stages = stages
+        self.clock = clock
         self._bar: Progress | None = None
         self._task: Any = None
-        self._started = self._last_line = time.monotonic()
+        self._last_line = clock()
+        self.rates = StageRates(self._plan(), completed, self._last_line)
         self._line_completed: int | None = None
+
+    def _plan(self) -> Sequence[tuple[str, int]]:
+        if self.stages is not None:
+            return self.stages
+        return [(self.description, self.total)] if self.total else []
 
     def __enter__(self) -> Reporter:
         if self.stream.is_terminal:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=self.stream)
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[eta]}"), console=self.stream)
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.description, total=self.total, completed=self.completed, status="")
+            self._task = self._bar.add_task(self.description, total=self.total, completed=self.completed, status="",
+                                            eta="")
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -88,15 +118,19 @@ class Reporter:
             self._line()
 
     def update(self, completed: int | None = None, status: str | None = None, total: int | None = None) -> None:
+        now = self.clock()
+        if total is not None and total != self.total:
+            self.total = total
+            self.rates.plan(self._plan())
         if completed is not None:
             self.completed = completed
+            self.rates.observe(completed, now)
         if status is not None:
             self.status = status
-        if total is not None:
-            self.total = total
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.completed, status=self.status, total=self.total)
-        elif time.monotonic() - self._last_line >= self.every:
+            self._bar.update(self._task, completed=self.completed, status=self.status, total=self.total,
+                             eta=eta_text(self.rates.estimate()))
+        elif now - self._last_line >= self.every:
             self._line()
 
     def note(self, text: str) -> None:
@@ -104,15 +138,16 @@ class Reporter:
         self.stream.print(text, markup=False, highlight=False)
 
     def _line(self) -> None:
-        self._last_line = now = time.monotonic()
+        self._last_line = self.clock()
         self._line_completed = self.completed
-        done = self.completed - self.start_completed
-        rate = done / max(now - self._started, 1e-9)
         where = f"{self.unit} {self.completed}" + (f"/{self.total} ({self.completed / self.total:.1%})"
                                                    if self.total else "")
-        eta = (f", ETA {duration((self.total - self.completed) / rate)}" if self.total and rate > 0 else "")
         status = f" {self.status}" if self.status else ""
-        self.note(f"{time.strftime('%H:%M:%S')} {self.description} {where}{status} | {rate:.2f} {self.unit}s/s{eta}")
+        rate = self.rates.rate()
+        timing = f" | {rate:.2f} {self.unit}s/s" if rate is not None else ""
+        eta = eta_text(self.rates.estimate())
+        timing += f", {eta}" if eta else ""
+        self.note(f"{time.strftime('%H:%M:%S')} {self.description} {where}{status}{timing}")
 
 
 def epoch_line(row: dict[str, Any]) -> str:

@@ -108,7 +108,7 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
     except (ConfigError, FileNotFoundError) as error:
         raise fail(str(error)) from None
     changes: dict[str, tuple[Any, Any]] = {}
-    resumed_at = 0  # the rate and ETA count only the steps trained in this process
+    resumed_at = 0  # the rate and ETA count only the steps trained in this process, per stage
     if resume:
         position, changes = _resumable(out_dir, settings)
         if position.finished and main_epochs_done(settings, position) >= settings.schedule.epochs:
@@ -133,7 +133,9 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
         for path, (before, after) in changes.items():
             console.print(f"resuming with {path}: {before!r} -> {after!r}", markup=False)
     stop = StopRequest()
-    with stop.installed(), Reporter(settings.name or config.stem, trainer.total_steps, completed=resumed_at) as bar:
+    stages = [(stage.name, stage.epochs * trainer.steps_per_epoch) for stage in trainer.stages]
+    with stop.installed(), Reporter(settings.name or config.stem, trainer.total_steps, completed=resumed_at,
+                                    stages=stages) as bar:
 
         def show(step: int, total: int, row: dict[str, Any]) -> None:
             if row["kind"] == "epoch":
