@@ -4,7 +4,7 @@ Redis is the only shared state (DESIGN.md). Keys:
 
     gls:jobs                      stream of submitted job ids (consumer group "coordinators")
     gls:job:{id}                  hash: tenant, status, config (JSON), step, total_steps, error, ...
-    gls:job:{id}:checkpoint       hash: state (safetensors bytes), position (JSON), step
+    gls:job:{id}:checkpoint       hash: state (safetensors bytes), position (JSON), step, kernel_plan (JSON)
     gls:job:{id}:metrics          list of JSON rows (as metrics.jsonl)
     gls:job:{id}:events           stream of progress events (server-sent to clients)
     gls:job:{id}:owner            "consumer message-id" of the coordinator that claimed the job last (the fence)
@@ -466,15 +466,17 @@ class Store:
 
     # steps, checkpoints, metrics, events -----------------------------------------------------------
     def commit(self, job_id: str, state: bytes, position: dict[str, Any], rows: list[dict[str, Any]],
-               owner: str | None = None) -> None:
-        """Store a checkpoint and publish its metrics in one transaction: the step is now acknowledged.
+               owner: str | None = None, kernel_plan: dict[str, str] | None = None) -> None:
+        """Store a checkpoint (with the job's kernel plan; None: not made yet) and publish its metrics in one
+        transaction: the step is now acknowledged.
 
         With ``owner`` (a coordinator's :func:`owner_token`), only while it still owns the job: a coordinator
         whose claim was taken over gets :class:`LostClaim` and writes nothing.
         """
         def write(pipe: Pipeline) -> None:
             pipe.hset(f"gls:job:{job_id}:checkpoint", mapping={"state": state, "position": json.dumps(position),
-                                                                "step": str(position["step"])})
+                                                                "step": str(position["step"]),
+                                                                "kernel_plan": json.dumps(kernel_plan)})
             for row in rows:
                 pipe.rpush(f"gls:job:{job_id}:metrics", json.dumps(row))
                 pipe.xadd(f"gls:job:{job_id}:events", {"data": json.dumps({"type": "metrics", **row})},
@@ -495,6 +497,15 @@ class Store:
         state = raw.get(b"state", raw.get("state"))
         position = raw.get(b"position", raw.get("position"))
         return cast(bytes, state), json.loads(_text(position))
+
+    def kernel_plan(self, job_id: str) -> dict[str, str] | None:
+        """The kernel plan committed with the job's checkpoint: None before its first step made one, empty for a
+        checkpoint written before plans were stored (its kernels are then chosen without timing)."""
+        raw = self.redis.hget(f"gls:job:{job_id}:checkpoint", "kernel_plan")
+        if raw is None:
+            return {}
+        plan: dict[str, str] | None = json.loads(_text(cast(bytes, raw)))
+        return plan
 
     def metrics(self, job_id: str, start: int = 0) -> list[dict[str, Any]]:
         return [json.loads(_text(row)) for row in cast(list[Any], self.redis.lrange(f"gls:job:{job_id}:metrics",

@@ -5,6 +5,10 @@ whole proposal: members are split into contiguous block-aligned shares, one per 
 every member is computed with the same block shapes as in process, so the assembled result is
 bit-identical whichever worker computed which share, and however often a share was re-sent.
 
+That holds when the workers choose their kernels alike: a job's steps carry its kernel plan, which
+every worker follows. The plan is made by the job's first step, sent whole to one worker that
+chooses as it is configured and answers its choices (``make_plan``).
+
 Requests are assembled from pre-serialised parts (protobuf messages concatenate), so each large
 tensor is encoded and hashed once per call, whatever the number of shares and retries. A worker
 is sent a blob inline until it has answered a request that carried it; afterwards the hash alone.
@@ -25,6 +29,7 @@ import grpc
 import redis
 import torch
 
+from gls_core.bounds import KernelPlan
 from gls_core.nets.spec import NetSpec
 from gls_core.training.estimators import Evaluated, Proposal
 from gls_core.training.objective import Objective
@@ -330,10 +335,18 @@ class WorkerPool:
     # ------------------------------------------------------------------------------------ operations
 
     def evaluate(self, spec: NetSpec, proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-                 eps: float, seed: int, block: int) -> Evaluated:
-        """What ``evaluate_members(spec, proposal, objective, x, y, eps, seed, block)`` returns, computed remotely."""
+                 eps: float, seed: int, block: int, kernel_plan: KernelPlan | None = None, *,
+                 make_plan: bool = False) -> Evaluated:
+        """What ``evaluate_members(spec, proposal, objective, x, y, eps, seed, block)`` returns, computed remotely.
+
+        Every share follows ``kernel_plan`` when given. With ``make_plan`` (and no plan) the whole call goes to
+        one worker, which chooses its kernels as it is configured: its choices come back as
+        ``Evaluated.kernel_plan``. With neither, each worker chooses as it is configured.
+        """
         if seed != proposal.seed:
             raise ValueError(f"the wire carries one seed: job seed {seed} differs from proposal seed {proposal.seed}")
+        if make_plan and kernel_plan is not None:
+            raise ValueError("a kernel plan is either followed or made, not both")
         blocks = block_ranges(proposal.count, block)
         step = StepStats("EvaluatePoints")
         started = time.perf_counter()
@@ -341,11 +354,13 @@ class WorkerPool:
         request = bound_worker_pb2.PointsRequest(block=block, eps=eps, **proposal_fields(proposal))
         spec_to_proto(spec, out=request.spec)
         objective_to_proto(objective, out=request.objective)
+        if kernel_plan is not None:
+            request.kernel_plan.choices.update(kernel_plan)
         Request = bound_worker_pb2.PointsRequest
         blobs = [_blob(Request, "centre", proposal.centre), _blob(Request, "sigma", proposal.sigma),
                  _blob(Request, "inputs", x), _blob(Request, "labels", y)]
         shares = []
-        for first, last in split_evenly(len(blocks), len(addresses)):
+        for first, last in split_evenly(len(blocks), 1 if make_plan else len(addresses)):
             start, stop = blocks[first][0], blocks[last - 1][1]
             shares.append(_Share(start, stop, Request(start=start, stop=stop).SerializeToString()))
         work = _Work("EvaluatePoints", request.SerializeToString(), blobs, shares)
@@ -353,9 +368,12 @@ class WorkerPool:
         answers = self._dispatch(work, addresses, step)
         assembled = time.perf_counter()
         losses, grads = [], []
+        plan = kernel_plan
         for share, data, stats in zip(shares, answers, step.calls):
             decoded = time.perf_counter()
             response = bound_worker_pb2.PointsResponse.FromString(data)
+            if make_plan:
+                plan = dict(response.kernel_plan.choices)
             count = share.stop - share.start
             losses.append(tensor_from_proto(response.losses, "losses"))
             if proposal.needs_grads:
@@ -366,7 +384,8 @@ class WorkerPool:
             stats.compute_s = response.compute_seconds
             stats.deserialise_s = time.perf_counter() - decoded
         device = proposal.centre.device
-        result = Evaluated(torch.cat(losses).to(device), torch.cat(grads).to(device) if proposal.needs_grads else None)
+        result = Evaluated(torch.cat(losses).to(device), torch.cat(grads).to(device) if proposal.needs_grads else None,
+                           plan)
         step.assemble_s = time.perf_counter() - assembled
         step.wall_s = time.perf_counter() - started
         self._last = step

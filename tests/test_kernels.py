@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 
 import pytest
 import torch
@@ -217,6 +219,58 @@ def test_inside_untimed_nothing_is_measured_or_cached(monkeypatch: pytest.Monkey
     assert kernels.choices() == []  # nothing measured, nothing cached for timed calls
     kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
     assert len(kernels.choices()) == 1  # outside again: measured as before
+
+
+def toy_choice(key: int, wide: bool = False) -> str:
+    """A choice of the test's own operation "toy": candidates return their names; "wide" applies to wide calls only."""
+    return kernels.choose("toy", ("toy", key), TOY, (wide, torch.zeros(1, 1, 1, 1, 1)))
+
+
+TOY: kernels.Table = {"plain": (lambda *_: "plain", lambda *_: True), "fast": (lambda *_: "fast", lambda *_: True),
+                      "wide": (lambda *_: "wide", lambda wide, _: wide)}
+
+
+def test_a_recorded_plan_is_followed_whatever_this_process_would_choose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(kernels.OPERATIONS, "toy", TOY)
+    monkeypatch.setenv("GLS_KERNEL_TUNING", "1")
+    monkeypatch.setenv("GLS_KERNELS", "toy=wide")
+    kernels.reset()
+    with kernels.record_plan() as plan:
+        assert toy_choice(1, wide=True) == "wide"  # as configured: pinned
+        assert toy_choice(1) == "plain"  # its recorded choice does not apply: untimed, as a follower of the plan
+        measured = toy_choice(2)  # the pin does not apply: measured
+    assert plan == {"('toy', 1)": "wide", "('toy', 2)": measured}
+    assert json.loads(json.dumps(plan)) == plan  # plain data
+    monkeypatch.setenv("GLS_KERNELS", "toy=fast")
+    kernels.reset()
+    with kernels.follow_plan(plan):
+        assert [toy_choice(1, wide=True), toy_choice(1), toy_choice(2)] == ["wide", "plain", measured]
+        assert toy_choice(3) == "plain"  # not in the plan: untimed, neither the pin nor a measurement
+        elsewhere: list[str] = []
+        thread = threading.Thread(target=lambda: elsewhere.append(toy_choice(1, wide=True)))
+        thread.start()
+        thread.join()
+        assert elsewhere == ["fast"]  # another thread follows no plan
+    assert kernels.choices() == []  # nothing measured or cached while following
+    assert toy_choice(3) == "fast"
+    with kernels.using_plan(None) as recorded:  # no plan: choose as configured and record
+        toy_choice(4)
+    with kernels.using_plan(recorded) as followed:
+        assert followed == {"('toy', 4)": "fast"} and toy_choice(4, wide=True) == "fast" and toy_choice(5) == "plain"
+
+
+def test_following_a_recorded_plan_repeats_the_work_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLS_KERNEL_TUNING", "1")
+    kernels.reset()
+    A, weight = torch.randn(33, 40, 2, 7, 7), torch.randn(33, 2, 2, 4, 4)
+    with kernels.record_plan() as plan:
+        made = kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
+    (key,) = plan
+    assert key.startswith("('transpose', Geometry(out_ch=2, height=7, width=7, in_ch=2, kernel=4, stride=2)")
+    for pinned in kernels.TRANSPOSE:
+        monkeypatch.setenv("GLS_KERNELS", f"transpose={pinned}")
+        with kernels.follow_plan(plan):
+            assert torch.equal(kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14)), made)
 
 
 def test_gradients_never_take_the_native_kernels() -> None:

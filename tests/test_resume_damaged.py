@@ -70,6 +70,11 @@ def older_model(run: Path) -> None:
     (run / "model.safetensors").write_bytes(data.replace(b'"step":"2"', b'"step":"1"'))
 
 
+def foreign_kernel_plan(run: Path) -> None:
+    position = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**position, "kernel_plan": ["transpose", "native"]}))
+
+
 CASES: dict[str, tuple[Damage, str, str]] = {
     # case: (damage, file named, what the message says is wrong)
     "model-truncated": (truncate("model.safetensors"), "model.safetensors", "not a readable safetensors file"),
@@ -95,6 +100,8 @@ CASES: dict[str, tuple[Damage, str, str]] = {
     "metrics-garbled-line": (garble_metrics_line, "metrics.jsonl", "line 2 is not valid JSON"),
     "metrics-truncated": (truncate("metrics.jsonl", 0.3), "metrics.jsonl", "the checkpoint is at step 2"),
     "config-not-yaml": (replace("config.yaml", "data: [digits\nseed: 3\n"), "config.yaml", "not valid YAML"),
+    "position-kernel-plan-not-an-object": (foreign_kernel_plan, "state.json",
+                                           "kernel_plan must be null or an object of kernel names"),
 }
 
 

@@ -1,5 +1,6 @@
 """The local trainer on real data: every estimator lowers its objective; resuming equals not stopping."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,7 @@ import torch
 
 from gls_core.data import load_dataset
 from gls_core.training import Trainer, load_model, parse_config, read_metrics
-from gls_core.training.checkpoint import load_checkpoint
+from gls_core.training.checkpoint import load_checkpoint, read_kernel_plan
 from gls_core.training.stages import objective_for
 from gls_core.training.trainer import TrainData
 
@@ -93,6 +94,22 @@ def test_resume_equals_uninterrupted(fields: dict[str, Any], digits: TrainData, 
     strip = [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in whole_rows]
     assert [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in split_rows] == strip
     assert torch.equal(load_model(tmp_path / "split")[1], whole.theta)
+
+
+def test_the_kernel_plan_is_made_by_the_first_step_and_an_older_checkpoint_resumes_with_an_empty_one(
+        digits: TrainData, tmp_path: Path) -> None:
+    config = parse_config(digits_config(estimator="pgpe", relaxation="deeppoly", pgpe={"popsize": 8}))
+    trainer = Trainer(config, tmp_path, data=digits)
+    assert trainer.run(stop_after_steps=0).position.step == 0 and read_kernel_plan(tmp_path) is None  # not made yet
+    trainer.run(resume=True, stop_after_steps=2)
+    plan = read_kernel_plan(tmp_path)
+    assert plan and plan == trainer.kernel_plan and all(key.startswith("('") for key in plan)
+    position = json.loads((tmp_path / "state.json").read_text())
+    del position["kernel_plan"]  # as written before plans were stored
+    (tmp_path / "state.json").write_text(json.dumps(position))
+    resumed = Trainer(config, tmp_path, data=digits)
+    assert resumed.run(resume=True, stop_after_steps=1).position.step == 3
+    assert resumed.kernel_plan == {} and read_kernel_plan(tmp_path) == {}  # kernels chosen untimed from here on
 
 
 def test_warm_start_from_a_checkpoint(digits: TrainData, tmp_path: Path) -> None:

@@ -13,6 +13,13 @@ code); ``GLS_KERNEL_TUNING=0`` chooses without timing (``untimed_order``), and s
 ``with untimed():`` (the branch and bound, whose batch of subdomains changes size every call, would
 otherwise pay for a timing of every candidate at each new size). ``choices()`` reports what was
 chosen, for benchmarks.
+
+Candidates of one operation may differ in the last bits, so a training run or job fixes its choices
+in a *kernel plan*: plain data, ``repr(key)`` (operation first) -> candidate. ``record_plan()``
+records the choices made in a piece of work; inside ``follow_plan(plan)`` every key of the plan
+takes its candidate (``untimed_order`` where that candidate does not apply to the call) and every
+other key ``untimed_order``: no timing, no pin and no cached choice of this process counts.
+``using_plan(plan)`` follows a plan, or with None records one.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -232,6 +239,9 @@ _chosen: dict[tuple[Any, ...], str] = {}
 _timings: dict[tuple[Any, ...], dict[str, float]] = {}
 _pins: dict[str, str] = {}
 
+KernelPlan = dict[str, str]
+"""Kernel choices as plain data: ``plan_key(key)`` -> candidate name (JSON- and protobuf-map-ready)."""
+
 
 def pin(operation: str, candidate: str | None) -> None:
     """Force a candidate for an operation (None: measure again); overrides ``GLS_KERNELS``."""
@@ -266,6 +276,54 @@ def untimed() -> Iterator[None]:
         _local.untimed = depth
 
 
+def plan_key(key: tuple[Any, ...]) -> str:
+    """A choice's key in a :data:`KernelPlan`: the repr of the key (operation first), the same in every process."""
+    return repr(key)
+
+
+@contextmanager
+def _in_thread(name: str, value: Any) -> Iterator[None]:
+    previous = getattr(_local, name, None)
+    setattr(_local, name, value)
+    try:
+        yield
+    finally:
+        setattr(_local, name, previous)
+
+
+@contextmanager
+def record_plan() -> Iterator[KernelPlan]:
+    """Record the choices made in this thread while inside, as they are made, into the plan yielded.
+
+    A key's first call chooses as usual (pinned, cached or measured); its later calls inside take the
+    recorded choice as :func:`follow_plan` would, so the work done here equals the same work done
+    again under ``follow_plan`` of what was recorded.
+    """
+    plan: KernelPlan = {}
+    with _in_thread("recording", plan):
+        yield plan
+
+
+@contextmanager
+def follow_plan(plan: Mapping[str, str]) -> Iterator[None]:
+    """Choose by ``plan`` in this thread while inside: its candidate for each of its keys (``untimed_order``
+    where that candidate does not apply to the call), ``untimed_order`` for every other key. Nothing is
+    measured, pins are ignored and nothing is cached."""
+    with _in_thread("plan", dict(plan)):
+        yield
+
+
+@contextmanager
+def using_plan(plan: Mapping[str, str] | None) -> Iterator[KernelPlan]:
+    """Follow ``plan``; with None, choose as this process is configured and record. Yields the plan in effect."""
+    if plan is None:
+        with record_plan() as recorded:
+            yield recorded
+        return
+    with follow_plan(plan):
+        yield dict(plan)
+
+
 def reset() -> None:
     """Forget the measured choices (the next call of each operation measures again)."""
     _chosen.clear()
@@ -295,12 +353,34 @@ OPERATIONS: dict[str, Table] = {"transpose": TRANSPOSE, "forward": FORWARD}
 
 def choose(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, ...],
            slicer: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None) -> str:
-    """The candidate of ``table`` to run on ``args``: pinned, cached for ``key``, or measured now.
+    """The candidate of ``table`` to run on ``args``: by the plan followed (:func:`follow_plan`), else pinned,
+    cached for ``key``, or measured now (and recorded inside :func:`record_plan`).
 
     ``slicer`` restricts the arguments to a bounded amount of work for timing (None: time on ``args``).
     """
     OPERATIONS.setdefault(operation, table)
     applicable = [name for name, (_, applies) in table.items() if applies(*args)]
+    followed = getattr(_local, "plan", None)
+    if followed is not None:
+        return _planned(followed.get(plan_key(key)), args, applicable)
+    recording = getattr(_local, "recording", None)
+    if recording is None:
+        return _measured(operation, key, table, args, applicable, slicer)
+    name = recording.get(plan_key(key))
+    if name is not None:
+        return _planned(name, args, applicable)
+    recording[plan_key(key)] = name = _measured(operation, key, table, args, applicable, slicer)
+    return name
+
+
+def _planned(name: str | None, args: tuple[Any, ...], applicable: list[str]) -> str:
+    """A plan's candidate when it applies to ``args``, else the untimed choice."""
+    return name if name in applicable else untimed_order(args, applicable)
+
+
+def _measured(operation: str, key: tuple[Any, ...], table: Table, args: tuple[Any, ...], applicable: list[str],
+              slicer: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None) -> str:
+    """The choice outside any plan: pinned, cached for ``key``, or measured now."""
     pinned = _pins.get(operation) or _env_pins().get(operation)
     if pinned:
         if pinned not in table:

@@ -4,7 +4,7 @@ Layout of a run directory::
 
     model.safetensors   theta (the flat weight vector) + metadata naming the architecture and dataset
     state.safetensors   estimator state (optimizer moments, PGPE sigma, ...)
-    state.json          position: stage, epoch, batch within the epoch, global step
+    state.json          position: stage, epoch, batch within the epoch, global step; the run's kernel plan
     config.yaml         the validated training config
     metrics.jsonl       one JSON object per logged step or epoch
 
@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 from safetensors.torch import save_file
 
+from ..bounds import KernelPlan
 from ..nets.spec import NetSpec
 from ..nets.zoo import network
 from .config import TrainConfig, dump_config, load_config
@@ -32,6 +33,7 @@ from .config import TrainConfig, dump_config, load_config
 MODEL_FILE, STATE_FILE, POSITION_FILE, CONFIG_FILE, METRICS_FILE = (
     "model.safetensors", "state.safetensors", "state.json", "config.yaml", "metrics.jsonl")
 FORMAT = "gls-flat-v1"
+KERNEL_PLAN_KEY = "kernel_plan"  # in state.json
 
 
 @dataclass(frozen=True)
@@ -112,24 +114,46 @@ def load_model(path: str | Path) -> tuple[NetSpec, torch.Tensor, dict[str, str]]
     return spec, theta.to(torch.float32), metadata
 
 
-def save_checkpoint(run_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor], position: Position) -> None:
-    """Model, estimator state and position; the position file is written last, so it commits the step."""
+def save_checkpoint(run_dir: Path, config: TrainConfig, state: dict[str, torch.Tensor], position: Position,
+                    kernel_plan: KernelPlan | None = None) -> None:
+    """Model, estimator state, position and kernel plan (None: not made yet); the position file is written
+    last, so it commits the step."""
     save_model(run_dir / MODEL_FILE, state["theta"], config.model.arch, config.zoo_dataset,
                {"step": str(position.step)})
     _atomic_save_tensors(run_dir / STATE_FILE, state, {"step": str(position.step)})
-    _atomic_write_bytes(run_dir / POSITION_FILE, json.dumps(asdict(position)).encode())
+    _atomic_write_bytes(run_dir / POSITION_FILE,
+                        json.dumps({**asdict(position), KERNEL_PLAN_KEY: kernel_plan}).encode())
+
+
+def _position_json(run_dir: Path) -> tuple[Path, Any]:
+    path = run_dir / POSITION_FILE
+    try:
+        return path, json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_kernel_plan(run_dir: Path) -> KernelPlan | None:
+    """The run's kernel plan from state.json: None before the first step made it, empty for a run checkpointed
+    before plans were stored (its kernels are then chosen without timing); ValueError if it is damaged."""
+    path, data = _position_json(run_dir)
+    if not isinstance(data, dict) or KERNEL_PLAN_KEY not in data:
+        return {}
+    plan = data[KERNEL_PLAN_KEY]
+    if plan is not None and (not isinstance(plan, dict)
+                             or not all(isinstance(value, str) for value in plan.values())):
+        raise ValueError(f"{path}: {KERNEL_PLAN_KEY} must be null or an object of kernel names, got "
+                         f"{json.dumps(plan)[:64]}")
+    return plan
 
 
 def read_position(run_dir: Path) -> Position:
     """Where the run's last checkpoint stands (without loading its tensors); ValueError if state.json is damaged."""
-    path = run_dir / POSITION_FILE
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    path, data = _position_json(run_dir)
     fields = {name: type(value) for name, value in asdict(Position()).items()}
-    if not isinstance(data, dict) or set(data) != set(fields):
+    if not isinstance(data, dict) or set(data) - {KERNEL_PLAN_KEY} != set(fields):
         raise ValueError(f"{path}: expected a JSON object with the keys {', '.join(fields)}")
+    data = {name: data[name] for name in fields}
     for name, kind in fields.items():
         value = data[name]
         if type(value) is not kind or (kind is int and value < 0):
@@ -141,14 +165,15 @@ def read_position(run_dir: Path) -> Position:
 def load_checkpoint(run_dir: Path, config: TrainConfig | None = None) -> tuple[dict[str, torch.Tensor], Position]:
     """The committed estimator state and position, after checking every file a resume reads or rewrites.
 
-    A damaged or inconsistent file (state.json, state.safetensors, model.safetensors, metrics.jsonl;
-    with ``config``, a model or stage the config does not train) raises ValueError naming the file
-    and what is wrong, before anything is written: a resume must not overwrite what it cannot read.
+    A damaged or inconsistent file (state.json with its kernel plan, state.safetensors, model.safetensors,
+    metrics.jsonl; with ``config``, a model or stage the config does not train) raises ValueError naming
+    the file and what is wrong, before anything is written: a resume must not overwrite what it cannot read.
     """
     position_file, state_file, model_file = run_dir / POSITION_FILE, run_dir / STATE_FILE, run_dir / MODEL_FILE
     if not position_file.is_file() or not state_file.is_file():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to resume ({POSITION_FILE}, {STATE_FILE})")
     position = read_position(run_dir)
+    read_kernel_plan(run_dir)
     metadata, state = _read_tensors(state_file)
     if metadata.get("step") != str(position.step):
         raise ValueError(f"{state_file} is at step {metadata.get('step', '(none)')}, {position_file} at step "

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..bounds import KernelPlan
 from .config import PGPEConfig, RGSConfig
 from .noise import directions
 from .schedules import StepHyper
@@ -64,10 +65,12 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Evaluated:
-    """What the evaluation of a proposal returns: losses [N] and, when asked for, gradients [N, D]."""
+    """What the evaluation of a proposal returns: losses [N] and, when asked for, gradients [N, D]; and the
+    kernel plan it followed or made (None where nothing was asked of the kernel choices)."""
 
     losses: torch.Tensor
     grads: torch.Tensor | None = None
+    kernel_plan: KernelPlan | None = None
 
 
 class Estimator(ABC):

@@ -1,8 +1,8 @@
 """Where a run keeps its checkpoint and metrics: a local directory here, Redis in the services.
 
 The trainer only talks to this interface, so the in-process run and the coordinator's run execute
-the same loop and give the same weights. ``log`` records a row; ``commit`` stores a checkpoint and
-makes every row logged before it durable together with it.
+the same loop and give the same weights. ``log`` records a row; ``commit`` stores a checkpoint (with
+the run's kernel plan) and makes every row logged before it durable together with it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import Any, Protocol
 
 import torch
 
+from ..bounds import KernelPlan
 from .checkpoint import (
     METRICS_FILE,
     Position,
     append_metrics,
     load_checkpoint,
+    read_kernel_plan,
     read_metrics,
     save_checkpoint,
     truncate_metrics,
@@ -33,14 +35,15 @@ class RunStorage(Protocol):
     def begin(self, config: TrainConfig) -> None:
         """Start a fresh run (forget any earlier one)."""
 
-    def resume(self) -> tuple[State, Position]:
-        """The last committed state and position; rows logged after it are dropped."""
+    def resume(self) -> tuple[State, Position, KernelPlan | None]:
+        """The last committed state, position and kernel plan (None: not made yet; empty for a checkpoint
+        written before plans were stored); rows logged after it are dropped."""
 
     def log(self, row: dict[str, Any]) -> None:
         """Record a metrics row."""
 
-    def commit(self, state: State, position: Position) -> None:
-        """Checkpoint: the state, the position and all rows logged so far become durable together."""
+    def commit(self, state: State, position: Position, kernel_plan: KernelPlan | None) -> None:
+        """Checkpoint: the state, the position, the kernel plan and all rows logged so far become durable together."""
 
     def rows(self) -> list[dict[str, Any]]:
         """All rows of this run, committed or not."""
@@ -64,16 +67,16 @@ class DirectoryStorage:
         write_config(self.run_dir, config)
         (self.run_dir / METRICS_FILE).write_text("")
 
-    def resume(self) -> tuple[State, Position]:
+    def resume(self) -> tuple[State, Position, KernelPlan | None]:
         state, position = load_checkpoint(self.run_dir, self.config)
         truncate_metrics(self.run_dir, position.step)
-        return state, position
+        return state, position, read_kernel_plan(self.run_dir)
 
     def log(self, row: dict[str, Any]) -> None:
         append_metrics(self.run_dir, row)
 
-    def commit(self, state: State, position: Position) -> None:
-        save_checkpoint(self.run_dir, self.config, state, position)
+    def commit(self, state: State, position: Position, kernel_plan: KernelPlan | None) -> None:
+        save_checkpoint(self.run_dir, self.config, state, position, kernel_plan)
         if self.plot_every_s is not None and (position.finished
                                               or time.monotonic() - self._plotted >= self.plot_every_s):
             self.plot()

@@ -2,6 +2,9 @@
 
 Every random draw is keyed by the job seed and the global step, batches by (seed, epoch), so a run
 resumed from any checkpoint ends bit-identical to an uninterrupted one (same seed, same device).
+Kernel choices are fixed for the run the same way: its first step chooses them as this process is
+configured (timed, as deployed) and records them; the plan is committed with every checkpoint and
+every later step and evaluation follows it, in this process, after a resume, or on any worker.
 The coordinator service drives the same :func:`run_step` with evaluation spread over workers.
 """
 
@@ -16,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..bounds import KernelPlan, using_plan
 from ..data import Dataset, batch_generator, epoch_batches, load_dataset
 from ..evaluation import EvalResult, evaluate
 from ..nets.spec import NetSpec
@@ -30,7 +34,9 @@ from .points import evaluate_members
 from .stages import Stage, build_stages
 from .storage import DirectoryStorage, RunStorage
 
-Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float], Evaluated]
+Evaluator = Callable[[Proposal, Objective, torch.Tensor, torch.Tensor, float, KernelPlan | None], Evaluated]
+"""(proposal, objective, x, y, eps, kernel plan): follows the plan, or with None makes it (the kernels chosen as
+configured, timed) and returns it in ``Evaluated.kernel_plan``."""
 # (step, total steps, row): called with every step row and every evaluation ("epoch") row.
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
@@ -102,8 +108,11 @@ def starting_weights(config: TrainConfig, spec: NetSpec) -> torch.Tensor:
 def local_evaluator(spec: NetSpec, seed: int, block: int) -> Evaluator:
     """Evaluate a proposal in this process, block by block as the bound workers would."""
 
-    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float) -> Evaluated:
-        return evaluate_members(spec, proposal, objective, x, y, eps, seed, block)
+    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float,
+            kernel_plan: KernelPlan | None) -> Evaluated:
+        with using_plan(kernel_plan) as followed:
+            evaluated = evaluate_members(spec, proposal, objective, x, y, eps, seed, block)
+        return dataclasses.replace(evaluated, kernel_plan=followed)
 
     return run
 
@@ -120,15 +129,18 @@ def steps_per_epoch(config: TrainConfig, train_size: int) -> int:
 
 
 def run_step(stage: Stage, state: State, step: int, step_in_stage: int, seed: int, x: torch.Tensor,
-             y: torch.Tensor, evaluator: Evaluator) -> tuple[State, dict[str, float]]:
-    """One estimator step; returns the new state and the step's metrics."""
+             y: torch.Tensor, evaluator: Evaluator, kernel_plan: KernelPlan | None = None
+             ) -> tuple[State, dict[str, float], KernelPlan]:
+    """One estimator step following ``kernel_plan`` (None: the step makes it); returns the new state, the
+    step's metrics and the kernel plan followed or made."""
     hyper = stage.hyper(step_in_stage)
     proposal = stage.estimator.propose(state, step, seed, hyper)
-    evaluated = evaluator(proposal, stage.objective, x, y, hyper.eps)
+    evaluated = evaluator(proposal, stage.objective, x, y, hyper.eps, kernel_plan)
     new_state = stage.estimator.update(state, proposal, evaluated, hyper)
     metrics = {"loss": float(evaluated.losses.mean()), "lr": hyper.lr, "eps": hyper.eps,
                **stage.estimator.metrics(new_state, hyper)}
-    return new_state, metrics
+    followed = kernel_plan if kernel_plan is not None else evaluated.kernel_plan
+    return new_state, metrics, {} if followed is None else followed
 
 
 @dataclass
@@ -156,6 +168,7 @@ class Trainer:
         self.evaluator = evaluator or local_evaluator(self.spec, config.seed, config.block_members)
         self.progress = progress
         self.last_eval: EvalResult | None = None
+        self.kernel_plan: KernelPlan | None = None  # made by the run's first step, then followed
         self.total_steps = sum(stage.epochs for stage in self.stages) * self.steps_per_epoch
 
     def _eval_row(self, theta: torch.Tensor, stage: str, epoch: int, step: int) -> dict[str, Any]:
@@ -168,23 +181,26 @@ class Trainer:
             self.progress(row["step"], self.total_steps, row)
 
     def evaluate(self, theta: torch.Tensor) -> EvalResult:
+        """The test metrics of ``theta``, following the run's kernel plan once its first step has made one."""
         settings = self.config.evaluation
         test = self.data.test
         eps = self.config.eps if settings.eps is None else settings.eps
-        return evaluate(self.spec, theta, test.x.to(self.device), test.y.to(self.device), eps, method=settings.method,
-                        batch_size=settings.batch_size, pgd_steps=settings.pgd_steps,
-                        pgd_restarts=settings.pgd_restarts, alpha_steps=settings.alpha_steps,
-                        seed=self.config.seed, complete_timeout=settings.complete_timeout)
+        with using_plan(self.kernel_plan):
+            return evaluate(self.spec, theta, test.x.to(self.device), test.y.to(self.device), eps,
+                            method=settings.method, batch_size=settings.batch_size, pgd_steps=settings.pgd_steps,
+                            pgd_restarts=settings.pgd_restarts, alpha_steps=settings.alpha_steps,
+                            seed=self.config.seed, complete_timeout=settings.complete_timeout)
 
     def _start(self, resume: bool) -> tuple[State, Position]:
         if resume:
-            state, position = self.storage.resume()
+            state, position, self.kernel_plan = self.storage.resume()
             return {key: value.to(self.device) for key, value in state.items()}, self._reopened(position)
         theta = self.initial_theta if self.initial_theta is not None else starting_weights(self.config, self.spec)
         if theta.shape != (self.spec.num_params,):
             raise ValueError(f"initial weights have shape {tuple(theta.shape)}, {self.spec.name} needs "
                              f"({self.spec.num_params},)")
         self.storage.begin(self.config)  # only a run that can start writes anything
+        self.kernel_plan = None
         theta = theta.to(self.device)
         position = Position()
         self._log_epoch(self._eval_row(theta, "init", 0, 0))
@@ -206,12 +222,13 @@ class Trainer:
             losses = self._logged_losses(stage.name, global_epoch + 1) if position.batch else []
             for batch in range(position.batch, len(batches)):
                 if (stop_after_steps is not None and done_here >= stop_after_steps) or (should_stop and should_stop()):
-                    self.storage.commit(state, position)
+                    self.storage.commit(state, position, self.kernel_plan)
                     return TrainResult(state["theta"], position, None)
                 x, y = training_batch(self.config, train, global_epoch, batch, batches[batch])
                 step_in_stage = position.epoch * self.steps_per_epoch + batch
-                state, metrics = run_step(stage, state, position.step, step_in_stage, self.config.seed,
-                                          x.to(self.device), y.to(self.device), self.evaluator)
+                state, metrics, self.kernel_plan = run_step(
+                    stage, state, position.step, step_in_stage, self.config.seed, x.to(self.device),
+                    y.to(self.device), self.evaluator, self.kernel_plan)
                 position = Position(position.stage, position.epoch, batch + 1, position.step + 1)
                 done_here += 1
                 row = {"kind": "step", "stage": stage.name, "epoch": global_epoch + 1, **metrics, "step": position.step}
@@ -221,7 +238,7 @@ class Trainer:
                     self.progress(position.step, self.total_steps, row)
                 every = self.commit_every
                 if every and position.step % every == 0 and batch + 1 < len(batches):
-                    self.storage.commit(state, position)
+                    self.storage.commit(state, position, self.kernel_plan)
             position = self._next_epoch(position, stage)
             if position.stage != self.stages.index(stage):
                 global_epoch_base += stage.epochs
@@ -231,7 +248,7 @@ class Trainer:
                 row.update(train_loss=sum(losses) / max(len(losses), 1),
                            epoch_time_s=time.perf_counter() - epoch_start)
                 self._log_epoch(row)
-            self.storage.commit(state, position)
+            self.storage.commit(state, position, self.kernel_plan)
         return TrainResult(state["theta"], position, self.last_eval)
 
     def _reopened(self, position: Position) -> Position:

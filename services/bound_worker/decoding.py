@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from gls_core.bounds import KernelPlan
 from gls_core.bounds.layerwise import check_supported
 from gls_core.errors import InvalidInput
 from gls_core.nets.spec import NetSpec
@@ -65,6 +66,7 @@ class PointsJob:
     block: int
     start: int
     stop: int
+    kernel_plan: KernelPlan | None  # None: choose as this worker is configured, and answer the choices
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,9 @@ class RequestDecoder:
             raise InvalidInput("inputs", f"must have the dtype of centre ({_dtype_name(centre)}), got {_dtype_name(x)}")
         y = check_labels(self.blob(request.labels, "labels", INTEGERS), x.shape[0], spec.num_outputs, "labels")
         proposal = proposal_from_request(request, centre.to(self.device), sigma.to(self.device))
+        plan = dict(request.kernel_plan.choices) if request.HasField("kernel_plan") else None
         return PointsJob(spec, proposal, objective, x.to(self.device), y.to(self.device), eps, int(request.seed),
-                         int(request.block), int(request.start), int(request.stop))
+                         int(request.block), int(request.start), int(request.stop), plan)
 
     def _perturbation(self, request: bound_worker_pb2.BoundsRequest | bound_worker_pb2.VerifyRequest,
                       batch: int) -> float | torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Literal, TypeVar
 import grpc
 import torch
 
+from gls_core.bounds import using_plan
 from gls_core.bounds.api import compute_bounds, margin_spec
 from gls_core.training.points import evaluate_members
 from gls_core.verify import VerifyOptions, verify_each
@@ -110,12 +111,14 @@ class BoundWorkerService:
     def _points(self, request: bound_worker_pb2.PointsRequest,
                 context: grpc.ServicerContext) -> bound_worker_pb2.PointsResponse:
         job = self.decoder.points(request)
-        with self._compute_slot(context):
+        with self._compute_slot(context), using_plan(job.kernel_plan) as followed:
             started = time.perf_counter()
             evaluated = evaluate_members(job.spec, job.proposal, job.objective, job.x, job.y, job.eps, job.seed,
                                          job.block, job.start, job.stop)
             seconds = time.perf_counter() - started
         response = bound_worker_pb2.PointsResponse(compute_seconds=seconds)
+        if job.kernel_plan is None:  # the caller makes its plan from these choices
+            response.kernel_plan.choices.update(followed)
         tensor_to_proto(evaluated.losses, out=response.losses)
         if evaluated.grads is not None:
             tensor_to_proto(evaluated.grads, out=response.gradients)

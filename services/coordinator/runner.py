@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gls_core.bounds import KernelPlan
 from gls_core.nets.spec import NetSpec
 from gls_core.training.checkpoint import model_bytes, model_from_bytes
 from gls_core.training.config import TrainConfig, parse_config
@@ -27,10 +28,13 @@ log = logging.getLogger("gls.coordinator")
 
 
 def remote_evaluator(pool: WorkerPool, spec: NetSpec, seed: int, block: int) -> Evaluator:
-    """Evaluate each step's proposal on the live workers, split at block boundaries."""
+    """Evaluate each step's proposal on the live workers, split at block boundaries, all following the job's
+    kernel plan; the first step (no plan yet) runs whole on one worker, whose choices become the plan."""
 
-    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float) -> Evaluated:
-        return pool.evaluate(spec, proposal, objective, x, y, eps, seed, block)
+    def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float,
+            kernel_plan: KernelPlan | None) -> Evaluated:
+        return pool.evaluate(spec, proposal, objective, x, y, eps, seed, block, kernel_plan,
+                             make_plan=kernel_plan is None)
 
     return run
 

@@ -8,6 +8,7 @@ from typing import Any
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from gls_core.bounds import KernelPlan
 from gls_core.training.checkpoint import Position
 from gls_core.training.config import TrainConfig
 from gls_core.training.storage import State
@@ -33,21 +34,21 @@ class RedisStorage:
     def has_checkpoint(self) -> bool:
         return self.store.checkpoint(self.job_id) is not None
 
-    def resume(self) -> tuple[State, Position]:
+    def resume(self) -> tuple[State, Position, KernelPlan | None]:
         found = self.store.checkpoint(self.job_id)
         if found is None:
             raise FileNotFoundError(f"job {self.job_id} has no checkpoint")
         data, position = found
         self.pending = []
         self.committed = self.store.metrics(self.job_id)
-        return load_tensors(data), Position(**position)
+        return load_tensors(data), Position(**position), self.store.kernel_plan(self.job_id)
 
     def log(self, row: dict[str, Any]) -> None:
         self.pending.append(row)
 
-    def commit(self, state: State, position: Position) -> None:
+    def commit(self, state: State, position: Position, kernel_plan: KernelPlan | None) -> None:
         data = save_tensors({key: value.detach().cpu().contiguous() for key, value in state.items()})
-        self.store.commit(self.job_id, data, asdict(position), self.pending, self.owner)
+        self.store.commit(self.job_id, data, asdict(position), self.pending, self.owner, kernel_plan)
         if self.committed is not None:
             self.committed.extend(self.pending)
         self.pending = []

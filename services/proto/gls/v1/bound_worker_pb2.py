@@ -26,33 +26,39 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as gls_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gls/v1/bound_worker.proto\x12\x06gls.v1\x1a\x13gls/v1/common.proto\"6\n\x04\x42lob\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\"\xe5\x01\n\tObjective\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.gls.v1.Objective.Kind\x12&\n\nrelaxation\x18\x02 \x01(\x0b\x32\x12.gls.v1.Relaxation\x12\x11\n\tpgd_steps\x18\x03 \x01(\x05\x12\x15\n\rpgd_step_size\x18\x04 \x01(\x02\x12\x14\n\x0cpgd_restarts\x18\x05 \x01(\x05\"J\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08STANDARD\x10\x01\x12\x0f\n\x0b\x41\x44VERSARIAL\x10\x02\x12\r\n\tCERTIFIED\x10\x03\"\xda\x02\n\rPointsRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06\x63\x65ntre\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1b\n\x05sigma\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tsymmetric\x18\x07 \x01(\x08\x12\r\n\x05start\x18\x08 \x01(\r\x12\x0c\n\x04stop\x18\t \x01(\r\x12\r\n\x05\x62lock\x18\n \x01(\r\x12\x1c\n\x06inputs\x18\x0b \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x0c \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x0b\n\x03\x65ps\x18\r \x01(\x01\x12$\n\tobjective\x18\x0e \x01(\x0b\x32\x11.gls.v1.Objective\x12\x16\n\x0ewant_gradients\x18\x0f \x01(\x08\"l\n\x0ePointsResponse\x12\x1e\n\x06losses\x18\x01 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12!\n\tgradients\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"\xdc\x01\n\rBoundsRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06params\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06inputs\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x04 \x01(\x0b\x32\x0c.gls.v1.Blob\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12&\n\nrelaxation\x18\x06 \x01(\x0b\x32\x12.gls.v1.Relaxation\"g\n\x0e\x42oundsResponse\x12\x1d\n\x05lower\x18\x01 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x1d\n\x05upper\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"\xcd\x01\n\rVerifyRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06params\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06inputs\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x04 \x01(\x0b\x32\x0c.gls.v1.Blob\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\"\x8f\x01\n\rVerifyVerdict\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x12\n\nsubdomains\x18\x03 \x01(\x04\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x12\n\ndecided_by\x18\x05 \x01(\t\x12&\n\x0e\x63ounterexample\x18\x06 \x01(\x0b\x32\x0e.gls.v1.Tensor\"R\n\x0eVerifyResponse\x12\'\n\x08verdicts\x18\x01 \x03(\x0b\x32\x15.gls.v1.VerifyVerdict\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x32\xc0\x01\n\x0b\x42oundWorker\x12?\n\x0e\x45valuatePoints\x12\x15.gls.v1.PointsRequest\x1a\x16.gls.v1.PointsResponse\x12\x37\n\x06\x42ounds\x12\x15.gls.v1.BoundsRequest\x1a\x16.gls.v1.BoundsResponse\x12\x37\n\x06Verify\x12\x15.gls.v1.VerifyRequest\x1a\x16.gls.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gls/v1/bound_worker.proto\x12\x06gls.v1\x1a\x13gls/v1/common.proto\"6\n\x04\x42lob\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\"\xe5\x01\n\tObjective\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.gls.v1.Objective.Kind\x12&\n\nrelaxation\x18\x02 \x01(\x0b\x32\x12.gls.v1.Relaxation\x12\x11\n\tpgd_steps\x18\x03 \x01(\x05\x12\x15\n\rpgd_step_size\x18\x04 \x01(\x02\x12\x14\n\x0cpgd_restarts\x18\x05 \x01(\x05\"J\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08STANDARD\x10\x01\x12\x0f\n\x0b\x41\x44VERSARIAL\x10\x02\x12\r\n\tCERTIFIED\x10\x03\"n\n\nKernelPlan\x12\x30\n\x07\x63hoices\x18\x01 \x03(\x0b\x32\x1f.gls.v1.KernelPlan.ChoicesEntry\x1a.\n\x0c\x43hoicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x03\n\rPointsRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06\x63\x65ntre\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1b\n\x05sigma\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04step\x18\x05 \x01(\x04\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tsymmetric\x18\x07 \x01(\x08\x12\r\n\x05start\x18\x08 \x01(\r\x12\x0c\n\x04stop\x18\t \x01(\r\x12\r\n\x05\x62lock\x18\n \x01(\r\x12\x1c\n\x06inputs\x18\x0b \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x0c \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x0b\n\x03\x65ps\x18\r \x01(\x01\x12$\n\tobjective\x18\x0e \x01(\x0b\x32\x11.gls.v1.Objective\x12\x16\n\x0ewant_gradients\x18\x0f \x01(\x08\x12\'\n\x0bkernel_plan\x18\x10 \x01(\x0b\x32\x12.gls.v1.KernelPlan\"\x95\x01\n\x0ePointsResponse\x12\x1e\n\x06losses\x18\x01 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12!\n\tgradients\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x12\'\n\x0bkernel_plan\x18\x04 \x01(\x0b\x32\x12.gls.v1.KernelPlan\"\xdc\x01\n\rBoundsRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06params\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06inputs\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x04 \x01(\x0b\x32\x0c.gls.v1.Blob\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12&\n\nrelaxation\x18\x06 \x01(\x0b\x32\x12.gls.v1.Relaxation\"g\n\x0e\x42oundsResponse\x12\x1d\n\x05lower\x18\x01 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x1d\n\x05upper\x18\x02 \x01(\x0b\x32\x0e.gls.v1.Tensor\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\"\xcd\x01\n\rVerifyRequest\x12\x1d\n\x04spec\x18\x01 \x01(\x0b\x32\x0f.gls.v1.NetSpec\x12\x1c\n\x06params\x18\x02 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06inputs\x18\x03 \x01(\x0b\x32\x0c.gls.v1.Blob\x12\x1c\n\x06labels\x18\x04 \x01(\x0b\x32\x0c.gls.v1.Blob\x12*\n\x0cperturbation\x18\x05 \x01(\x0b\x32\x14.gls.v1.Perturbation\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\"\x8f\x01\n\rVerifyVerdict\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\x12\x12\n\nsubdomains\x18\x03 \x01(\x04\x12\r\n\x05\x62ound\x18\x04 \x01(\x01\x12\x12\n\ndecided_by\x18\x05 \x01(\t\x12&\n\x0e\x63ounterexample\x18\x06 \x01(\x0b\x32\x0e.gls.v1.Tensor\"R\n\x0eVerifyResponse\x12\'\n\x08verdicts\x18\x01 \x03(\x0b\x32\x15.gls.v1.VerifyVerdict\x12\x17\n\x0f\x63ompute_seconds\x18\x02 \x01(\x01\x32\xc0\x01\n\x0b\x42oundWorker\x12?\n\x0e\x45valuatePoints\x12\x15.gls.v1.PointsRequest\x1a\x16.gls.v1.PointsResponse\x12\x37\n\x06\x42ounds\x12\x15.gls.v1.BoundsRequest\x1a\x16.gls.v1.BoundsResponse\x12\x37\n\x06Verify\x12\x15.gls.v1.VerifyRequest\x1a\x16.gls.v1.VerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gls.v1.bound_worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_KERNELPLAN_CHOICESENTRY']._loaded_options = None
+  _globals['_KERNELPLAN_CHOICESENTRY']._serialized_options = b'8\001'
   _globals['_BLOB']._serialized_start=58
   _globals['_BLOB']._serialized_end=112
   _globals['_OBJECTIVE']._serialized_start=115
   _globals['_OBJECTIVE']._serialized_end=344
   _globals['_OBJECTIVE_KIND']._serialized_start=270
   _globals['_OBJECTIVE_KIND']._serialized_end=344
-  _globals['_POINTSREQUEST']._serialized_start=347
-  _globals['_POINTSREQUEST']._serialized_end=693
-  _globals['_POINTSRESPONSE']._serialized_start=695
-  _globals['_POINTSRESPONSE']._serialized_end=803
-  _globals['_BOUNDSREQUEST']._serialized_start=806
-  _globals['_BOUNDSREQUEST']._serialized_end=1026
-  _globals['_BOUNDSRESPONSE']._serialized_start=1028
-  _globals['_BOUNDSRESPONSE']._serialized_end=1131
-  _globals['_VERIFYREQUEST']._serialized_start=1134
-  _globals['_VERIFYREQUEST']._serialized_end=1339
-  _globals['_VERIFYVERDICT']._serialized_start=1342
-  _globals['_VERIFYVERDICT']._serialized_end=1485
-  _globals['_VERIFYRESPONSE']._serialized_start=1487
-  _globals['_VERIFYRESPONSE']._serialized_end=1569
-  _globals['_BOUNDWORKER']._serialized_start=1572
-  _globals['_BOUNDWORKER']._serialized_end=1764
+  _globals['_KERNELPLAN']._serialized_start=346
+  _globals['_KERNELPLAN']._serialized_end=456
+  _globals['_KERNELPLAN_CHOICESENTRY']._serialized_start=410
+  _globals['_KERNELPLAN_CHOICESENTRY']._serialized_end=456
+  _globals['_POINTSREQUEST']._serialized_start=459
+  _globals['_POINTSREQUEST']._serialized_end=846
+  _globals['_POINTSRESPONSE']._serialized_start=849
+  _globals['_POINTSRESPONSE']._serialized_end=998
+  _globals['_BOUNDSREQUEST']._serialized_start=1001
+  _globals['_BOUNDSREQUEST']._serialized_end=1221
+  _globals['_BOUNDSRESPONSE']._serialized_start=1223
+  _globals['_BOUNDSRESPONSE']._serialized_end=1326
+  _globals['_VERIFYREQUEST']._serialized_start=1329
+  _globals['_VERIFYREQUEST']._serialized_end=1534
+  _globals['_VERIFYVERDICT']._serialized_start=1537
+  _globals['_VERIFYVERDICT']._serialized_end=1680
+  _globals['_VERIFYRESPONSE']._serialized_start=1682
+  _globals['_VERIFYRESPONSE']._serialized_end=1764
+  _globals['_BOUNDWORKER']._serialized_start=1767
+  _globals['_BOUNDWORKER']._serialized_end=1959
 # @@protoc_insertion_point(module_scope)

@@ -41,8 +41,21 @@ class Objective(_message.Message):
     pgd_restarts: int
     def __init__(self, kind: _Optional[_Union[Objective.Kind, str]] = ..., relaxation: _Optional[_Union[_common_pb2.Relaxation, _Mapping]] = ..., pgd_steps: _Optional[int] = ..., pgd_step_size: _Optional[float] = ..., pgd_restarts: _Optional[int] = ...) -> None: ...
 
+class KernelPlan(_message.Message):
+    __slots__ = ("choices",)
+    class ChoicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    choices: _containers.ScalarMap[str, str]
+    def __init__(self, choices: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class PointsRequest(_message.Message):
-    __slots__ = ("spec", "centre", "sigma", "seed", "step", "count", "symmetric", "start", "stop", "block", "inputs", "labels", "eps", "objective", "want_gradients")
+    __slots__ = ("spec", "centre", "sigma", "seed", "step", "count", "symmetric", "start", "stop", "block", "inputs", "labels", "eps", "objective", "want_gradients", "kernel_plan")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CENTRE_FIELD_NUMBER: _ClassVar[int]
     SIGMA_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +71,7 @@ class PointsRequest(_message.Message):
     EPS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     WANT_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PLAN_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.NetSpec
     centre: Blob
     sigma: Blob
@@ -73,17 +87,20 @@ class PointsRequest(_message.Message):
     eps: float
     objective: Objective
     want_gradients: bool
-    def __init__(self, spec: _Optional[_Union[_common_pb2.NetSpec, _Mapping]] = ..., centre: _Optional[_Union[Blob, _Mapping]] = ..., sigma: _Optional[_Union[Blob, _Mapping]] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., count: _Optional[int] = ..., symmetric: _Optional[bool] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., block: _Optional[int] = ..., inputs: _Optional[_Union[Blob, _Mapping]] = ..., labels: _Optional[_Union[Blob, _Mapping]] = ..., eps: _Optional[float] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., want_gradients: _Optional[bool] = ...) -> None: ...
+    kernel_plan: KernelPlan
+    def __init__(self, spec: _Optional[_Union[_common_pb2.NetSpec, _Mapping]] = ..., centre: _Optional[_Union[Blob, _Mapping]] = ..., sigma: _Optional[_Union[Blob, _Mapping]] = ..., seed: _Optional[int] = ..., step: _Optional[int] = ..., count: _Optional[int] = ..., symmetric: _Optional[bool] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., block: _Optional[int] = ..., inputs: _Optional[_Union[Blob, _Mapping]] = ..., labels: _Optional[_Union[Blob, _Mapping]] = ..., eps: _Optional[float] = ..., objective: _Optional[_Union[Objective, _Mapping]] = ..., want_gradients: _Optional[bool] = ..., kernel_plan: _Optional[_Union[KernelPlan, _Mapping]] = ...) -> None: ...
 
 class PointsResponse(_message.Message):
-    __slots__ = ("losses", "gradients", "compute_seconds")
+    __slots__ = ("losses", "gradients", "compute_seconds", "kernel_plan")
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PLAN_FIELD_NUMBER: _ClassVar[int]
     losses: _common_pb2.Tensor
     gradients: _common_pb2.Tensor
     compute_seconds: float
-    def __init__(self, losses: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., gradients: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    kernel_plan: KernelPlan
+    def __init__(self, losses: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., gradients: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., compute_seconds: _Optional[float] = ..., kernel_plan: _Optional[_Union[KernelPlan, _Mapping]] = ...) -> None: ...
 
 class BoundsRequest(_message.Message):
     __slots__ = ("spec", "params", "inputs", "labels", "perturbation", "relaxation")
