@@ -138,7 +138,7 @@ def _optimise_closed_form(spec: NetSpec, params: torch.Tensor, state: Walk, C: t
         relaxations = {i: RowwiseRelaxation(a, None, *upper[i]) for i, a in alphas.items()}
         if optimising:
             bounds, grads = bounds_and_slope_gradients(spec, params, state, C, relaxations, sides)
-            alphas = {i: (a + grads[i].sign_() * moves[i]).clamp_(0, 1) for i, a in alphas.items()}
+            alphas = {i: torch.addcmul(a, grads[i].sign_(), moves[i]).clamp_(0, 1) for i, a in alphas.items()}
         else:  # the last evaluation needs no gradients (and runs on the native kernels)
             bounds = final_bounds(spec, params, state, C, relaxations, sides)
         best = bounds if best is None else Box(torch.maximum(best.lower, bounds.lower),
