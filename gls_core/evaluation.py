@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -86,10 +87,23 @@ def _certified_batch(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: tor
 
 
 def _verified_batch(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
-                    timeout: float, seed: int) -> torch.Tensor:
-    """Where the complete verifier proves robustness within ``timeout`` seconds per input: [B] bool."""
-    verdicts = verify_each(spec, theta, x, y, eps, VerifyOptions(timeout=timeout), seed)
-    return torch.tensor([v.status == "verified" for v in verdicts], dtype=torch.bool, device=x.device)
+                    timeout: float, seed: int, decided: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Where the complete verifier proves robustness within ``timeout`` seconds per input: [B] bool.
+
+    ``decided(i)`` is called after the i-th input (from 0) is decided: inputs can take up to
+    ``timeout`` each, so a batch of them is long enough to want progress of its own.
+    """
+    verified = []
+    for index, verdict in enumerate(verify_each(spec, theta, x, y, eps, VerifyOptions(timeout=timeout), seed)):
+        verified.append(verdict.status == "verified")
+        if decided is not None:
+            decided(index)
+    return torch.tensor(verified, dtype=torch.bool, device=x.device)
+
+
+def _report_input(progress: Callable[[int], None], positions: list[int], index: int) -> None:
+    """The inputs up to the one at ``positions[index]`` are done (those before it were decided or misclassified)."""
+    progress(positions[index] + 1)
 
 
 def _correct(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -121,7 +135,8 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     :class:`SoundnessError`. The result depends on ``batch_size`` only through the random starts.
     ``method`` "complete" decides each correct input with the branch and bound instead, at most
     ``complete_timeout`` seconds each (an input left undecided counts as not certified).
-    ``progress`` is called with the number of inputs done after each batch.
+    ``progress`` is called with the number of inputs done after each batch and, with method
+    "complete", after each input the verifier decides.
     """
     eps = check_radius(eps)
     theta = _check_data(spec, theta, x, y)
@@ -139,8 +154,10 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
             robust[natural] = _correct(spec, theta, attacked, yb[natural])
         if complete:  # only correct inputs can be certified; verify those alone
             cert = torch.zeros_like(natural)
+            positions = (part.start + natural.nonzero().squeeze(-1)).tolist()
+            decided = None if progress is None else partial(_report_input, progress, positions)
             cert[natural] = _verified_batch(spec, theta, xb[natural], yb[natural], eps, complete_timeout,
-                                            seed + part.start)
+                                            seed + part.start, decided)
         else:
             cert = _certified_batch(spec, theta, xb, yb, eps, method, options)
         _check_sound(cert, robust, part.start, method, eps)

@@ -3,15 +3,16 @@
 This is the picture behind the paper's argument (its Figure 4): tight relaxations (CROWN-IBP,
 DeepPoly) give a robust loss that is discontinuous and sensitive to small weight changes, IBP's is
 smooth, and Gaussian loss smoothing, E_z[L(theta + sigma z)], is what PGPE optimises instead. Every
-point of a line, and every perturbation of every point, is one member of a single population
-evaluation per relaxation, as in training. The perturbations are shared by all points (common
-random numbers), so the smoothed curve's wiggles are the loss's own, not sampling noise.
+point of a line, and every perturbation of every point, is one member of a population evaluated by
+each relaxation, as in training (in chunks, with progress between them). The perturbations are
+shared by all points (common random numbers), so the smoothed curve's wiggles are the loss's own,
+not sampling noise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,9 @@ from .losses import robust_loss
 from .nets.spec import NetSpec
 
 DIRECTIONS = ("gradient", "random")
+# Weight vectors per population evaluation: a whole number of the native kernels' vector blocks, small
+# enough for progress between chunks, large enough that the member-vectorised kernels run at full speed.
+PROGRESS_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,21 @@ def grid_points(theta: torch.Tensor, basis: torch.Tensor, offsets: torch.Tensor)
     return theta + a.reshape(-1, 1) * basis[0] + b.reshape(-1, 1) * basis[1]
 
 
+def population_size(points: int, dimensions: int, sigmas: Sequence[float], samples: int) -> int:
+    """Weight vectors one method evaluates: every grid point, and ``samples`` perturbations of it per sigma."""
+    return points ** dimensions * (1 + len(sigmas) * samples)
+
+
 def loss_landscape(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
                    methods: Sequence[str], *, radius: float, points: int = 41, dimensions: int = 1,
                    direction: str = "gradient", sigmas: Sequence[float] = (), samples: int = 32,
-                   seed: int = 0) -> Landscape:
+                   seed: int = 0, progress: Callable[[int, str], None] | None = None) -> Landscape:
     """The robust loss of each method on a grid of ``points`` per axis in [-radius, radius] around theta.
 
     For each sigma, the smoothed loss at a point is the mean over ``samples`` perturbations
-    theta_point + sigma z_k (the same z_k at every point), with its standard error.
+    theta_point + sigma z_k (the same z_k at every point), with its standard error. ``progress``
+    is called with the weight vectors evaluated so far (of ``len(methods)`` times
+    :func:`population_size`) and the method evaluating them, after every ``PROGRESS_CHUNK`` of them.
     """
     if not radius > 0 or not math.isfinite(radius):
         raise ValueError(f"radius must be a positive number, got {radius}")
@@ -120,9 +131,16 @@ def loss_landscape(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch
     population = torch.cat(members)
     raw: dict[str, torch.Tensor] = {}
     smoothed: dict[tuple[str, float], tuple[torch.Tensor, torch.Tensor]] = {}
+    done = 0
     with torch.no_grad():
         for method in methods:
-            losses = population_loss(spec, population, x, y, eps, method)  # one population evaluation
+            parts = []
+            for start in range(0, population.shape[0], PROGRESS_CHUNK):
+                parts.append(population_loss(spec, population[start:start + PROGRESS_CHUNK], x, y, eps, method))
+                done += parts[-1].shape[0]
+                if progress is not None:
+                    progress(done, method)
+            losses = torch.cat(parts)
             raw[method] = losses[:grid.shape[0]].reshape(shape)
             rest = losses[grid.shape[0]:].reshape(len(sigmas), grid.shape[0], samples) if sigmas else None
             for index, sigma in enumerate(sigmas):

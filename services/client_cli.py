@@ -266,22 +266,27 @@ def certify(model: Annotated[str, typer.Option("--model", help="model id (or the
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error), 2) from None
     verdicts: list[dict[str, Any]] = []
+    address = certifier or target.certifier_address
+    if use_grpc and not address:
+        raise _fail("--grpc needs --certifier host:port (or GLS_CERTIFIER, or --cluster)", 2)
     try:
-        with GlsClient(target.url, target.token, tls=target.tls) as client:
+        with (GlsClient(target.url, target.token, tls=target.tls) as client,
+              Reporter(f"certify {method} eps={eps:g}", len(test), unit="input") as bar):  # on stderr
             if model.startswith("job-"):
                 model = client.job(model)["model_id"] or model
-            if not use_grpc:
+            if use_grpc:
+                assert address is not None
+                with CertifierClient(address, target.token, tls=target.tls) as grpc_client:
+                    for verdict in grpc_client.certify_stream(test.x, test.y, eps, method, model_id=model,
+                                                              chunk_size=chunk):
+                        verdicts.append(verdict)
+                        bar.update(len(verdicts))
+            else:
                 for start in range(0, len(test), chunk):
                     answer = client.certify(test.x[start:start + chunk], test.y[start:start + chunk], eps, method,
                                             model_id=model)
                     verdicts += [{**v, "index": v["index"] + start} for v in answer["verdicts"]]
-        if use_grpc:
-            address = certifier or target.certifier_address
-            if not address:
-                raise _fail("--grpc needs --certifier host:port (or GLS_CERTIFIER, or --cluster)", 2)
-            with CertifierClient(address, target.token, tls=target.tls) as grpc_client:
-                verdicts = list(grpc_client.certify_stream(test.x, test.y, eps, method, model_id=model,
-                                                           chunk_size=chunk))
+                    bar.update(len(verdicts))
     except ClientError as error:
         raise _fail(str(error)) from None
     certified = sum(v["certified"] for v in verdicts)

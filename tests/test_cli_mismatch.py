@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
-from cli_runner import run_cli
+from cli_runner import run_cli, train_run
 from servers import shared_data_dir
 
 from gls_core.nets.onnx_io import to_onnx
@@ -59,11 +58,8 @@ def vnnlib(inputs: int, outputs: int) -> str:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     root = tmp_path_factory.mktemp("mismatch")
-    config = root / "job.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    trained = run_cli("train", str(config), "--out", str(root / "run"))
-    assert trained.returncode == 0, trained.stderr
-    exported = run_cli("export", str(root / "run"), "--out", str(root / "digits.onnx"))
+    run = train_run(root, CONFIG)
+    exported = run_cli("export", str(run), "--out", str(root / "digits.onnx"))
     assert exported.returncode == 0, exported.stderr
     flat = NetSpec((64,), (Linear(64, 16), ReLU(), Linear(16, 10)), name="flat")
     to_onnx(flat, torch.zeros(flat.num_params), root / "flat.onnx", check=True)
@@ -73,7 +69,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     (root / "small.vnnlib").write_text(vnnlib(4, 10))
     (root / "wide.vnnlib").write_text(vnnlib(64, 12))
     np.savez(root / "mnist-like.npz", x=np.zeros((40, 1, 28, 28), dtype=np.uint8), y=np.arange(40) % 10)
-    return Files(root, config, root / "run", root / "digits.onnx", root / "flat.onnx", root / "fc16.safetensors")
+    return Files(root, root / "job.yaml", run, root / "digits.onnx", root / "flat.onnx", root / "fc16.safetensors")
 
 
 Args = Callable[[Files], list[str]]

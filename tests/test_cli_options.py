@@ -95,5 +95,9 @@ def test_certify_prints_percentages_and_json_fractions(stack: Stack, tmp_path: P
     table = gls(*args, env=env)
     assert table.exit_code == 0, table.output
     assert percent(expected) in table.stdout and "%" in table.stdout
-    answer = json.loads(gls(*args, "--json", env=env).stdout)
+    answered = gls(*args, "--json", "--chunk", "8", env={**env, "GLS_LOG_EVERY_S": "0"})
+    answer = json.loads(answered.stdout)  # progress goes to stderr, one line per chunk
     assert answer["certified_acc"] == expected and 0 <= answer["natural_acc"] <= 1
+    assert [line.split(" | ")[0][9:] for line in answered.stderr.splitlines() if " input " in line] == [
+        "certify ibp eps=0.02 input 8/20 (40.0%)", "certify ibp eps=0.02 input 16/20 (80.0%)",
+        "certify ibp eps=0.02 input 20/20 (100.0%)"], answered.stderr

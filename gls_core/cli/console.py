@@ -93,7 +93,7 @@ class Reporter:
         self._task: Any = None
         self._last_line = clock()
         self.rates = StageRates(self._plan(), completed, self._last_line)
-        self._line_completed: int | None = None
+        self._line_state: tuple[int, str] | None = None  # what the last line said: the same is not said twice
 
     def _plan(self) -> Sequence[tuple[str, int]]:
         if self.stages is not None:
@@ -114,7 +114,7 @@ class Reporter:
                  trace: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(kind, error, trace)
-        elif self.completed not in (self.start_completed, self._line_completed) and kind is None:
+        elif kind is None and self.completed != self.start_completed and not self._said():
             self._line()
 
     def update(self, completed: int | None = None, status: str | None = None, total: int | None = None) -> None:
@@ -130,16 +130,20 @@ class Reporter:
         if self._bar is not None:
             self._bar.update(self._task, completed=self.completed, status=self.status, total=self.total,
                              eta=eta_text(self.rates.estimate()))
-        elif now - self._last_line >= self.every:
+        elif now - self._last_line >= self.every and not self._said():
             self._line()
 
     def note(self, text: str) -> None:
         """A line that stays (above the bar on a terminal)."""
         self.stream.print(text, markup=False, highlight=False)
 
+    def _said(self) -> bool:
+        """Whether the last plain line already said the current count and status."""
+        return self._line_state == (self.completed, self.status)
+
     def _line(self) -> None:
         self._last_line = self.clock()
-        self._line_completed = self.completed
+        self._line_state = (self.completed, self.status)
         where = f"{self.unit} {self.completed}" + (f"/{self.total} ({self.completed / self.total:.1%})"
                                                    if self.total else "")
         status = f" {self.status}" if self.status else ""

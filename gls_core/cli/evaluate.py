@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -44,8 +43,10 @@ MethodOption = Annotated[str, typer.Option(parser=choice(CERTIFY_METHODS), metav
 def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or model.safetensors")],
                      eps: Annotated[float, typer.Option(min=0.0, max=1.0, help="L_inf radius in [0, 1] pixel space")],
                      method: MethodOption = "deeppoly",
-                     as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
-                     limit: Annotated[int | None, typer.Option(min=1, help="first N test images")] = None,
+                     as_json: Annotated[bool, typer.Option("--json", help="print JSON only (progress goes to "
+                                                                          "stderr)")] = False,
+                     limit: Annotated[int | None, typer.Option(min=1, help="only the first N test images "
+                                                                     "(default: all, which takes minutes)")] = None,
                      data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
                      batch_size: Annotated[int, typer.Option(min=1, help="inputs per batch")] = DEFAULT_BATCH_SIZE,
                      pgd_steps: Annotated[int, typer.Option(min=1, help="PGD steps per restart (adversarial "
@@ -70,12 +71,11 @@ def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or 
         test.check_fits(spec.name, spec.input_shape, spec.num_outputs)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
-    run_evaluation = partial(evaluate, spec, theta, test.x, test.y, eps, method=method, batch_size=batch_size,
-                             pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_steps=alpha_steps,
-                             complete_timeout=timeout)
+    with Reporter(f"{method} eps={eps:g}", len(test), unit="input") as bar:  # on stderr, with --json too
+        result = evaluate(spec, theta, test.x, test.y, eps, method=method, batch_size=batch_size,
+                          pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_steps=alpha_steps,
+                          complete_timeout=timeout, progress=bar.update)
     if as_json:
-        typer.echo(json.dumps(run_evaluation().to_dict()))
+        typer.echo(json.dumps(result.to_dict()))
         return
-    with Reporter(f"{method} eps={eps:g}", len(test), unit="input") as bar:
-        result = run_evaluation(progress=bar.update)
     out.print(result_table(result.to_dict(), f"{spec.name} on {len(test)} test images"))

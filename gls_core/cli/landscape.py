@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .console import fail, out, output_file
+from .console import Reporter, fail, out, output_file
 
 LANDSCAPE_METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly")
 
@@ -39,7 +39,7 @@ def landscape_command(
         seed: Annotated[int, typer.Option(help="seed of the random directions and perturbations")] = 0) -> None:
     """Draw the robust loss along one or two directions around a trained model, raw and smoothed (Figure 4)."""
     from gls_core.data import load_dataset
-    from gls_core.landscape import DIRECTIONS, loss_landscape
+    from gls_core.landscape import DIRECTIONS, loss_landscape, population_size
     from gls_core.landscape_plot import plot_landscape
     from gls_core.training import load_model
     from gls_core.training.checkpoint import CONFIG_FILE, read_config
@@ -59,9 +59,14 @@ def landscape_command(
             eps = read_config(run).eps
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)
         test.check_fits(spec.name, spec.input_shape, spec.num_outputs)
-        landscape = loss_landscape(spec, theta, test.x, test.y, eps, chosen, radius=radius, points=points,
-                                   dimensions=dimensions, direction=direction, sigmas=_floats(sigmas, "--sigmas"),
-                                   samples=samples, seed=seed)
+        smoothing = _floats(sigmas, "--sigmas")
+        size = population_size(points, dimensions, smoothing, samples)
+        # one stage per relaxation: their costs differ by orders of magnitude (IBP against DeepPoly)
+        with Reporter("landscape", size * len(chosen), unit="member",
+                      stages=[(method, size) for method in chosen]) as bar:
+            landscape = loss_landscape(spec, theta, test.x, test.y, eps, chosen, radius=radius, points=points,
+                                       dimensions=dimensions, direction=direction, sigmas=smoothing,
+                                       samples=samples, seed=seed, progress=bar.update)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
     plot_landscape(landscape, out_file, f"{spec.name}: robust loss around the trained weights, eps {eps:g}, "

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .console import Reporter, fail, out
+from .console import Reporter, console, fail, out
 
 
 def _load(model: Path):  # type: ignore[no-untyped-def]
@@ -83,7 +83,8 @@ def verify_command(
                 raise ValueError(f"{error}{trained}") from None
     except (FileNotFoundError, ValueError) as error:  # OnnxError and VnnlibError are ValueErrors
         raise fail(str(error)) from None
-    if prop is not None:
+    if prop is not None:  # one input: a line when it starts, since it may take all of --timeout
+        console.print(f"verifying {prop} on {model} (at most {timeout:g} s)", markup=False, highlight=False)
         verdict = verify_property(spec, theta, prop_value, options, torch.Generator().manual_seed(0))
         undecided = "timeout" if verdict.decided_by == "timeout" else "unknown"
         answer = {"verified": "unsat", "falsified": "sat"}.get(verdict.status, undecided)
