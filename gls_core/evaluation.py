@@ -17,22 +17,21 @@ import torch
 
 from .attacks import logit_margin, pgd_attack, predict_logits
 from .bounds import METHODS, compute_bounds, margin_spec
+from .catalog import CERTIFY_METHODS as CERTIFY_METHODS
+from .catalog import (
+    COMPLETE,
+    DEFAULT_ALPHA_STEPS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COMPLETE_TIMEOUT,
+    DEFAULT_PGD_RESTARTS,
+    DEFAULT_PGD_STEPS,
+)
 from .errors import InvalidInput
 from .losses import certified
 from .nets.spec import NetSpec
 from .validation import check_count, check_inputs, check_labels, check_method, check_params, check_radius
 from .verify import VerifyOptions, verify_each
 
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_PGD_STEPS = 50
-DEFAULT_PGD_RESTARTS = 3
-# alpha-CROWN at evaluation: more optimisation than training's single step; started from DeepPoly's
-# slopes so that (the best bound seen being returned) it is never looser than DeepPoly, per sample.
-DEFAULT_ALPHA_STEPS = 20
-COMPLETE = "complete"
-"""Certification by the complete verifier (branch and bound, ``gls_core.verify``) instead of a relaxation."""
-CERTIFY_METHODS = (*sorted(METHODS), COMPLETE)
-DEFAULT_COMPLETE_TIMEOUT = 30.0
 ALPHA_STEP_SIZE = 0.1
 ALPHA_INIT = "deeppoly"
 

@@ -22,10 +22,9 @@ from rich.table import Table
 from gls_core.cli.console import Reporter, epoch_line
 from gls_core.cli.evaluate import MethodOption
 
-from .tls import ClientTLS, TLSConfigError
-
 if TYPE_CHECKING:  # imported when a verb runs: `gls --help` need not load torch and grpc
     from .client import GlsClient
+    from .tls import ClientTLS
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -73,6 +72,8 @@ def client_tls(url: str) -> ClientTLS | None:
                                                                             "client_key_file")}
     if not url.startswith("https://") and not any(files.values()):
         return None
+    from .tls import ClientTLS, TLSConfigError
+
     try:
         tls = ClientTLS(*(Path(value) if value else None for value in files.values()))
     except TLSConfigError as error:

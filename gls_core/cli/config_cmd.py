@@ -17,7 +17,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from gls_core.evaluation import DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
+from gls_core.catalog import DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
 from gls_core.training.config import (
     CROSS_FIELD_CHECKS,
     ConfigError,

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from gls_core.evaluation import (
+from gls_core.catalog import (
     CERTIFY_METHODS,
     DEFAULT_ALPHA_STEPS,
     DEFAULT_BATCH_SIZE,
@@ -59,12 +59,12 @@ def evaluate_command(run: Annotated[Path, typer.Argument(help="run directory or 
                                         ] = DEFAULT_COMPLETE_TIMEOUT
                      ) -> None:
     """Natural, adversarial (PGD) and certified accuracy of a trained model on the test set."""
+    if not timeout > 0:
+        raise fail(f"--timeout must be > 0 seconds, got {timeout}")
     from gls_core.data import load_dataset
     from gls_core.evaluation import evaluate
     from gls_core.training import load_model
 
-    if not timeout > 0:
-        raise fail(f"--timeout must be > 0 seconds, got {timeout}")
     try:
         spec, theta, metadata = load_model(run)
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)

@@ -38,16 +38,17 @@ def landscape_command(
         data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
         seed: Annotated[int, typer.Option(help="seed of the random directions and perturbations")] = 0) -> None:
     """Draw the robust loss along one or two directions around a trained model, raw and smoothed (Figure 4)."""
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in LANDSCAPE_METHODS]
+    if unknown or not chosen:
+        raise fail(f"--methods: {unknown or 'none given'}; choose from {list(LANDSCAPE_METHODS)}")
+    smoothing = _floats(sigmas, "--sigmas")
     from gls_core.data import load_dataset
     from gls_core.landscape import DIRECTIONS, loss_landscape, population_size
     from gls_core.landscape_plot import plot_landscape
     from gls_core.training import load_model
     from gls_core.training.checkpoint import CONFIG_FILE, read_config
 
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in LANDSCAPE_METHODS]
-    if unknown or not chosen:
-        raise fail(f"--methods: {unknown or 'none given'}; choose from {list(LANDSCAPE_METHODS)}")
     if direction not in DIRECTIONS:
         raise fail(f"--direction must be one of {list(DIRECTIONS)}, got {direction!r}")
     output_file(out_file)
@@ -59,7 +60,6 @@ def landscape_command(
             eps = read_config(run).eps
         test = load_dataset(metadata["dataset"], "test", data_dir, subset=limit)
         test.check_fits(spec.name, spec.input_shape, spec.num_outputs)
-        smoothing = _floats(sigmas, "--sigmas")
         size = population_size(points, dimensions, smoothing, samples)
         # one stage per relaxation: their costs differ by orders of magnitude (IBP against DeepPoly)
         with Reporter("landscape", size * len(chosen), unit="member",

@@ -92,21 +92,23 @@ def train(config: Annotated[Path, typer.Argument(help="training config (YAML)")]
                                                     "--set schedule.epochs=N, extend it")] = False,
           force: Annotated[bool, typer.Option(help="overwrite an existing run in --out")] = False) -> None:
     """Train in this process; writes model.safetensors, config.yaml, metrics.jsonl and curves.png to --out."""
+    from gls_core.training.config import ConfigError, config_warnings, load_config
+
+    overrides = overrides or []
+    try:  # before torch is imported: a config error comes back at once
+        settings = load_config(config, overrides)
+    except (ConfigError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+
     import torch
 
-    from gls_core.training import ConfigError, Trainer, load_config
+    from gls_core.training import Trainer
     from gls_core.training.checkpoint import MODEL_FILE, write_config
-    from gls_core.training.config import config_warnings
     from gls_core.training.extend import main_epochs_done
     from gls_core.training.plots import PLOT_FILE
     from gls_core.training.storage import DirectoryStorage
     from gls_core.training.trainer import starting_weights
 
-    overrides = overrides or []
-    try:
-        settings = load_config(config, overrides)
-    except (ConfigError, FileNotFoundError) as error:
-        raise fail(str(error)) from None
     changes: dict[str, tuple[Any, Any]] = {}
     resumed_at = 0  # the rate and ETA count only the steps trained in this process, per stage
     if resume:

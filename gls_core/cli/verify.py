@@ -46,6 +46,12 @@ def verify_command(
     With a property, prints the VNN-COMP answer (sat, unsat, timeout or unknown) and writes the
     result file (``sat`` with the counterexample) to --result.
     """
+    if prop is not None and (eps is not None or limit is not None):  # argument errors before torch is imported
+        raise fail("--eps and --limit are for test images; a property carries its own input box")
+    if prop is None and eps is None:
+        raise fail("give --eps (a radius around each test image) or a VNN-LIB property")
+    if eps is not None and not 0 <= eps <= 1:
+        raise fail(f"eps must lie in [0, 1] (inputs are in [0, 1]), got {eps}")
     import torch
 
     from gls_core.data import load_dataset
@@ -61,14 +67,8 @@ def verify_command(
         spec, theta, model_dataset = _load(model)
         theta = theta.double()
         if prop is not None:
-            if eps is not None or limit is not None:
-                raise ValueError("--eps and --limit are for test images; a property carries its own input box")
             prop_value = read_vnnlib(prop, spec.input_shape, spec.num_outputs)
         else:
-            if eps is None:
-                raise ValueError("give --eps (a radius around each test image) or a VNN-LIB property")
-            if not 0 <= eps <= 1:
-                raise ValueError(f"eps must lie in [0, 1] (inputs are in [0, 1]), got {eps}")
             name = dataset or model_dataset
             if name is None:
                 raise ValueError("an ONNX model carries no dataset: give --dataset")

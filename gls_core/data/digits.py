@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TRAIN_SIZE = 1500
+from ..catalog import DIGITS_TRAIN_SIZE as TRAIN_SIZE
 
 
 def read_digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..catalog import TRAIN_SIZES as TRAIN_SIZES
 from .augment import NO_AUGMENTATION, Augmentation
 from .cifar import read_cifar10_split
 from .dataset import Dataset, from_uint8
-from .digits import TRAIN_SIZE as DIGITS_TRAIN_SIZE
 from .digits import read_digits_split
 from .mnist import read_idx_split
 from .tinyimagenet import read_tinyimagenet_split
@@ -24,11 +24,6 @@ SPLITS = ("train", "test")
 SHAPES: dict[str, tuple[int, int, int]] = {
     "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "digits": (1, 8, 8),
     "cifar10": (3, 32, 32), "tinyimagenet": (3, 64, 64),
-}
-# Examples in each named training split as published (a local copy, e.g. the CIFAR-10 subset, may hold
-# fewer): enough for a config to know that a batch size leaves an epoch without a full batch.
-TRAIN_SIZES: dict[str, int] = {
-    "mnist": 60000, "fashion-mnist": 60000, "digits": DIGITS_TRAIN_SIZE, "cifar10": 50000, "tinyimagenet": 100000,
 }
 AUGMENTATIONS: dict[str, Augmentation] = {
     "cifar10": Augmentation(pad=2, flip=True),

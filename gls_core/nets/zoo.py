@@ -1,37 +1,16 @@
 """The paper's architectures (Table 7, App. E.4), CNN7 (Shi et al., 2021) and fully connected nets.
 
 Every convolution and hidden dense layer is followed by a ReLU; the output layer is a Linear to
-the number of classes. CIFAR-10 and TinyImageNet inputs are normalised by a fixed first layer.
+the number of classes. CIFAR-10 and TinyImageNet inputs are normalised by a fixed first layer. The
+names, shapes and plans are data in :mod:`gls_core.catalog` (a config is checked against them without torch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..catalog import ARCHITECTURES, DATASETS, ConvPlan
 from .spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU, Shape
-
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-TINYIMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
-TINYIMAGENET_STD = (0.2302, 0.2265, 0.2262)
-
-DATASETS: dict[str, tuple[Shape, int, tuple[tuple[float, ...], tuple[float, ...]] | None]] = {
-    "mnist": ((1, 28, 28), 10, None),
-    "fashion-mnist": ((1, 28, 28), 10, None),
-    "digits": ((1, 8, 8), 10, None),
-    "cifar10": ((3, 32, 32), 10, (CIFAR10_MEAN, CIFAR10_STD)),
-    "tinyimagenet": ((3, 64, 64), 200, (TINYIMAGENET_MEAN, TINYIMAGENET_STD)),
-}
-
-# (out_channels, kernel, stride, padding) per convolution, then the hidden dense widths.
-ConvPlan = Sequence[tuple[int, int, int, int]]
-ARCHITECTURES: dict[str, tuple[ConvPlan, Sequence[int]]] = {
-    "cnn3-tiny": ([(2, 5, 2, 2), (2, 4, 2, 1)], []),
-    "cnn3": ([(8, 5, 2, 2), (8, 4, 2, 1)], []),
-    "cnn5": ([(16, 5, 2, 2), (16, 4, 2, 1), (32, 4, 2, 1)], [512]),
-    "cnn5-l": ([(64, 5, 2, 2), (64, 4, 2, 1), (128, 4, 2, 1)], [512]),
-    "cnn7": ([(64, 3, 1, 1), (64, 3, 1, 1), (128, 3, 2, 1), (128, 3, 1, 1), (128, 3, 1, 1)], [512]),
-}
 
 
 def build_cnn(name: str, input_shape: Shape, num_classes: int, convs: ConvPlan, dense: Sequence[int],

@@ -17,20 +17,22 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ..bounds.api import DIFFERENTIABLE, METHODS
-from ..data.registry import TRAIN_SIZES
-from ..evaluation import (
+from ..catalog import (  # plain data: validating a config needs no torch (the CLI reports errors at once)
+    ARCHITECTURES,
     CERTIFY_METHODS,
+    DATASETS,
     DEFAULT_ALPHA_STEPS,
     DEFAULT_COMPLETE_TIMEOUT,
     DEFAULT_PGD_RESTARTS,
     DEFAULT_PGD_STEPS,
+    DIFFERENTIABLE,
+    RELAXATIONS,
+    TRAIN_SIZES,
 )
-from ..nets.zoo import ARCHITECTURES, DATASETS
 
 Estimator = Literal["grad", "pgd", "pgpe", "rgs"]
 DATASET_CHOICES = (*DATASETS, "file")
-RELAXATION_CHOICES = (*sorted(METHODS), "none")
+RELAXATION_CHOICES = (*sorted(RELAXATIONS), "none")
 
 # The checks across fields, as docs/config.md states them (each error names the field to change).
 CROSS_FIELD_CHECKS = (
@@ -317,8 +319,8 @@ class TrainConfig(Strict):
     def _known_relaxation(cls, value: str | None) -> str | None:
         if value in (None, "none"):
             return None
-        if value not in METHODS:
-            raise ValueError(f"unknown relaxation {value!r}; expected one of {sorted(METHODS)} or none")
+        if value not in RELAXATIONS:
+            raise ValueError(f"unknown relaxation {value!r}; expected one of {sorted(RELAXATIONS)} or none")
         return value
 
     @model_validator(mode="after")
