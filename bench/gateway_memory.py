@@ -1,21 +1,30 @@
-"""The gateway's peak memory for a large dataset upload and a large certify body, against real processes.
+"""The gateway's peak memory under the worst body each POST route takes, against real processes.
 
-    python bench/gateway_memory.py                      # a ~200 MiB .npz upload and a ~40 MiB certify body
-    python bench/gateway_memory.py --dataset-mb 50 --certify-mb 10
+    python bench/gateway_memory.py                      # limits: 64 MiB uploads, 128 MiB decoded, 64 MiB certify
+    python bench/gateway_memory.py --upload-mb 32 --decoded-mb 64 --certify-mb 32
 
 A private redis-server, one ``python -m services.bound_worker`` and ``python -m services.gateway`` run
-on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``,
-``GLS_CERTIFY_MAX_BODY_MB``, ``GLS_CERTIFY_MAX_INPUTS`` and ``GLS_TENANT_MAX_STORED_MB`` raised to admit
-the requests. Each measured request gets a freshly started gateway, warmed up by a small request of the
-same kind, so that neither lazy imports nor memory the allocator kept from an earlier request hide in
-the numbers. The gateway's resident set is read from ``/proc/<pid>/status``: VmRSS before, the peak as
-the larger of VmHWM (reset through ``/proc/<pid>/clear_refs`` just before the request) and VmRSS sampled
-every 10 ms, and VmRSS after.
+on 127.0.0.1 (the stack of ``certify_burst.py``), with ``GLS_MAX_UPLOAD_MB``, ``GLS_UPLOAD_MAX_DECODED_MB``,
+``GLS_CERTIFY_MAX_BODY_MB`` and ``GLS_MAX_BODY_KB`` set from the options, ``GLS_CERTIFY_MAX_INPUTS`` and
+``GLS_TENANT_MAX_STORED_MB`` raised so that neither refuses first. Each measured request gets a freshly
+started gateway, warmed up by a small request of the same kind, so that neither lazy imports nor memory the
+allocator kept from an earlier request hide in the numbers. The gateway's resident set is read from
+``/proc/<pid>/status``: VmRSS before, the peak as the larger of VmHWM (reset through
+``/proc/<pid>/clear_refs`` just before the request) and VmRSS sampled every 10 ms, and VmRSS after.
 
-- The upload: ``x`` uint8 random pixels N x 3 x 32 x 32 and int64 ``y``, written by ``numpy.savez``
-  (uncompressed) to a temporary file and sent with ``GlsClient.upload_dataset``.
-- The certify body: random float32 pixels N x 1 x 8 x 8 for an uploaded fc-16 digits model, as JSON
-  (``"model_id"``, ``"inputs"``, ``"labels"``, DeepPoly), sent through ``GlsClient``'s HTTP client.
+For each route, the bodies that cost it most, accepted or refused (``bench/hostile_bodies.py`` builds the
+hostile ones):
+
+- ``POST /v1/jobs``: the issue's 200 MiB ``{"name": "x", "junk": [1, 1, ...]}`` (413 from its
+  Content-Length), and the longest ``junk`` array that fits ``GLS_MAX_BODY_KB`` (422).
+- ``POST /v1/datasets``: a compressed .npz of a few MiB that expands to 1.5 GiB (413 from its headers);
+  random float32 pixels filling the smaller of both limits (201; float pixels cost the most per byte); zeros
+  as float32 that expand to just under the decoded limit (201; stored as uint8); random uint8 pixels filling
+  the upload limit (201).
+- ``POST /v1/models``: an fc-16 model plus an extra tensor filling the upload limit (201; every tensor of
+  the file is read, then only theta is kept).
+- ``POST /v1/certify``: random float32 digits inputs filling the body limit (200), and one string filling it
+  (422: yajl holds a string whole before it is judged).
 
 Every temporary file is removed and every process started here is stopped (by pid) before the script exits.
 """
@@ -25,19 +34,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from certify_burst import TOKEN, Stack, stack, upload_model  # noqa: E402
+from certify_burst import TOKEN, Stack, digits_model, stack, upload_model  # noqa: E402
+from hostile_bodies import hostile_json, json_array_body, npz_bomb, npz_of  # noqa: E402
+from safetensors.torch import load as load_tensors  # noqa: E402
+from safetensors.torch import save as save_tensors  # noqa: E402
 
 from services.client import GlsClient  # noqa: E402
 
@@ -125,6 +139,21 @@ def write_dataset(path: Path, megabytes: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
+def float_dataset(megabytes: float, seed: int = 0) -> bytes:
+    """An uncompressed .npz of random float32 pixels in [0, 1) (N x 1 x 64 x 64) filling about ``megabytes``."""
+    rng = np.random.default_rng(seed)
+    n = max(1, round(megabytes * MIB / (64 * 64 * 4 + 8)))
+    return npz_of(x=rng.random((n, 1, 64, 64), dtype=np.float32), y=rng.integers(0, 10, n))
+
+
+def padded_model(megabytes: float) -> bytes:
+    """fc-16 on digits plus a float32 tensor 'padding' that brings the file to about ``megabytes`` MiB."""
+    model = load_tensors(digits_model()[1])
+    padding = torch.zeros(max(1, int(megabytes * MIB) // 4))
+    return save_tensors({"theta": model["theta"], "padding": padding},
+                        {"format": "gls-flat-v1", "arch": "fc-16", "dataset": "digits"})
+
+
 def certify_body(model_id: str, megabytes: float, seed: int = 0) -> tuple[bytes, int]:
     """A JSON certify request of about ``megabytes`` MiB: random float32 pixels [N, 1, 8, 8]; (body, N)."""
     rng = np.random.default_rng(seed)
@@ -139,59 +168,109 @@ def certify_body(model_id: str, megabytes: float, seed: int = 0) -> tuple[bytes,
     return body(n), n
 
 
+def raw_post(url: str, path: str, body: bytes, declared: int) -> str:
+    """POST ``body`` declaring ``declared`` bytes on a plain socket and read the answer without sending the rest
+    (what a client that sends 200 MiB sees of a server that refuses it by its Content-Length)."""
+    address = urlsplit(url)
+    head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n").encode()
+    with socket.create_connection((address.hostname, address.port), timeout=60) as conn:
+        conn.sendall(head + body)
+        answer = b""
+        while not answer.rstrip().endswith(b"}"):
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    status, body = answer.split(b" ", 2)[1].decode(), answer.split(b"\r\n\r\n", 1)[1]
+    return f"{status}: {json.loads(body)['detail']}"[:90]
+
+
+def posted(path: str, **kwargs: object) -> Callable[[GlsClient], str]:
+    def send(client: GlsClient) -> str:
+        response = client.http.post(path, **kwargs)  # type: ignore[arg-type]
+        if response.status_code >= 400:
+            detail = response.json()["detail"]
+            text = detail if isinstance(detail, str) else f"{detail[0]['field']}: {detail[0]['msg']}"
+            return f"{response.status_code}: {text}"[:90]
+        if path == "/v1/certify":
+            return f"200, {response.json()['total']} verdicts, response {len(response.content) / MIB:.1f} MiB"
+        return f"{response.status_code}" + (f", n = {response.json()['n']}" if "n" in response.json() else "")
+    return send
+
+
+def dataset_upload(name: str, data: bytes) -> Callable[[GlsClient], str]:
+    return posted("/v1/datasets", files={"file": (name, data)})
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset-mb", type=float, default=200.0, help="size of the uploaded .npz, MiB")
-    parser.add_argument("--certify-mb", type=float, default=40.0, help="size of the certify body, MiB")
+    parser.add_argument("--upload-mb", type=int, default=64, help="GLS_MAX_UPLOAD_MB")
+    parser.add_argument("--decoded-mb", type=int, default=128, help="GLS_UPLOAD_MAX_DECODED_MB")
+    parser.add_argument("--certify-mb", type=int, default=64, help="GLS_CERTIFY_MAX_BODY_MB")
+    parser.add_argument("--body-kb", type=int, default=64, help="GLS_MAX_BODY_KB")
     args = parser.parse_args()
-    limit_mb = int(max(args.dataset_mb, args.certify_mb) * 2) + 64
-    gateway_env = {"GLS_MAX_UPLOAD_MB": str(limit_mb), "GLS_CERTIFY_MAX_BODY_MB": str(limit_mb),
-                   "GLS_CERTIFY_MAX_INPUTS": "1000000", "GLS_TENANT_MAX_STORED_MB": str(limit_mb * 4)}
+    gateway_env = {"GLS_MAX_UPLOAD_MB": str(args.upload_mb), "GLS_UPLOAD_MAX_DECODED_MB": str(args.decoded_mb),
+                   "GLS_CERTIFY_MAX_BODY_MB": str(args.certify_mb), "GLS_MAX_BODY_KB": str(args.body_kb),
+                   "GLS_CERTIFY_MAX_INPUTS": "10000000", "GLS_TENANT_MAX_STORED_MB": "100000"}
     began = time.perf_counter()
     rows: list[Row] = []
+    fill = 0.95  # of a limit: the largest body that stays under it, with room for the multipart framing
     with stack(workers=1, gateway_env=gateway_env) as running:
         with GlsClient(running.url, TOKEN) as client:
             model_id = upload_model(client, running.folder)
-        small, large = running.folder / "small.npz", running.folder / "large.npz"
-        write_dataset(small, 1.0, seed=1)
-        size = write_dataset(large, args.dataset_mb)
-        try:
-            def upload(path: Path) -> Callable[[GlsClient], str]:
-                def send(client: GlsClient) -> str:
-                    info = client.upload_dataset(path)
-                    return f"201, n = {info['n']}"
-                return send
-
-            rows.append(measure(running, "POST /v1/datasets (.npz, uint8 x)", size, upload(small), upload(large)))
-        finally:
-            large.unlink()
-
-        body, n = certify_body(model_id, args.certify_mb)
+        small = dataset_upload("small.npz", npz_of(x=np.zeros((40, 1, 8, 8), np.uint8), y=np.arange(40) % 10))
+        issue_body = json_array_body(200)
+        cases: list[tuple[str, int, Callable[[GlsClient], object], Callable[[GlsClient], str]]] = [
+            ("POST /v1/jobs, the issue's 200 MiB junk array", len(issue_body),
+             posted("/v1/jobs", json={"name": "x"}),
+             lambda client: raw_post(running.url, "/v1/jobs", issue_body[:1 << 20], len(issue_body))),
+            (f"POST /v1/jobs, junk array filling {args.body_kb} KiB", args.body_kb * 1024 - 64,
+             posted("/v1/jobs", json={"name": "x"}),
+             posted("/v1/jobs", content=json_array_body((args.body_kb * 1024 - 64) / MIB), headers=JSON_HEADERS)),
+        ]
+        bomb = npz_bomb(1536)
+        cases.append(("POST /v1/datasets, .npz expanding to 1.5 GiB", len(bomb), small, dataset_upload("b.npz", bomb)))
+        floats = float_dataset(fill * min(args.upload_mb, args.decoded_mb))
+        cases.append(("POST /v1/datasets, random float32 x", len(floats), small, dataset_upload("f.npz", floats)))
+        zeros = npz_bomb(fill * args.decoded_mb, np.float32)
+        cases.append((f"POST /v1/datasets, float32 zeros expanding to {fill * args.decoded_mb:.0f} MiB", len(zeros),
+                      small, dataset_upload("z.npz", zeros)))
+        pixels = running.folder / "pixels.npz"
+        write_dataset(pixels, fill * args.upload_mb)
+        uint8 = pixels.read_bytes()
+        pixels.unlink()
+        cases.append(("POST /v1/datasets, random uint8 x", len(uint8), small, dataset_upload("u.npz", uint8)))
+        model = padded_model(fill * args.upload_mb)
+        cases.append(("POST /v1/models, fc-16 plus a padding tensor", len(model),
+                      posted("/v1/models", files={"file": ("m.safetensors", digits_model()[1])}),
+                      posted("/v1/models", files={"file": ("m.safetensors", model)})))
+        inputs, n = certify_body(model_id, fill * args.certify_mb)
         warm_body, _ = certify_body(model_id, 0.5, seed=1)
-
-        def certify(content: bytes) -> Callable[[GlsClient], str]:
-            def send(client: GlsClient) -> str:
-                response = client.http.post("/v1/certify", content=content,
-                                            headers={"Content-Type": "application/json"})
-                if response.status_code != 200:
-                    return f"{response.status_code}: {response.text[:200]}"
-                return f"200, {response.json()['total']} verdicts, response {len(response.content) / MIB:.1f} MiB"
-            return send
-
-        rows.append(measure(running, f"POST /v1/certify (JSON, {n} inputs)", len(body), certify(warm_body),
-                            certify(body)))
-        del body
+        warm = posted("/v1/certify", content=warm_body, headers=JSON_HEADERS)
+        cases.append((f"POST /v1/certify, {n} inputs", len(inputs), warm,
+                      posted("/v1/certify", content=inputs, headers=JSON_HEADERS)))
+        string = hostile_json(int(fill * args.certify_mb * MIB))["long-string"]
+        cases.append(("POST /v1/certify, one long string", len(string), warm,
+                      posted("/v1/certify", content=string, headers=JSON_HEADERS)))
+        for request, size, warm_up, send in cases:
+            rows.append(measure(running, request, size, warm_up, send))
+            print(f"measured {request}: peak {rows[-1].peak_mb:.0f} MiB", file=sys.stderr)
     total_s = time.perf_counter() - began
 
-    print(f"gateway peak RSS per request (a fresh gateway each, after a small warm-up request); "
-          f"{os.cpu_count()} cores, torch {torch.__version__}, numpy {np.__version__}")
+    print(f"gateway peak RSS per request (a fresh gateway each, after a small warm-up request); limits: "
+          f"GLS_MAX_BODY_KB {args.body_kb}, GLS_MAX_UPLOAD_MB {args.upload_mb}, GLS_UPLOAD_MAX_DECODED_MB "
+          f"{args.decoded_mb}, GLS_CERTIFY_MAX_BODY_MB {args.certify_mb}; {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, numpy {np.__version__}")
     print()
-    print("| request | body MiB | RSS before MiB | peak MiB | growth MiB | growth / body | RSS after MiB | s "
-          "| answer |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| request | body MiB | RSS before MiB | peak MiB | growth MiB | RSS after MiB | s | answer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(f"| {row.request} | {row.body_mb:.1f} | {row.before_mb:.0f} | {row.peak_mb:.0f} | {row.growth_mb:.0f} "
-              f"| {row.growth_mb / row.body_mb:.1f}x | {row.after_mb:.0f} | {row.seconds:.1f} | {row.answer} |")
+        print(f"| {row.request} | {row.body_mb:.2f} | {row.before_mb:.0f} | {row.peak_mb:.0f} | {row.growth_mb:.0f} "
+              f"| {row.after_mb:.0f} | {row.seconds:.1f} | {row.answer} |")
     print()
     print(f"whole run {total_s:.0f} s")
 

@@ -73,11 +73,17 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8000, ge=0, le=65535)
     certifier_port: int = Field(50052, ge=0, le=65535)
     tokens: str = Field("", description="bearer tokens: 'token=tenant,token2=tenant2'")
-    max_upload_mb: int = Field(512, gt=0)
+    max_upload_mb: int = Field(512, gt=0, description="largest POST /v1/datasets or /v1/models body (a file); a "
+                               "larger one answers 413 before the rest is read")
+    upload_max_decoded_mb: int = Field(1024, gt=0, description="largest arrays an upload may decode to (x as held: "
+                                       "uint8, or float32; y as int64), judged from the file's headers before "
+                                       "anything is decoded (a compressed .npz counts what it expands to)")
+    max_body_kb: int = Field(64, gt=0, description="largest body of every other route (a job config is a few KiB; "
+                             "the rest take none); a larger one answers 413 before the rest is read")
     certify_max_inputs: int = Field(10000, gt=0)
     certify_max_body_mb: int = Field(256, gt=0, description="largest POST /v1/certify body (JSON); a larger one "
                                      "answers 413 before the rest is read. 256 MiB holds 10,000 MNIST inputs "
-                                     "written with float64 digits; GLS_MAX_UPLOAD_MB caps every body too")
+                                     "written with float64 digits")
     certify_complete_timeout_s: float = Field(30.0, gt=0, description="method complete: default seconds per input")
     certify_complete_max_timeout_s: float = Field(120.0, gt=0, description="method complete: largest per-input limit")
     certify_complete_max_inputs: int = Field(256, gt=0, description="method complete: inputs per request or message")

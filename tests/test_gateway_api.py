@@ -116,12 +116,14 @@ def test_config_errors_name_each_field(stack: Stack) -> None:
     assert restarts == {"evaluation.pgd_restarts": "101 is more than this gateway allows (100, the bound workers' "
                                                    "limit)"}
     nan = alice.post("/v1/jobs", content=b'{"eps": NaN, "pgpe": {"sigma_init": Infinity}}')
-    assert set(fields(nan)) == {"eps", "pgpe.sigma_init"}
+    assert "finite" in fields(nan)["eps"]  # not JSON: reading stops at the first one
+    assert "finite" in fields(alice.post("/v1/jobs", content=b'{"pgpe": {"sigma_init": -Infinity}}'))[
+        "pgpe.sigma_init"]
     assert "malformed JSON" in fields(alice.post("/v1/jobs", content=b'{"eps": '))["body"]
     assert "JSON object" in fields(alice.post("/v1/jobs", json=[1, 2]))["body"]
-    assert "nested too deeply" in fields(alice.post("/v1/jobs", content=b"[" * 100_000))["body"]
+    assert "nested deeper than 32 levels" in "".join(fields(alice.post("/v1/jobs", content=b"[" * 60_000)).values())
     deep = alice.post("/v1/jobs", content=b'{"name": ' + b"[" * 900 + b"]" * 900 + b"}")
-    assert "name" in fields(deep)
+    assert "nested deeper" in fields(deep)["name" + ".0" * 31]
     cross = fields(alice.post("/v1/jobs", json={"estimator": "grad", "relaxation": "alpha-crown"}))
     assert "relaxation 'alpha-crown' has no weight gradients" in cross["body"]  # a rule across fields
 
@@ -246,7 +248,9 @@ def test_upload_limits_and_missing_parts(stack: Stack) -> None:
     big = npz_bytes(x=np.zeros((300, 1, 64, 64), np.uint8), y=np.zeros(300, int))  # 1.2 MB > 1 MiB
     too_large = alice.post("/v1/datasets", files={"file": ("big.npz", big)})
     assert too_large.status_code == 413 and "1 MiB" in too_large.json()["detail"]
-    chunked = alice.post("/v1/jobs", content=iter([b" " * 700_000, b" " * 700_000]))  # no Content-Length
+    part = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.npz"\r\n\r\n'
+    chunked = alice.post("/v1/datasets", content=iter([part, b" " * 700_000, b" " * 700_000]),  # no Content-Length
+                         headers={"Content-Type": "multipart/form-data; boundary=x"})
     assert chunked.status_code == 413 and "GLS_MAX_UPLOAD_MB" in chunked.json()["detail"]
     assert "file" in fields(alice.post("/v1/datasets", data={"name": "nothing"}))
     assert "num_classes" in fields(alice.post("/v1/datasets", files={"file": ("d.npz", b"x")},

@@ -52,6 +52,9 @@ def _read_arrays(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 def _pixels(path: Path, x: torch.Tensor, as_float: bool = True) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"{path}: 'x' must be 4-D (N x C x H x W), got {x.dim()}-D shape {tuple(x.shape)}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{path}: 'x' has shape {tuple(x.shape)}, with a zero-sized dimension; every example "
+                         "needs C x H x W > 0 values")
     if x.shape[1] > 4 and x.shape[3] in (1, 3, 4):
         raise ValueError(f"{path}: 'x' has shape {tuple(x.shape)}, which looks channels-last (N x H x W x C); "
                          "store N x C x H x W")
@@ -74,6 +77,10 @@ def _labels(path: Path, y: torch.Tensor, n: int, num_classes: int | None) -> tup
         raise ValueError(f"{path}: 'y' must be 1-D (N labels), got shape {tuple(y.shape)}")
     if len(y) != n:
         raise ValueError(f"{path}: 'x' has {n} examples but 'y' has {len(y)} labels")
+    if y.dtype == torch.uint64 and bool((y.view(torch.int64) < 0).any()):
+        first = first_index(y.view(torch.int64) < 0)
+        raise ValueError(f"{path}: 'y' has label {int(y.view(torch.int64)[first]) + 2**64} at index {first}, beyond "
+                         "the int64 range; labels must be 0..num_classes-1")
     y = y.to(torch.int64)
     if int(y.min()) < 0:
         first = first_index(y < 0)

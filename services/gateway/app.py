@@ -14,8 +14,9 @@ from pydantic import BaseModel
 from gls_core.training.config import TrainConfig
 
 from . import certify_rest, datasets, health, jobs, models, quota, ui
+from .bodies import BodySizeLimit, route_limits
 from .context import Gateway
-from .errors import BodySizeLimit, install_handlers
+from .errors import install_handlers
 from .events import STREAM_THREADS
 from .metrics import MetricsMiddleware
 
@@ -61,7 +62,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     for module in (jobs, datasets, models, quota, certify_rest, health):
         app.include_router(module.router)
     ui.mount(app)  # the web dashboard at /ui/ (static files; the page calls /v1 with the user's token)
-    app.add_middleware(BodySizeLimit, max_upload_mb=gateway.settings.max_upload_mb)
+    app.add_middleware(BodySizeLimit, limits=route_limits(gateway.settings))
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)  # outermost: counts every answer
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -4,7 +4,7 @@ The body is read as it arrives (:mod:`.json_arrays`): ``inputs``, ``labels`` and
 straight into numpy arrays, checked on the way, and the other fields are validated by
 :class:`CertifyIn` as before. The gateway's memory grows by about the decoded arrays, not by the
 Python lists a whole-body parse would make; a body over ``GLS_CERTIFY_MAX_BODY_MB`` is refused
-before the rest of it is read.
+before the rest of it is read (:mod:`.bodies`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gls_core.bounds.api import METHODS
 from gls_core.nets.zoo import ARCHITECTURES, DATASETS
 
 from ..settings import Settings
+from .bodies import field_name, read_json
 from .certify import (
     CHUNK,
     COMPLETE,
@@ -43,8 +44,8 @@ from .certify import (
     zoo_model,
 )
 from .deps import ID_PATTERN, PROTECTED, GatewayDep, Tenant
-from .errors import ApiError, InvalidRequest, error_responses
-from .json_arrays import ArrayField, JsonArrayReader, MalformedJson, Parsed, Path, TooManyItems
+from .errors import InvalidRequest, error_responses
+from .json_arrays import ArrayField, Parsed, Path, TooManyItems
 
 router = APIRouter(tags=["certify"], responses=PROTECTED)
 METHOD_NAMES: list[JsonValue] = [*sorted(METHODS), COMPLETE]
@@ -150,9 +151,6 @@ class CertifyOut(BaseModel):
     eps: float
 
 
-MIB = 1024 * 1024
-FEED_BYTES = 1 << 20
-"""Bytes gathered from the stream before the parser runs on them (in a worker thread, off the event loop)."""
 INPUTS, LABELS, THETA = ("inputs",), ("labels",), ("model", "theta")
 RAGGED = "ragged: every input must have the same [C, H, W] shape"
 CERTIFY_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
@@ -167,69 +165,15 @@ def body_arrays(max_inputs: int) -> dict[Path, ArrayField]:
             THETA: ArrayField(1, StrictFloat, np.float32)}
 
 
-def body_too_large(limit_mb: int) -> ApiError:
-    return ApiError(413, f"certify body larger than the limit of {limit_mb} MiB (GLS_CERTIFY_MAX_BODY_MB; send "
-                         "more inputs in several requests or stream them with the gRPC CertifyStream)",
-                    {"Connection": "close"})
-
-
-def _json_media(content_type: str | None) -> bool:
-    """What FastAPI reads as JSON: no Content-Type, application/json or application/*+json."""
-    if not content_type:
-        return True
-    media = content_type.split(";")[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
-
-
-def _field(path: Path) -> str:
-    return ".".join(map(str, path)) or "body"
-
-
-def _rejected(error: MalformedJson | TooManyItems) -> Exception:
-    """A body the reader stopped on, as the answer naming where."""
-    if isinstance(error, TooManyItems):
-        return InvalidRequest.one(_field(error.path), f"more than the limit of {error.limit} per request "
-                                  "(GLS_CERTIFY_MAX_INPUTS; stream larger sets with CertifyStream)", status=413)
-    if error.encoding:
-        return ApiError(400, f"the body is not UTF-8 JSON text: {error.reason} (in {_field(error.path)})")
-    if error.at_value:
-        return RequestValidationError([{"type": "value_error", "loc": ("body", *error.path), "msg": error.reason}])
-    where = f" in {_field(error.path)}" if error.path else ""
-    return RequestValidationError([{"type": "value_error", "loc": ("body",),
-                                    "msg": f"malformed JSON{where}: {error.reason}"}])
-
-
 async def read_body(request: Request, settings: Settings) -> tuple[CertifyIn, dict[Path, np.ndarray]]:
     """The body's fields (its arrays left empty) and its arrays, or the errors that name every bad field."""
-    limit_mb = settings.certify_max_body_mb
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_mb * MIB:
-        raise body_too_large(limit_mb)
-    if not _json_media(request.headers.get("content-type")):
-        raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": "expected Content-Type "
-                                       f"application/json, got {request.headers['content-type']!r}"}])
-    reader = JsonArrayReader(body_arrays(settings.certify_max_inputs))
-    pending, received = bytearray(), 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit_mb * MIB:
-                raise body_too_large(limit_mb)
-            pending += chunk
-            if len(pending) >= FEED_BYTES:
-                await run_in_threadpool(reader.feed, bytes(pending))
-                pending.clear()
-        parsed = await run_in_threadpool(_finish, reader, bytes(pending))
-    except (MalformedJson, TooManyItems) as error:
-        raise _rejected(error) from None
-    return _validated(parsed)
-
-
-def _finish(reader: JsonArrayReader, rest: bytes) -> Parsed:
-    reader.feed(rest)
-    if not reader.received:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
-    return reader.finish()
+        body = await read_json(request, body_arrays(settings.certify_max_inputs))
+    except TooManyItems as error:
+        reason = (f"more than the limit of {error.limit} per request (GLS_CERTIFY_MAX_INPUTS; stream larger sets "
+                  "with CertifyStream)")
+        raise InvalidRequest.one(field_name(error.path), reason, status=413) from None
+    return _validated(body.parsed)
 
 
 def _validated(parsed: Parsed) -> tuple[CertifyIn, dict[Path, np.ndarray]]:
@@ -294,7 +238,7 @@ def _certify(gateway: GatewayDep, tenant: str, body: CertifyIn, arrays: dict[Pat
              responses=error_responses(
                  (400, "the body is not JSON text (e.g. not UTF-8)"),
                  (404, "model_id is not a model of this tenant (another tenant's ids answer exactly the same)"),
-                 (413, "the body is larger than GLS_CERTIFY_MAX_BODY_MB (or GLS_MAX_UPLOAD_MB), or holds more inputs "
+                 (413, "the body is larger than GLS_CERTIFY_MAX_BODY_MB, or holds more inputs "
                        "than GLS_CERTIFY_MAX_INPUTS (GLS_CERTIFY_COMPLETE_MAX_INPUTS for the complete method)"),
                  (422, "a field is invalid, alone or with the model (shapes, classes, the theta length) or other "
                        "fields; detail names it"),

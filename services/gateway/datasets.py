@@ -12,16 +12,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from gls_core.data.userfile import read_user_file
+from gls_core.data.userfile import KEYS, read_user_file
 
 from ..store import NotFound
 from .context import Gateway
 from .deps import PROTECTED, DatasetId, GatewayDep, Tenant, leave_out
 from .errors import STORED_QUOTA, InvalidRequest, NotFoundError, error_responses
 from .schemas import DatasetOut
-from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
+from .uploads import FILE_DESCRIPTION, check_decoded, check_suffix, client_name, reader_error, spooled
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROTECTED)
+MAX_CLASSES = 100_000
+"""Classes a dataset may declare or its labels imply (the built-in networks have at most 200 outputs)."""
 NO_DATASET = (404, "no such dataset for this tenant (another tenant's ids answer exactly the same)")
 LOCATION = {"Location": {"description": "the path of the new dataset", "required": True,
                          "schema": {"type": "string"}}}
@@ -39,16 +41,19 @@ def _dataset(gateway: Gateway, tenant: str, dataset_id: str) -> dict[str, Any]:
 
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
-                 400, 413, (422, "not a readable dataset (the file's content, which the schema cannot describe, "
-                                 "or a field); detail says why"), STORED_QUOTA)})
+                 400, (413, "the file is larger than GLS_MAX_UPLOAD_MB, or its arrays would take more than "
+                            "GLS_UPLOAD_MAX_DECODED_MB once decoded"),
+                 (422, "not a readable dataset (the file's content, which the schema cannot describe, or a field); "
+                       "detail says why"), STORED_QUOTA)})
 def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
                    file: Annotated[UploadFile, File(description=".npz or .safetensors with x (N x C x H x W, uint8 "
                                                                 "or float in [0, 1]) and y (integer labels); "
                                                                 + FILE_DESCRIPTION.format(".npz or .safetensors"))],
                    name: Annotated[str | None, Form(max_length=200, description="default: the file name"),
                                    leave_out({"type": "string", "maxLength": 200})] = None,
-                   num_classes: Annotated[int | None, Form(ge=2, le=100000, description="default: largest label + 1"),
-                                          leave_out({"type": "integer", "minimum": 2, "maximum": 100000})] = None
+                   num_classes: Annotated[int | None, Form(ge=2, le=MAX_CLASSES, description="default: largest label "
+                                                           "+ 1"),
+                                          leave_out({"type": "integer", "minimum": 2, "maximum": MAX_CLASSES})] = None
                    ) -> dict[str, Any]:
     suffix = check_suffix(file, (".npz", ".safetensors"))
     filename = client_name(file)
@@ -56,12 +61,16 @@ def upload_dataset(gateway: GatewayDep, tenant: Tenant, response: Response,
         size = path.stat().st_size
         if size == 0:
             raise InvalidRequest.one("file", f"{filename}: the file is empty")
+        check_decoded(path, suffix, filename, KEYS, gateway.settings.upload_max_decoded_mb, as_float=False)
         try:
             x, y, classes = read_user_file(path, num_classes, as_float=False)  # uint8 is stored as it is
         except ValueError as error:
             raise reader_error(error, path, filename) from None
         except EOFError:  # numpy's answer to a truncated .npy inside the archive (read_user_file lets it through)
             raise InvalidRequest.one("file", f"{filename}: cannot read it as .npz (truncated)") from None
+    if classes > MAX_CLASSES:
+        raise InvalidRequest.one("file", f"{filename}: 'y' has label {classes - 1}; labels must lie in "
+                                         f"0..{MAX_CLASSES - 1} (num_classes at most {MAX_CLASSES})")
     if classes < 2:
         raise InvalidRequest.one("file", f"{filename}: 'y' holds a single class; certification needs at least 2 "
                                          "(pass num_classes if some classes are absent)")

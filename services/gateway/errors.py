@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gls_core.errors import InvalidInput
 
@@ -42,7 +41,7 @@ from ..errors import (
 )
 from ..store import OverQuota
 
-__all__ = ["MAX_REPORTED_ERRORS", "QUOTA_SETTINGS", "STORAGE_FULL", "ApiError", "BodySizeLimit", "ErrorBody",
+__all__ = ["MAX_REPORTED_ERRORS", "QUOTA_SETTINGS", "STORAGE_FULL", "ApiError", "ErrorBody",
            "InvalidRequest", "NotFoundError", "QuotaExceeded", "QuotaUsage", "Unavailable", "error_responses",
            "install_handlers", "quota_message"]
 
@@ -68,7 +67,8 @@ REASONS = {
     401: "missing, malformed or unknown bearer token",
     404: "no such item for this tenant (another tenant's ids answer exactly the same)",
     409: "the item is not ready for this request",
-    413: "the body is larger than GLS_MAX_UPLOAD_MB",
+    413: "the body is larger than this route's limit (GLS_MAX_UPLOAD_MB for uploads, GLS_MAX_BODY_KB for a job "
+         "config), or an upload decodes to more than GLS_UPLOAD_MAX_DECODED_MB",
     422: "a field is invalid; detail names each field and the reason",
     429: "a quota of this tenant would be exceeded (GLS_TENANT_MAX_*); detail and quota say which, the limit and "
          "the usage; nothing was stored",
@@ -125,44 +125,6 @@ def field_detail(error: InvalidInput) -> list[dict[str, Any]]:
     """One :class:`FieldError` per bad field of ``error``, located in the body."""
     return [{"loc": ["body"] if field == "body" else ["body", *field.split(".")], "field": field, "msg": reason,
              "type": "value_error"} for field, reason in error.violations()[:MAX_REPORTED_ERRORS]]
-
-
-def too_large_message(max_upload_mb: int) -> str:
-    return f"request body larger than the limit of {max_upload_mb} MiB (GLS_MAX_UPLOAD_MB)"
-
-
-class BodySizeLimit:
-    """413 (JSON) for a body over the limit: at once when Content-Length says so, else when the bytes exceed it.
-
-    (FastAPI's own ``max_body_size`` answers a declared oversize body in plain text, whatever the app says.)
-    """
-
-    def __init__(self, app: ASGIApp, max_upload_mb: int) -> None:
-        self.app = app
-        self.limit = max_upload_mb * 1024 * 1024
-        self.message = too_large_message(max_upload_mb)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse({"detail": self.message}, status_code=413, headers={"Connection": "close"})
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:  # reaches the exception handlers like any HTTPException
-                    raise StarletteHTTPException(413, self.message)
-            return message
-
-        await self.app(scope, counted, send)
 
 
 HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")

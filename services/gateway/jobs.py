@@ -23,6 +23,7 @@ from gls_core.training.config import TrainConfig
 from gls_core.training.plots import render_curves
 
 from ..store import Job, NotFound
+from .bodies import read_json
 from .context import Gateway
 from .deps import PROTECTED, GatewayDep, JobId, Tenant, leave_out
 from .errors import ApiError, InvalidRequest, NotFoundError, error_responses
@@ -98,7 +99,8 @@ def _submit(gateway: Gateway, tenant: str, body: Any, raw: bytes) -> dict[str, A
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=CONFIG_BODY,
              responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
-                 413, (422, "the config is invalid: a field breaks its schema, a rule across fields (the eps ramp "
+                 (413, "the body is larger than GLS_MAX_BODY_KB"),
+                 (422, "the config is invalid: a field breaks its schema, a rule across fields (the eps ramp "
                             "and lr milestones within the schedule, a batch that fits the data), a cap of this "
                             "gateway (GLS_JOB_MAX_*), or names a dataset or model this tenant does not have; "
                             "detail names each field and the reason"),
@@ -110,14 +112,8 @@ async def submit_job(request: Request, response: Response, gateway: GatewayDep, 
     A tenant may have at most GLS_TENANT_MAX_JOBS jobs queued or running at once (GET /v1/quota says how many it
     has); a running job counts until it has stopped, also after a cancel.
     """
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidRequest.one("body", f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise InvalidRequest.one("body", "JSON nested too deeply") from None
-    job = await run_in_threadpool(_submit, gateway, tenant, body, raw)
+    body = await read_json(request, keep_text=True)  # within GLS_MAX_BODY_KB (BodySizeLimit) and JsonLimits
+    job = await run_in_threadpool(_submit, gateway, tenant, body.parsed.document, body.text)
     response.headers["Location"] = f"{router.prefix}/{job['id']}"
     return job
 

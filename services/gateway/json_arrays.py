@@ -5,7 +5,11 @@ every number becomes a Python float in a list of lists, 5-10x the JSON text. Her
 chunks to yajl (through ``ijson``, in C); every value outside the named arrays is built as usual
 (they are small), and the numbers of each named array go into float32/int64 blocks, checked as they
 come: nesting depth, element types (pydantic's own messages), a rectangular shape, an item limit.
-Memory: the decoded arrays (each grown in place) plus the events of one slice.
+Everything outside the named arrays is read within :class:`JsonLimits` (nesting depth, string length,
+items per list or object, values in all), so no body builds more than a bounded number of Python
+objects whatever its size. Memory: the decoded arrays (each grown in place), the events of one slice,
+and at most ``max_values`` small values; a string is held by yajl whole before it is judged, so a
+string costs at most the body's size.
 """
 
 from __future__ import annotations
@@ -25,8 +29,25 @@ SLICE = 1 << 16
 """Bytes given to yajl at a time: bounds the event list (about 3,000 numbers) held at once."""
 MAX_DEPTH = 32
 """Nesting allowed outside the named arrays (they have their own depth)."""
+MAX_STRING = 4096
+"""Characters of a string or object key outside the named arrays (ids, names and methods are far shorter)."""
+MAX_ITEMS = 10_000
+"""Items of one list or object outside the named arrays."""
+MAX_VALUES = 100_000
+"""Values (scalars and containers) outside the named arrays, in all."""
 MAX_ERRORS = 20
 """Errors recorded; a body with a million bad numbers is not answered with a million messages."""
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """What a document may hold outside its named arrays; beyond any of them reading stops (:class:`MalformedJson`
+    at the value, ``at_value``)."""
+
+    max_depth: int = MAX_DEPTH
+    max_string: int = MAX_STRING
+    max_items: int = MAX_ITEMS
+    max_values: int = MAX_VALUES
 
 
 @dataclass(frozen=True)
@@ -190,8 +211,10 @@ class Parsed:
 class JsonArrayReader:
     """Feed bytes with :meth:`feed`, then :meth:`finish`. Not thread-safe; one document per reader."""
 
-    def __init__(self, arrays: Mapping[Path, ArrayField]) -> None:
+    def __init__(self, arrays: Mapping[Path, ArrayField], limits: JsonLimits = JsonLimits()) -> None:
         self.specs = dict(arrays)
+        self.limits = limits
+        self.values = 0
         self.events = sendable_list()
         self.parser = ijson.basic_parse_coro(self.events, use_float=True)
         self.frames: list[_Frame] = []
@@ -240,13 +263,17 @@ class JsonArrayReader:
         events.clear()
 
     def _event(self, event: str, value: Any) -> None:
+        if event in ("map_key", "string") and len(value) > self.limits.max_string:
+            what = "an object key" if event == "map_key" else "a string"
+            raise MalformedJson(self._path(), f"{what} longer than {self.limits.max_string} characters",
+                                at_value=True)
         if event == "map_key":
             self.frames[-1].key = value
         elif event == "start_array" and (spec := self.specs.get(self._keys())) is not None:
             self.sink = _Sink(self._keys(), spec, self.errors)
         elif event in ("start_map", "start_array"):
-            if len(self.frames) >= MAX_DEPTH:
-                raise MalformedJson(self._path(), f"nested deeper than {MAX_DEPTH} levels", at_value=True)
+            if len(self.frames) >= self.limits.max_depth:
+                raise MalformedJson(self._path(), f"nested deeper than {self.limits.max_depth} levels", at_value=True)
             container: dict[str, Any] | list[Any] = {} if event == "start_map" else []
             self._put(container)
             self.frames.append(_Frame(container))
@@ -257,11 +284,18 @@ class JsonArrayReader:
             self._put(value)
 
     def _put(self, value: Any) -> None:
+        self.values += 1
+        if self.values > self.limits.max_values:
+            raise MalformedJson(self._path(), f"more than {self.limits.max_values} values in the document",
+                                at_value=True)
         if not self.frames:
             self.root = value
             self.done = True
             return
         frame = self.frames[-1]
+        if len(frame.container) >= self.limits.max_items:
+            kind = "keys" if isinstance(frame.container, dict) else "items"
+            raise MalformedJson(self._path()[:-1], f"more than {self.limits.max_items} {kind}", at_value=True)
         if isinstance(frame.container, dict):
             frame.container[frame.key or ""] = value
         else:

@@ -21,7 +21,7 @@ from .context import Gateway
 from .deps import PROTECTED, GatewayDep, ModelId, Tenant
 from .errors import STORED_QUOTA, InvalidRequest, NotFoundError, error_responses
 from .schemas import ModelOut
-from .uploads import FILE_DESCRIPTION, check_suffix, client_name, reader_error, spooled
+from .uploads import FILE_DESCRIPTION, check_decoded, check_suffix, client_name, reader_error, spooled
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROTECTED)
 NO_MODEL = (404, "no such model for this tenant (another tenant's ids answer exactly the same)")
@@ -41,8 +41,10 @@ def _model(gateway: Gateway, tenant: str, model_id: str) -> dict[str, Any]:
 
 @router.post("", status_code=201, response_model=ModelOut,
              responses={201: {"headers": LOCATION, "links": CREATED}, **error_responses(
-                 400, 413, (422, "not a GLS model file (the file's content, which the schema cannot describe); "
-                                 "detail says why"), STORED_QUOTA)})
+                 400, (413, "the file is larger than GLS_MAX_UPLOAD_MB, or its tensors would take more than "
+                            "GLS_UPLOAD_MAX_DECODED_MB once read"),
+                 (422, "not a GLS model file (the file's content, which the schema cannot describe); detail says "
+                       "why"), STORED_QUOTA)})
 def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
                  file: Annotated[UploadFile, File(description="a GLS model.safetensors (as written by gls train); "
                                                               + FILE_DESCRIPTION.format(".safetensors"))]
@@ -50,6 +52,7 @@ def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
     suffix = check_suffix(file, (".safetensors",))
     filename = client_name(file)
     with spooled(file, suffix) as path:
+        check_decoded(path, suffix, filename, None, gateway.settings.upload_max_decoded_mb)
         try:
             spec, theta, metadata = load_model(path)
             if not bool(torch.isfinite(theta).all()):

@@ -1,0 +1,147 @@
+"""Hostile bodies and uploads against a real gateway (uvicorn) and a real redis-server on loopback: every one is
+answered 4xx naming the field or the limit, before the gateway builds what it claims, and the gateway keeps
+serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from test_gateway_support import ALICE, Stack, start_stack
+
+from bench.hostile_bodies import (
+    HOSTILE_DATASETS,
+    hostile_json,
+    json_array_body,
+    npz_bomb,
+    npz_claiming_petabytes,
+    npz_of,
+    safetensors_claiming,
+    safetensors_of,
+)
+
+UPLOAD_MB, DECODED_MB, BODY_KB = 4, 16, 64
+GOOD_JOB = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05, "data": {"dataset": "digits", "batch_size": 32},
+            "model": {"arch": "fc-16"}, "schedule": {"epochs": 1, "eps_ramp_epochs": 0, "lr": 0.01,
+                                                     "lr_milestones": []}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("redis"), workers=0, max_upload_mb=UPLOAD_MB,
+                          upload_max_decoded_mb=DECODED_MB, max_body_kb=BODY_KB)
+    yield running
+    running.stop()
+
+
+def detail(response: object) -> dict[str, str]:
+    """{field: reason} of a field error, {"": message} of a plain one."""
+    body = response.json()  # type: ignore[attr-defined]
+    items = body["detail"]
+    return {item["field"]: item["msg"] for item in items} if isinstance(items, list) else {"": items}
+
+
+# ------------------------------------------------------------------------------------ body sizes
+
+def test_every_route_refuses_a_body_over_its_limit_by_size(stack: Stack) -> None:
+    alice = stack.http(ALICE)
+    body = json_array_body(BODY_KB / 1024 * 2)  # twice GLS_MAX_BODY_KB
+    for sent in (body, iter([body[:40_000], body[40_000:]])):  # declared, then chunked without a Content-Length
+        refused = alice.post("/v1/jobs", content=sent, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 413 and refused.headers["connection"] == "close", refused.text
+        assert detail(refused)[""] == (f"request body larger than the limit of {BODY_KB} KiB for POST /v1/jobs "
+                                       "(GLS_MAX_BODY_KB)")
+    for method, path in [("GET", "/v1/jobs"), ("DELETE", "/v1/jobs/job-1"), ("GET", "/v1/quota")]:
+        refused = alice.request(method, path, content=b" " * (BODY_KB * 1024 + 1))
+        assert refused.status_code == 413 and "GLS_MAX_BODY_KB" in detail(refused)[""], (method, path)
+    upload = alice.post("/v1/models", files={"file": ("m.safetensors", b"\0" * (UPLOAD_MB * 2**20 + 1))})
+    assert upload.status_code == 413 and "GLS_MAX_UPLOAD_MB" in detail(upload)[""]
+    assert alice.post("/v1/jobs", json=GOOD_JOB).status_code == 201
+
+
+def test_json_within_the_size_limit_is_read_within_the_parsers_limits(stack: Stack) -> None:
+    alice = stack.http(ALICE)
+    small = hostile_json(BODY_KB * 1024 - 100)  # a job config's limit
+    answers = {name: alice.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+               for name, body in small.items()}
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(small, 422)
+    assert detail(answers["long-array"]) == {"junk": "more than 10000 items"}
+    assert "nested deeper than 32 levels" in "".join(detail(answers["deep-nesting"]).values())
+    assert detail(answers["long-string"]) == {"name": "a string longer than 4096 characters"}
+    assert set(detail(answers["many-keys"]).values()) == {"unknown key"}  # 6,500 keys fit: the first 20 named
+    assert len(detail(answers["many-keys"])) == 20
+    assert detail(answers["repeated-key"]) == {"a": "unknown key"}
+
+    large = hostile_json(4 * 2**20)  # within GLS_CERTIFY_MAX_BODY_MB: the same reader, the same limits
+    answers = {name: alice.post("/v1/certify", content=body, headers={"Content-Type": "application/json"})
+               for name, body in large.items()}
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(large, 422)
+    assert detail(answers["long-array"]) == {"junk": "more than 10000 items"}
+    assert detail(answers["long-string"]) == {"name": "a string longer than 4096 characters"}
+    assert detail(answers["many-keys"]) == {"body": "more than 10000 keys"}
+    assert detail(answers["repeated-key"]) == {"a": "more than 100000 values in the document"}
+    assert alice.post("/v1/jobs", json=GOOD_JOB).status_code == 201
+
+
+# --------------------------------------------------------------------------------------- uploads
+
+@pytest.mark.parametrize(("name", "status", "reason"), [
+    ("petabyte-header.npz", 422, "claims shape (1125899906842624, 1, 1, 1) of float64"),
+    ("bomb.npz", 413, "more than the limit of 16 MiB (GLS_UPLOAD_MAX_DECODED_MB)"),
+    ("float-bomb.npz", 413, "GLS_UPLOAD_MAX_DECODED_MB"),
+    ("zero-channels.npz", 422, "'x' has shape (4, 0, 8, 8), with a zero-sized dimension"),
+    ("zero-examples.npz", 422, "'x' holds no examples"),
+    ("huge-label.npz", 422, "'y' has label 9223372036854775807; labels must lie in 0..99999"),
+    ("uint64-label.npz", 422, "'y' has label 18446744073709551615 at index 3, beyond the int64 range"),
+    ("object-x.npz", 422, "Python objects"),
+    ("many-members.npz", 422, "5000 members"),
+    ("truncated-member.npz", 422, "its member holds 100"),
+    ("claims.safetensors", 422, "which the 16 data bytes of the file do not hold"),
+    ("header-longer-than-file.safetensors", 422, "does not fit the"),
+    ("header-not-json.safetensors", 422, "not a readable safetensors file"),
+    ("zero-height.safetensors", 422, "zero-sized dimension"),
+])
+def test_hostile_dataset_uploads_are_4xx_naming_the_file(stack: Stack, name: str, status: int, reason: str) -> None:
+    alice = stack.http(ALICE)
+    answer = alice.post("/v1/datasets", files={"file": (name, HOSTILE_DATASETS[name])})
+    assert answer.status_code == status and reason in detail(answer)["file"], answer.text
+    assert detail(answer)["file"].startswith(f"{name}: ")
+    assert len(npz_claiming_petabytes()) < 500  # what the issue sent: a few hundred bytes claiming petabytes
+
+
+def test_labels_are_checked_against_the_declared_classes(stack: Stack) -> None:
+    alice = stack.http(ALICE)
+    data = npz_of(x=np.zeros((4, 1, 8, 8), np.uint8), y=np.array([0, 1, 2, 5]))
+    refused = alice.post("/v1/datasets", files={"file": ("d.npz", data)}, data={"num_classes": "5"})
+    assert refused.status_code == 422 and "'y' has label 5" in detail(refused)["file"]
+    accepted = alice.post("/v1/datasets", files={"file": ("d.npz", data)})
+    assert accepted.status_code == 201 and accepted.json()["num_classes"] == 6
+
+
+def test_decoded_size_counts_what_the_gateway_holds(stack: Stack) -> None:
+    alice = stack.http(ALICE)
+    below = alice.post("/v1/datasets", files={"file": ("ok.npz", npz_bomb(DECODED_MB / 2))})  # uint8: 8 MiB held
+    assert below.status_code == 201, below.text
+    floats = alice.post("/v1/datasets", files={"file": ("f.npz", npz_bomb(DECODED_MB + 1, np.float32))})
+    assert floats.status_code == 413 and "would take 17 MiB once decoded" in detail(floats)["file"], floats.text
+
+
+def test_model_uploads_are_checked_from_the_header(stack: Stack) -> None:
+    alice = stack.http(ALICE)
+    gls = {"format": "gls-flat-v1", "arch": "fc-16", "dataset": "digits"}
+    huge = safetensors_claiming((2**40,), name="theta", metadata=gls)
+    answer = alice.post("/v1/models", files={"file": ("m.safetensors", huge)})
+    assert answer.status_code == 422 and "'theta' claims shape (1099511627776,)" in detail(answer)["file"]
+    longer = safetensors_of(gls, theta=np.zeros(10, np.float32))[:-8]  # the header's theta ends past the file
+    answer = alice.post("/v1/models", files={"file": ("m.safetensors", longer)})
+    assert answer.status_code == 422 and "the 32 data bytes of the file do not hold" in detail(answer)["file"]
+    assert alice.get("/v1/models").status_code == 200
+
+
+def test_the_gateway_keeps_serving_after_every_hostile_body(stack: Stack) -> None:
+    with stack.http(ALICE) as alice:  # one keep-alive connection throughout
+        for name, data in HOSTILE_DATASETS.items():
+            assert alice.post("/v1/datasets", files={"file": (name, data)}).status_code < 500, name
+        assert alice.post("/v1/jobs", content=json.dumps(GOOD_JOB)).status_code == 201
