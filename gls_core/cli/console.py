@@ -59,7 +59,7 @@ def percent(value: float) -> str:
 
 
 def eta_text(estimate: Estimate | None) -> str:
-    """``ETA 3m07s``, naming the later stages it counts at the current stage's rate (they have not run yet)."""
+    """``ETA 3m 07s``, naming the later stages it counts at the current stage's rate (they have not run yet)."""
     if estimate is None:
         return ""
     text = f"ETA {duration(estimate.seconds)}"
