@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     job_max_epochs: int = Field(500, gt=0, description="largest schedule.epochs (+ warmup.epochs) a job may ask for")
     job_max_popsize: int = Field(4096, gt=0, description="largest pgpe.popsize and rgs.samples")
     job_max_steps: int = Field(1000, gt=0, description="largest PGD and alpha-CROWN step counts, training or eval")
+    job_max_steps_per_epoch: int = Field(100_000, gt=0, description="largest schedule.steps_per_epoch")
+    job_max_examples: int = Field(1_000_000, gt=0, description="largest data.train_subset, data.test_subset, "
+                                  "data.batch_size and evaluation.batch_size")
+    job_max_params: int = Field(100_000_000, gt=0, description="largest network a job may train, in parameters "
+                                "(cnn7 on tinyimagenet has 67.6 million)")
     tenant_max_jobs: int = Field(8, gt=0, description="queued or running jobs a tenant may have at once; another "
                                  "submission answers 429 (finished, failed and cancelled jobs do not count)")
     tenant_max_stored_mb: int = Field(1024, gt=0, description="MiB of uploaded models and datasets a tenant may "

@@ -5,7 +5,10 @@ serving."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from bench.hostile_bodies import (
     safetensors_claiming,
     safetensors_of,
 )
+from services.coordinator import Coordinator
 
 UPLOAD_MB, DECODED_MB, BODY_KB = 4, 16, 64
 GOOD_JOB = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05, "data": {"dataset": "digits", "batch_size": 32},
@@ -145,3 +149,103 @@ def test_the_gateway_keeps_serving_after_every_hostile_body(stack: Stack) -> Non
         for name, data in HOSTILE_DATASETS.items():
             assert alice.post("/v1/datasets", files={"file": (name, data)}).status_code < 500, name
         assert alice.post("/v1/jobs", content=json.dumps(GOOD_JOB)).status_code == 201
+
+
+# ------------------------------------------------------------------------------------ every field
+
+FIELD_CAPS = {"job_max_popsize": 16, "job_max_steps": 3, "job_max_steps_per_epoch": 2, "job_max_epochs": 2,
+              "job_max_examples": 5000, "job_max_params": 200_000}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A gateway with small caps, a bound worker and a coordinator: accepted jobs really run."""
+    running = start_stack(tmp_path_factory.mktemp("redis"), workers=1, job_stale_s=2.0, rpc_timeout_s=60.0,
+                          **FIELD_CAPS)
+    coordinator = Coordinator(running.settings)
+    thread = threading.Thread(target=coordinator.run_forever, daemon=True)
+    thread.start()
+    yield running
+    coordinator.stop()
+    thread.join(30)
+    running.stop()
+
+
+def test_every_field_past_its_bound_is_422_naming_it(runs: Stack) -> None:
+    alice = runs.http(ALICE)
+    over: dict[str, tuple[Any, str]] = {
+        "seed": (2**63, "number out of range"),
+        "name": ("n" * 201, "at most 200 characters"),
+        "schedule.lr": (1e308, "less than or equal to 10"),
+        "pgpe.sigma_init": (1e308, "less than or equal to 10"),
+        "pgpe.sigma_lr": (11.0, "less than or equal to 10"),
+        "rgs.sigma": (1e30, "less than or equal to 10"),
+        "alpha.step_size": (1e9, "less than or equal to 10"),
+        "schedule.steps_per_epoch": (10**9, "GLS_JOB_MAX_STEPS_PER_EPOCH"),
+        "block_members": (10**9, "GLS_JOB_MAX_POPSIZE"),
+        "data.test_subset": (10**12, "GLS_JOB_MAX_EXAMPLES"),
+        "data.train_subset": (10**12, "GLS_JOB_MAX_EXAMPLES"),
+        "evaluation.batch_size": (10**12, "GLS_JOB_MAX_EXAMPLES"),
+        "evaluation.every_epochs": (3, "GLS_JOB_MAX_EPOCHS"),
+        "model.arch": ("fc-100000", "GLS_JOB_MAX_PARAMS"),
+        "data.dataset_id": ("d" * 201, "at most 200 characters"),
+        "device": ("cuda", "GLS_DEVICE"),
+        "threads": (10**6, "less than or equal to 4096"),
+    }
+    for field, (value, reason) in over.items():
+        config = json.loads(json.dumps(GOOD_JOB))
+        section, _, key = field.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[key] = value
+        if field == "data.dataset_id":
+            config["data"].update(dataset="file", input_like="digits")
+        answer = alice.post("/v1/jobs", json=config)
+        assert answer.status_code == 422 and reason in detail(answer).get(field, ""), (field, answer.text)
+    complete = {**GOOD_JOB, "evaluation": {"method": "complete", "complete_timeout": 301}}
+    assert "GLS_VERIFY_MAX_TIMEOUT_S" in detail(alice.post("/v1/jobs", json=complete))["evaluation.complete_timeout"]
+    assert "widths of at least 1" in detail(alice.post("/v1/jobs", json={**GOOD_JOB, "model": {"arch": "fc-0"}}))[
+        "model.arch"]
+
+
+def test_a_file_datasets_batch_must_fit_it(runs: Stack) -> None:
+    alice = runs.http(ALICE)
+    data = npz_of(x=np.zeros((20, 1, 8, 8), np.uint8), y=np.arange(20) % 10)
+    dataset = alice.post("/v1/datasets", files={"file": ("d.npz", data)}).json()["id"]
+    job = {**GOOD_JOB, "data": {"dataset": "file", "input_like": "digits", "dataset_id": dataset, "batch_size": 32}}
+    assert "more than the 20 training examples" in detail(alice.post("/v1/jobs", json=job))["data.batch_size"]
+    job["data"].update(batch_size=8, train_subset=4)
+    assert "data.train_subset" in detail(alice.post("/v1/jobs", json=job))["data.batch_size"]
+
+
+def test_jobs_at_every_bound_are_accepted_and_run_to_the_end(runs: Stack) -> None:
+    """What the gateway accepts, a coordinator and a worker run: the largest seed, rates, sigmas, subsets,
+    batches, blocks and step counts the caps allow, with each estimator that uses them."""
+    alice, store = runs.http(ALICE), runs.store()
+    at_bounds = {"name": "n" * 200, "seed": 2**63 - 1, "eps": 1.0, "block_members": 16, "threads": 4096,
+                 "checkpoint_every_steps": 2**63 - 1,
+                 "data": {"dataset": "digits", "batch_size": 32, "train_subset": 5000, "test_subset": 5000},
+                 "schedule": {"epochs": 1, "eps_ramp_epochs": 0, "lr_milestones": [], "lr": 10.0,
+                              "steps_per_epoch": 2, "grad_clip": 1e12},
+                 "evaluation": {"batch_size": 5000, "pgd_steps": 3, "pgd_restarts": 100, "alpha_steps": 3,
+                                "every_epochs": 2},
+                 "model": {"arch": "fc-16"}, "pgd": {"steps": 3}, "pgpe": {"popsize": 16}}
+    jobs = [
+        {**at_bounds, "estimator": "pgpe", "relaxation": "alpha-crown",
+         "pgpe": {"popsize": 16, "sigma_init": 10.0, "sigma_lr": 10.0, "sigma_max_change": 10.0},
+         "alpha": {"steps": 3, "step_size": 10.0}, "evaluation": {**at_bounds["evaluation"], "method": "alpha-crown"}},
+        {**at_bounds, "estimator": "rgs", "relaxation": "ibp", "rgs": {"samples": 16, "sigma": 10.0},
+         "warmup": {"estimator": "pgd", "epochs": 1, "lr": 10.0, "eps_ramp_epochs": 0},
+         "pgd": {"steps": 3, "restarts": 100, "step_size": 10.0}},
+    ]
+    ids = []
+    for job in jobs:
+        created = alice.post("/v1/jobs", json=job)
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+    deadline = time.monotonic() + 300
+    while not all(store.get_job(job_id).status.finished for job_id in ids):
+        assert time.monotonic() < deadline, [store.get_job(job_id) for job_id in ids]
+        time.sleep(0.2)
+    for job_id in ids:
+        finished = store.get_job(job_id)
+        assert finished.status.value == "succeeded", finished.error
+        assert finished.step == finished.total_steps > 0

@@ -48,6 +48,14 @@ CROSS_FIELD_CHECKS = (
 )
 
 
+MAX_SEED = 2**63 - 1
+"""Seeds are int64 wherever they go (torch generators, the wire)."""
+MAX_RATE = 10.0
+"""Largest learning rate, step size and noise scale: beyond it a step overflows float32 instead of training."""
+MAX_ID = 200
+"""Length of a stored dataset's or model's id."""
+
+
 class Strict(BaseModel):
     """Base for every config section: unknown keys and type coercions from strings are refused."""
 
@@ -87,9 +95,10 @@ class DataConfig(Strict):
                               "not to `data.data_dir`")
     test_path: Path | None = Field(None, description="dataset `file`: held-out data in the same format, for the "
                                    "evaluation during training (default: `data.path` itself, the training data)")
-    dataset_id: str | None = Field(None, description="dataset `file` in the services: the id of an uploaded "
-                                   "dataset (`gls datasets upload`) instead of `data.path`")
-    test_dataset_id: str | None = Field(None, description="held-out uploaded dataset (default: `data.dataset_id`)")
+    dataset_id: str | None = Field(None, max_length=MAX_ID, description="dataset `file` in the services: the id "
+                                   "of an uploaded dataset (`gls datasets upload`) instead of `data.path`")
+    test_dataset_id: str | None = Field(None, max_length=MAX_ID, description="held-out uploaded dataset (default: "
+                                        "`data.dataset_id`)")
     input_like: str | None = Field(None, description="dataset `file`: the built-in dataset whose input shape "
                                    "(C x H x W), number of classes and normalisation your data share; it sets the "
                                    "network's input layer and outputs, e.g. `mnist` for 1 x 28 x 28 grey images "
@@ -134,27 +143,30 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: str = Field("cnn3-tiny", description="network: a CNN of the paper (Table 7) or CNN7, or `fc-WxW...` "
-                      "(fully connected, hidden widths separated by x, e.g. `fc-64x64`)",
+    arch: str = Field("cnn3-tiny", max_length=128, description="network: a CNN of the paper (Table 7) or CNN7, or "
+                      "`fc-WxW...` (fully connected, hidden widths separated by x, e.g. `fc-64x64`)",
                       json_schema_extra={"examples": [*ARCHITECTURES, "fc-64x64"]})
     init: Literal["ibp", "kaiming"] = Field("ibp", description="initialisation: IBP (Shi et al. 2021) or Kaiming "
                                             "uniform")
     checkpoint: Path | None = Field(None, description="start from this model.safetensors (or run directory)")
-    checkpoint_id: str | None = Field(None, description="start from a model stored in the services (its id)")
+    checkpoint_id: str | None = Field(None, max_length=MAX_ID, description="start from a model stored in the "
+                                      "services (its id)")
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
         if value in ARCHITECTURES:
             return value
-        if value.startswith("fc-") and all(part.isdigit() for part in value[3:].split("x")) and value[3:]:
+        if value.startswith("fc-") and all(part.isdigit() and int(part) > 0 for part in value[3:].split("x")):
             return value
-        raise ValueError(f"unknown architecture {value!r}; expected one of {sorted(ARCHITECTURES)} or 'fc-WxW'")
+        raise ValueError(f"unknown architecture {value!r}; expected one of {sorted(ARCHITECTURES)} or 'fc-WxW' "
+                         "(widths of at least 1)")
 
 
 class ScheduleConfig(Strict):
     epochs: int = Field(70, gt=0, description="epochs of the main stage (after any warm-up)")
-    lr: float = Field(5e-5, gt=0, description="starting learning rate (Adam; PGPE centre learning rate)")
+    lr: float = Field(5e-5, gt=0, le=MAX_RATE, description="starting learning rate (Adam; PGPE centre learning "
+                      "rate)")
     lr_milestones: list[int] = Field(default_factory=lambda: [50, 60], validate_default=True,
                                      description="epochs after which lr is multiplied by `lr_decay`: increasing, "
                                      "each within 1..`epochs` - 1")
@@ -164,7 +176,8 @@ class ScheduleConfig(Strict):
                                  "to its target; `eps_zero_epochs + eps_ramp_epochs` at most `epochs`")
     eps_ramp: Literal["smooth", "linear"] = Field("smooth", description="ramp shape; smooth: Shi et al. (2021), "
                                                   "polynomial growth, then linear")
-    grad_clip: float | None = Field(10.0, gt=0, description="gradient norm clipping (GRAD, PGD, RGS; null: none)")
+    grad_clip: float | None = Field(10.0, gt=0, le=1e12, description="gradient norm clipping (GRAD, PGD, RGS; "
+                                    "null: none)")
     steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch (short schedules; "
                                         "default: every full batch)")
 
@@ -196,10 +209,11 @@ class ScheduleConfig(Strict):
 
 class PGPEConfig(Strict):
     popsize: int = Field(256, ge=2, description="population size n_ps (even: symmetric pairs)")
-    sigma_init: float = Field(1e-3, gt=0, description="initial standard deviation of the weight perturbations")
-    sigma_lr: float = Field(0.1, ge=0, description="learning rate of sigma (0 keeps it fixed)")
-    sigma_max_change: float | None = Field(0.2, gt=0, description="largest relative change of sigma per step "
-                                           "(null: no limit)")
+    sigma_init: float = Field(1e-3, gt=0, le=MAX_RATE, description="initial standard deviation of the weight "
+                              "perturbations")
+    sigma_lr: float = Field(0.1, ge=0, le=MAX_RATE, description="learning rate of sigma (0 keeps it fixed)")
+    sigma_max_change: float | None = Field(0.2, gt=0, le=MAX_RATE, description="largest relative change of sigma "
+                                           "per step (null: no limit)")
     optimizer: Literal["adam", "clipup", "sgd"] = Field("adam", description="optimiser of the centre")
     ranking: Literal["centered", "linear", "nes", "normalized", "raw"] = Field(
         "centered", description="fitness shaping of the population's losses before the update")
@@ -214,20 +228,20 @@ class PGPEConfig(Strict):
 
 class RGSConfig(Strict):
     samples: int = Field(2, ge=1, description="gradient points n_ps")
-    sigma: float = Field(1e-3, ge=0, description="noise standard deviation (0 gives plain GRAD)")
+    sigma: float = Field(1e-3, ge=0, le=MAX_RATE, description="noise standard deviation (0 gives plain GRAD)")
     sigma_decay: float = Field(0.4, gt=0, le=1, description="factor applied at each lr milestone")
 
 
 class PGDConfig(Strict):
     steps: int = Field(8, gt=0, description="attack steps per restart when training with estimator pgd (and a "
                        "pgd warm-up)")
-    step_size: float = Field(0.25, gt=0, description="step as a fraction of eps")
+    step_size: float = Field(0.25, gt=0, le=MAX_RATE, description="step as a fraction of eps")
     restarts: int = Field(1, gt=0, description="random restarts of the training attack")
 
 
 class AlphaConfig(Strict):
     steps: int = Field(1, ge=0, description="alpha-CROWN slope optimisation steps when training (paper: 1)")
-    step_size: float = Field(0.5, ge=0, description="learning rate of the slopes")
+    step_size: float = Field(0.5, ge=0, le=MAX_RATE, description="learning rate of the slopes")
     init: float = Field(0.5, ge=0, le=1, description="initial lower slope of unstable ReLUs")
 
 
@@ -237,7 +251,7 @@ class WarmupConfig(Strict):
     estimator: Literal["pgd", "grad"] = Field("pgd", description="pgd: adversarial training; grad: standard "
                                               "training (the warm-up never uses `relaxation`)")
     epochs: int = Field(1, gt=0, description="epochs of the warm-up stage")
-    lr: float = Field(1e-3, gt=0, description="learning rate (Adam, constant)")
+    lr: float = Field(1e-3, gt=0, le=MAX_RATE, description="learning rate (Adam, constant)")
     init: Literal["ibp", "kaiming"] = Field("kaiming", description="initialisation; replaces `model.init` when "
                                             "there is a warm-up")
     eps_zero_epochs: int = Field(0, ge=0, validate_default=True, description="first epochs of standard training")
@@ -286,8 +300,10 @@ class EvalConfig(Strict):
 class TrainConfig(Strict):
     """A training job: what to train, with which estimator and relaxation, on which data."""
 
-    name: str | None = Field(None, description="job name in logs and job lists (default: the config file's name)")
-    seed: int = Field(0, ge=0, description="job seed: batches, noise and attacks derive from it")
+    name: str | None = Field(None, max_length=200, description="job name in logs and job lists (default: the "
+                             "config file's name)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="job seed: batches, noise and attacks derive from it "
+                      "(0..2^63-1)")
     estimator: Estimator = Field("grad", description="how the weights are updated: grad (gradients of the loss), "
                                  "pgd (adversarial training), pgpe (population of perturbed weights, losses "
                                  "only), rgs (gradients at randomly perturbed weights)")
@@ -308,7 +324,7 @@ class TrainConfig(Strict):
                                         "job (null: none)")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="evaluation during training")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train (auto: cuda when available)")
-    threads: int | None = Field(None, gt=0, description="torch intra-op threads (default: torch's)")
+    threads: int | None = Field(None, gt=0, le=4096, description="torch intra-op threads (default: torch's)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="also checkpoint mid-epoch (default: at "
                                                "the end of each epoch only)")
     block_members: int = Field(32, gt=0, description="members bounded in one batched call; work is split at "

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gls_core.bounds.api import METHODS
 from gls_core.nets.zoo import ARCHITECTURES, DATASETS
+from gls_core.training.config import MAX_RATE
 
 from ..settings import Settings
 from .bodies import field_name, read_json
@@ -91,7 +92,7 @@ class RelaxationIn(Strict):
                         description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown or complete",
                         json_schema_extra={"enum": METHOD_NAMES})
     steps: StrictInt | None = Field(None, ge=0, le=1000, description="alpha-crown slope steps (default 20)")
-    step_size: StrictFloat | None = Field(None, ge=0, description="alpha-crown step size (default 0.1)")
+    step_size: StrictFloat | None = Field(None, ge=0, le=MAX_RATE, description="alpha-crown step size (default 0.1)")
     init: StrictFloat | str | None = Field(
         None, description="alpha-crown initial slopes: 'deeppoly' (default) or a constant in [0, 1]",
         json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"const": "deeppoly"},

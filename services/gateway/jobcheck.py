@@ -13,9 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gls_core.nets.zoo import DATASETS
+from gls_core.catalog import COMPLETE
+from gls_core.nets.zoo import DATASETS, network
 from gls_core.training.config import TrainConfig, unknown_key
 
+from ..bound_worker.decoding import MAX_MEMBERS
 from ..codec import MAX_PGD_RESTARTS
 from ..settings import Settings
 from ..store import NotFound, Store
@@ -94,6 +96,12 @@ def _check_dataset(store: Store, tenant: str, field: str, dataset_id: str, confi
     if info.num_classes > classes:
         return [(field, f"dataset {dataset_id!r} has {info.num_classes} classes, more than the {classes} outputs "
                         f"of {like!r} networks")]
+    if field == "data.dataset_id":  # the training data: a batch must fit it (short batches are dropped)
+        examples = min(info.n, config.data.train_subset or info.n)
+        if config.data.batch_size > examples:
+            source = "data.train_subset" if examples < info.n else f"dataset {dataset_id!r}"
+            return [("data.batch_size", f"{config.data.batch_size} is more than the {examples} training examples "
+                                        f"({source}): an epoch would train on nothing")]
     return []
 
 
@@ -116,21 +124,47 @@ def _check_references(store: Store, tenant: str, config: TrainConfig) -> list[tu
     return errors
 
 
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _over_limits(config: TrainConfig, settings: Settings) -> list[tuple[str, str]]:
-    """A job runs on shared workers: each field that multiplies its cost is capped in the settings."""
+    """A job runs on shared workers: each field that multiplies its cost is capped in the settings, and each
+    value the workers would refuse is refused here, before the job is queued."""
+    data, evaluation = config.data, config.evaluation
     epochs = config.schedule.epochs + (config.warmup.epochs if config.warmup is not None else 0)
-    checks = [("schedule.epochs", epochs, settings.job_max_epochs, "GLS_JOB_MAX_EPOCHS (warm-up included)"),
-              ("pgpe.popsize", config.pgpe.popsize, settings.job_max_popsize, "GLS_JOB_MAX_POPSIZE"),
-              ("rgs.samples", config.rgs.samples, settings.job_max_popsize, "GLS_JOB_MAX_POPSIZE"),
-              ("pgd.steps", config.pgd.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
-              ("alpha.steps", config.alpha.steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
-              ("evaluation.pgd_steps", config.evaluation.pgd_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
-              ("evaluation.alpha_steps", config.evaluation.alpha_steps, settings.job_max_steps, "GLS_JOB_MAX_STEPS"),
-              ("pgd.restarts", config.pgd.restarts, MAX_PGD_RESTARTS, "the bound workers' limit"),
-              ("evaluation.pgd_restarts", config.evaluation.pgd_restarts, MAX_PGD_RESTARTS,
-               "the bound workers' limit")]
-    return [(field, f"{value} is more than this gateway allows ({limit}, {setting})")
-            for field, value, limit, setting in checks if value > limit]
+    steps, popsize, examples = settings.job_max_steps, settings.job_max_popsize, settings.job_max_examples
+    workers = "the bound workers' limit"
+    checks: list[tuple[str, float | None, float, str]] = [
+        ("schedule.epochs", epochs, settings.job_max_epochs, "GLS_JOB_MAX_EPOCHS (warm-up included)"),
+        ("evaluation.every_epochs", evaluation.every_epochs, settings.job_max_epochs, "GLS_JOB_MAX_EPOCHS"),
+        ("schedule.steps_per_epoch", config.schedule.steps_per_epoch, settings.job_max_steps_per_epoch,
+         "GLS_JOB_MAX_STEPS_PER_EPOCH"),
+        ("pgpe.popsize", config.pgpe.popsize, popsize, "GLS_JOB_MAX_POPSIZE"),
+        ("rgs.samples", config.rgs.samples, popsize, "GLS_JOB_MAX_POPSIZE"),
+        ("block_members", config.block_members, min(popsize, MAX_MEMBERS), f"GLS_JOB_MAX_POPSIZE; {workers}"),
+        ("pgd.steps", config.pgd.steps, steps, "GLS_JOB_MAX_STEPS"),
+        ("alpha.steps", config.alpha.steps, steps, "GLS_JOB_MAX_STEPS"),
+        ("evaluation.pgd_steps", evaluation.pgd_steps, steps, "GLS_JOB_MAX_STEPS"),
+        ("evaluation.alpha_steps", evaluation.alpha_steps, steps, "GLS_JOB_MAX_STEPS"),
+        ("pgd.restarts", config.pgd.restarts, MAX_PGD_RESTARTS, workers),
+        ("evaluation.pgd_restarts", evaluation.pgd_restarts, MAX_PGD_RESTARTS, workers),
+        ("data.train_subset", data.train_subset, examples, "GLS_JOB_MAX_EXAMPLES"),
+        ("data.test_subset", data.test_subset, examples, "GLS_JOB_MAX_EXAMPLES"),
+        ("data.batch_size", data.batch_size, examples, "GLS_JOB_MAX_EXAMPLES"),
+        ("evaluation.batch_size", evaluation.batch_size, examples, "GLS_JOB_MAX_EXAMPLES")]
+    if evaluation.method == COMPLETE:
+        checks.append(("evaluation.complete_timeout", evaluation.complete_timeout, settings.verify_max_timeout_s,
+                       f"GLS_VERIFY_MAX_TIMEOUT_S, {workers}"))
+    errors = [(field, f"{_number(value)} is more than this gateway allows ({_number(limit)}, {setting})")
+              for field, value, limit, setting in checks if value is not None and value > limit]
+    params = network(config.model.arch, config.zoo_dataset).num_params
+    if params > settings.job_max_params:
+        errors.append(("model.arch", f"{config.model.arch} for {config.zoo_dataset} has {params:,} parameters, more "
+                                     f"than this gateway allows ({settings.job_max_params:,}, GLS_JOB_MAX_PARAMS)"))
+    if config.device == "cuda":
+        errors.append(("device", "the services place work by each process's GLS_DEVICE; leave device at auto"))
+    return errors
 
 
 def validate_job(store: Store, tenant: str, body: Any, settings: Settings) -> TrainConfig:

@@ -32,6 +32,20 @@ CREATED = {name: {"operationRef": f"#/paths/~1v1~1models~1{{model_id}}{suffix}",
 STANDARD_KEYS = ("format", "arch", "dataset", "num_params")
 
 
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 32, 64, 1024
+"""What a model file's metadata may hold: it is stored, and listed with every GET /v1/models."""
+
+
+def check_metadata(metadata: dict[str, str], filename: str) -> None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidRequest.one("file", f"{filename}: {len(metadata)} metadata entries, more than "
+                                         f"{MAX_METADATA_KEYS}")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequest.one("file", f"{filename}: metadata {key[:MAX_METADATA_KEY]!r} is longer than "
+                                             f"{MAX_METADATA_KEY} characters (key) or {MAX_METADATA_VALUE} (value)")
+
+
 def _model(gateway: Gateway, tenant: str, model_id: str) -> dict[str, Any]:
     try:
         return gateway.store.model_info(model_id, tenant).public()
@@ -62,6 +76,7 @@ def upload_model(gateway: GatewayDep, tenant: Tenant, response: Response,
         except SafetensorError as error:  # load_model lets this one through (gls_core catches OSError/RuntimeError)
             raise InvalidRequest.one("file", f"{filename}: not a readable safetensors file ({error})") from None
         size = path.stat().st_size
+    check_metadata(metadata, filename)
     data = save_tensors({"theta": theta.contiguous()}, {**metadata, "num_params": str(spec.num_params)})
     extra = {key: value for key, value in metadata.items() if key not in STANDARD_KEYS}
     info = gateway.store.put_model(tenant, data, metadata["arch"], metadata["dataset"], spec.num_params,

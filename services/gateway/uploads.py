@@ -27,10 +27,16 @@ from fastapi import UploadFile
 
 from .errors import InvalidRequest
 
+MAX_NAME = 200
+"""Characters of an upload's file name (stored as its source, and its name unless one is given)."""
+
 
 def client_name(upload: UploadFile) -> str:
     """The file's own name without any directory part a client may have sent."""
-    return PurePath((upload.filename or "upload").replace("\\", "/")).name or "upload"
+    name = PurePath((upload.filename or "upload").replace("\\", "/")).name or "upload"
+    if len(name) > MAX_NAME:
+        raise InvalidRequest.one("file", f"the file name has {len(name)} characters, more than {MAX_NAME}")
+    return name
 
 
 MIB = 1024 * 1024
