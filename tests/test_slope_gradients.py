@@ -92,3 +92,35 @@ def test_paper_setting_in_float32_equals_autograd_path() -> None:
     closed = optimise_slopes(spec, params, state, C, 1, 0.5, 0.5, "upper")
     traced = optimise_slopes(spec, params, state, C, 1, 0.5, 0.5, "upper", closed_form=False)
     torch.testing.assert_close(closed.upper, traced.upper, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("members", [3, 32])
+@pytest.mark.parametrize("with_offset", [True, False])
+def test_native_relaxed_forward_equals_the_step_by_step_path(members: int, with_offset: bool) -> None:
+    """The native sweep (gradient on the ReLU's map, then the convolution above) against torch's ops."""
+    from gls_core.bounds import native
+    from gls_core.bounds.rules import At
+    from gls_core.bounds.slope_gradients import _relax_forward_native
+    from gls_core.bounds.types import RowwiseRelaxation
+    from gls_core.members import conv_forward
+
+    spec = gls_core.network("cnn3-tiny", "mnist")
+    assert native.usable(torch.zeros(1)), "the native kernels must build here"
+    generator = torch.Generator().manual_seed(members)
+    params = random_population(spec, members, generator)
+    batch, rows, shape = 5, 3, spec.shapes[2]  # the first ReLU's map, below the second convolution
+    coefficient = torch.randn(members, batch, rows, 1, *shape, generator=generator)
+    coefficient[coefficient.abs() < 0.3] = 0.0  # ties: a zero coefficient takes the upper line
+    mu = torch.randn(members, batch, rows, 1, *shape, generator=generator)
+    alpha = torch.rand(members, batch, rows, 1, *shape, generator=generator)
+    upper = torch.rand(members, batch, *shape, generator=generator)
+    offset = torch.rand(members, batch, *shape, generator=generator) if with_offset else None
+    fused = _relax_forward_native(At(spec, params, 2), coefficient, mu, RowwiseRelaxation(alpha, None, upper, offset))
+    assert fused is not None
+    grad, following = fused
+    upper_line = upper.unsqueeze(2).unsqueeze(3) * mu + (0 if offset is None else offset.unsqueeze(2).unsqueeze(3))
+    relaxed = torch.where(coefficient > 0, alpha * mu, upper_line).reshape(members, batch * rows, *shape)
+    conv = spec.layers[2]
+    expected = conv_forward(relaxed, spec.weight(params, 2), spec.bias(params, 2), conv)
+    torch.testing.assert_close(grad, coefficient.clamp(min=0) * mu, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(following, expected, rtol=1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..catalog import DIFFERENTIABLE  # which relaxations give gradients in the weights (no torch there)
 from ..errors import InvalidInput
 from ..nets.convert import from_sequential
 from ..nets.spec import Conv2d, Linear, NetSpec
@@ -31,7 +32,6 @@ METHODS: dict[str, BoundFn] = {
     "crown": deeppoly_bounds,
     "alpha-crown": alpha_crown_bounds,
 }
-DIFFERENTIABLE = frozenset({"ibp", "hbox", "crown-ibp", "deeppoly", "crown"})
 MEMBER_BLOCK = native.LANES  # members per vector block of the native kernels
 DEFAULT_CHUNK_FLOATS = 1 << 23  # largest coefficient tensor per chunk: 32 MiB of float32 (measured best)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..nets.spec import Conv2d, NetSpec, ReLU
-from . import kernels
+from . import kernels, native
 from .backsub import Sides, first_pre_activation_at_corner, start_rows
 from .layerwise import Walk
 from .rules import At, rule_of
@@ -68,14 +68,21 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         h = (centre - A.sign() * radius).reshape(members, batch * rows, *A.shape[4:])  # x* per row
     grads: dict[int, torch.Tensor] = {}
     top = max(recorded)
-    for index in range(start, top + 1):
+    index = start
+    while index <= top:
         layer = spec.layers[index]
         if not isinstance(layer, ReLU):
             h = _forward(At(spec, params, index), h)
+            index += 1
             continue
         relaxation = relaxations[index]
         mu = h.view(members, batch, rows, 1, *h.shape[2:])
         coefficient = recorded[index]
+        fused = _relax_forward_native(At(spec, params, index + 1), coefficient, mu, relaxation) if index < top else None
+        if fused is not None:  # this ReLU and the convolution above it in one native sweep
+            grads[index], h = fused
+            index += 2
+            continue
         # On stable neurons the slope is fixed whatever alpha holds, so their entries are left as they come.
         grads[index] = coefficient.clamp(min=0) * mu
         upper_line = relaxation.upper_slope.unsqueeze(2).unsqueeze(3) * mu
@@ -88,8 +95,32 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
                 lower = top_bias + (coefficient * relaxed).sum(tuple(range(4, relaxed.dim())))
             break
         h = relaxed.view(members, batch * rows, *h.shape[2:])
+        index += 1
     assert lower is not None
     return _packed(lower.reshape(members, batch, rows), sides), grads
+
+
+def _relax_forward_native(above: At, coefficient: torch.Tensor, mu: torch.Tensor, relaxation: RowwiseRelaxation
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(the slope gradient, the next convolution's pre-activation at x*) from the native kernel, which never
+    stores the relaxed map; None where it does not apply (the caller takes the step-by-step path)."""
+    conv = above.layer
+    tensors = [coefficient, mu, relaxation.lower_slope, relaxation.upper_slope]
+    if relaxation.upper_offset is not None:
+        tensors.append(relaxation.upper_offset)
+    if not isinstance(conv, Conv2d) or not native.usable(*tensors, above.weight):
+        return None
+    members, batch, rows = mu.shape[:3]
+    shape = mu.shape[4:]
+    out_hw = above.spec.shapes[above.index + 1][1:]
+    per_row = (members, batch * rows, *shape)
+    umap = torch.arange(batch * rows, device=mu.device) // rows
+    upper_offset = relaxation.upper_offset
+    grad, following = native.relax_forward(
+        coefficient.expand(members, batch, rows, 1, *shape).reshape(per_row), mu.reshape(per_row),
+        relaxation.lower_slope.expand(members, batch, rows, 1, *shape).reshape(per_row), relaxation.upper_slope,
+        upper_offset, umap, above.weight, above.bias, conv.stride, conv.padding, (out_hw[0], out_hw[1]))
+    return grad.reshape(mu.shape), following
 
 
 def _forward(at: At, h: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,8 @@ def library() -> ctypes.CDLL | None:
         for name in ("gls_relax_concretize", "gls_relax_dual"):
             relax = getattr(lib, f"{name}{width}")
             relax.argtypes, relax.restype = [_ptr] * 15 + [_int64] * 13 + [_int], None
+        forward = getattr(lib, f"gls_relax_forward{width}")
+        forward.argtypes, forward.restype = [_ptr] * 10 + [_int64] * 11 + [_int], None
     return lib
 
 
@@ -216,6 +218,35 @@ def _relax_kernel(name: str, out: torch.Tensor, A: torch.Tensor, arow: torch.Ten
               index[4].data_ptr(), weight.data_ptr(), bias.data_ptr(), centre.data_ptr(), radius.data_ptr(),
               index[5].data_ptr(), out.data_ptr(), A.shape[-1], index[0].shape[0], out_ch, height, width, in_ch,
               kernel, stride, padding, maps_h, maps_w, centre.shape[2], centre.shape[3], torch.get_num_threads())
+
+
+def relax_forward(coefficient: torch.Tensor, pre_activation: torch.Tensor, lower_slope: torch.Tensor,
+                  upper_slope: torch.Tensor, upper_offset: torch.Tensor | None, umap: torch.Tensor,
+                  weight: torch.Tensor, bias: torch.Tensor, stride: int, padding: int,
+                  out_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha-CROWN's slope gradient on a ReLU's map and the rows' relaxed network through the next convolution.
+
+    ``coefficient``, ``pre_activation``, ``lower_slope``: [P, N, O, H, W] per row; ``upper_slope`` and
+    ``upper_offset``: [P, M, O, H, W], row n reading map ``umap[n]``; ``weight`` [P, O2, O, k, k], ``bias``
+    [P, O2]. Returns (max(coefficient, 0) * pre_activation, bias + conv(the row's line at pre_activation)),
+    [P, N, O, H, W] and [P, N, O2, Ho, Wo], as members-last views.
+    """
+    lib = library()
+    assert lib is not None
+    members, rows, channels, height, width = coefficient.shape
+    out_ch, kernel = weight.shape[1], weight.shape[3]
+    tensors = [_members_last(t) for t in (coefficient, pre_activation, lower_slope, upper_slope, weight, bias)]
+    offset = None if upper_offset is None else _members_last(upper_offset)
+    lanes = tensors[0].shape[-1]
+    grad = torch.empty(rows, channels, height, width, lanes, dtype=coefficient.dtype)
+    following = torch.empty(rows, out_ch, *out_hw, lanes, dtype=coefficient.dtype)
+    index = umap.to(torch.int64).contiguous()
+    kernel_fn = getattr(lib, f"gls_relax_forward{_width(members)}")
+    kernel_fn(*(t.data_ptr() for t in tensors[:4]), None if offset is None else offset.data_ptr(), index.data_ptr(),
+              tensors[4].data_ptr(), tensors[5].data_ptr(), grad.data_ptr(), following.data_ptr(), lanes, rows,
+              channels, height, width, out_ch, kernel, stride, padding, out_hw[0], out_hw[1],
+              torch.get_num_threads())
+    return grad[..., :members].permute(4, 0, 1, 2, 3), following[..., :members].permute(4, 0, 1, 2, 3)
 
 
 LANES = WIDTHS[-1]  # the widest vector block: populations are chunked in multiples of it

@@ -296,6 +296,71 @@ void NAME(gls_relax_dual, LANES)(const float *A, const int64_t *arow, const floa
     }
 }
 
+/* alpha-CROWN's slope gradient and the row's relaxed network one layer up, at each row's minimising corner.
+ * Per row n and member: on the ReLU's map (O x H x W), with coefficient lam, pre-activation mu, lower slope ls
+ * (per row) and upper line us, uo (per sample, map umap[n]):
+ *   grad = lam > 0 ? lam mu : 0,   relaxed = lam > 0 ? ls mu : us mu + uo,
+ * then next = bias + conv(relaxed) with weights Wt[O2][O][k][k][P], stride s, padding pad -> [O2][Ho][Wo].
+ * All arrays members-last ([N][...][P]); the relaxed map lives only in a per-thread buffer. */
+void NAME(gls_relax_forward, LANES)(const float *lam, const float *mu, const float *ls, const float *us,
+                                    const float *uo, const int64_t *umap, const float *Wt, const float *bias,
+                                    float *grad, float *next, int64_t P, int64_t N, int64_t O, int64_t H, int64_t W,
+                                    int64_t O2, int64_t k, int64_t s, int64_t pad, int64_t Ho, int64_t Wo,
+                                    int threads) {
+    const int64_t blocks = P / LANES, map = O * H * W, map_p = map * P, out_p = O2 * Ho * Wo * P;
+#pragma omp parallel num_threads(threads)
+    {
+        float *relaxed = scratch(map * LANES);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                const float *l = lam + n * map_p + p0, *m = mu + n * map_p + p0, *a = ls + n * map_p + p0;
+                const float *u = us + umap[n] * map_p + p0, *o = uo ? uo + umap[n] * map_p + p0 : 0;
+                float *g = grad + n * map_p + p0;
+                for (int64_t q = 0; q < map; ++q) {
+                    for (int v = 0; v < VECS; ++v) {
+                        const int64_t at = q * P + v * 8;
+                        const vec lv = *(const vec *)(l + at), mv = *(const vec *)(m + at);
+                        const vec av = *(const vec *)(a + at), uv = *(const vec *)(u + at);
+                        const ivec_t positive = lv > (vec){0};
+                        const vec upper = o ? uv * mv + *(const vec *)(o + at) : uv * mv;
+                        *(vec *)(g + at) = (vec)((ivec_t)(lv * mv) & positive);
+                        *(vec *)(relaxed + q * LANES + v * 8) =
+                            (vec)(((ivec_t)(av * mv) & positive) | ((ivec_t)upper & ~positive));
+                    }
+                }
+                float *dst = next + n * out_p + p0;
+                for (int64_t o2 = 0; o2 < O2; ++o2) {
+                    for (int64_t i = 0; i < Ho; ++i) {
+                        for (int64_t j = 0; j < Wo; ++j) {
+                            vec acc[VECS];
+                            for (int v = 0; v < VECS; ++v) acc[v] = *(const vec *)(bias + o2 * P + p0 + v * 8);
+                            for (int64_t c = 0; c < O; ++c) {
+                                for (int64_t ky = 0; ky < k; ++ky) {
+                                    const int64_t y = i * s + ky - pad;
+                                    if (y < 0 || y >= H) continue;
+                                    for (int64_t kx = 0; kx < k; ++kx) {
+                                        const int64_t x = j * s + kx - pad;
+                                        if (x < 0 || x >= W) continue;
+                                        const float *rv = relaxed + ((c * H + y) * W + x) * LANES;
+                                        const float *wv = Wt + (((o2 * O + c) * k + ky) * k + kx) * P + p0;
+                                        for (int v = 0; v < VECS; ++v)
+                                            acc[v] += *(const vec *)(rv + v * 8) * *(const vec *)(wv + v * 8);
+                                    }
+                                }
+                            }
+                            for (int v = 0; v < VECS; ++v)
+                                *(vec *)(dst + ((o2 * Ho + i) * Wo + j) * P + v * 8) = acc[v];
+                        }
+                    }
+                }
+            }
+        }
+        free(relaxed);
+    }
+}
+
 #undef RELAX_ROW
 #undef VECS
 #undef NAME
