@@ -34,14 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -49,30 +47,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from certify_burst import TOKEN, Stack, digits_model, stack, upload_model  # noqa: E402
-from hostile_bodies import hostile_json, json_array_body, npz_bomb, npz_of  # noqa: E402
+from hostile_bodies import hostile_json, json_array_body, npz_bomb, npz_of, send_partial  # noqa: E402
+from rss import reset_peak, status_kib  # noqa: E402
 from safetensors.torch import load as load_tensors  # noqa: E402
 from safetensors.torch import save as save_tensors  # noqa: E402
 
 from services.client import GlsClient  # noqa: E402
 
 MIB = 2**20
-
-
-def status_kib(pid: int, key: str) -> int:
-    """A ``/proc/<pid>/status`` field (VmRSS, VmHWM) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise KeyError(f"{key} not in /proc/{pid}/status")
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (``echo 5 > /proc/<pid>/clear_refs``); False where that is not allowed."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 class Sampler(threading.Thread):
@@ -169,21 +151,12 @@ def certify_body(model_id: str, megabytes: float, seed: int = 0) -> tuple[bytes,
 
 
 def raw_post(url: str, path: str, body: bytes, declared: int) -> str:
-    """POST ``body`` declaring ``declared`` bytes on a plain socket and read the answer without sending the rest
-    (what a client that sends 200 MiB sees of a server that refuses it by its Content-Length)."""
-    address = urlsplit(url)
+    """POST ``body`` declaring ``declared`` bytes and read the answer without sending the rest (what a client that
+    sends 200 MiB sees of a server that refuses it by its Content-Length)."""
     head = (f"POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n").encode()
-    with socket.create_connection((address.hostname, address.port), timeout=60) as conn:
-        conn.sendall(head + body)
-        answer = b""
-        while not answer.rstrip().endswith(b"}"):
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
-    status, body = answer.split(b" ", 2)[1].decode(), answer.split(b"\r\n\r\n", 1)[1]
-    return f"{status}: {json.loads(body)['detail']}"[:90]
+            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n")
+    status, answer = send_partial(url, head, body)
+    return f"{status}: {json.loads(answer)['detail']}"[:90]
 
 
 def posted(path: str, **kwargs: object) -> Callable[[GlsClient], str]:

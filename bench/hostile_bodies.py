@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import socket
 import struct
 import zipfile
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from safetensors.numpy import save as save_arrays
@@ -113,3 +116,64 @@ def hostile_json(size: int) -> dict[str, bytes]:
         "many-keys": b"{" + b",".join(b'"%x":0' % index for index in range(size // 10)) + b"}",
         "repeated-key": b"{" + b'"a": 1,' * (size // 7 - 1) + b'"a": 1}',
     }
+
+
+def send_partial(url: str, head: str, body: bytes, timeout: float = 60) -> tuple[int, bytes]:
+    """Send an HTTP/1.1 request head (without its blank line) and ``body`` on a plain socket, then read the
+    answer without sending anything more: what a client sees whose body the server refuses before reading it
+    (a Content-Length larger than ``body``, or a chunked body that goes on). (status, answer body)."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=timeout) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    return int(answer.split(b" ", 2)[1]), answer.split(b"\r\n\r\n", 1)[-1]
+
+
+def mutated_file(data: bytes, rng: np.random.Generator) -> bytes:
+    """``data`` with one seeded mutation where readers are most fragile: header bytes overwritten, a shape or
+    length field replaced by a huge or negative number, the file cut short, or random bytes appended."""
+    kind = int(rng.integers(5))
+    if kind == 0:  # overwrite a few bytes among the first 256 (zip, .npy and safetensors headers live there)
+        out = bytearray(data)
+        for at in rng.integers(0, min(256, len(out)), int(rng.integers(1, 9))):
+            out[int(at)] = int(rng.integers(256))
+        return bytes(out)
+    if kind == 1:  # every number in a shape or offset list made huge, negative or zero
+        replacement = [b"99999999999999999999", b"-1", b"0", b"4611686018427387904"][int(rng.integers(4))]
+        return re.sub(rb"(?<=[(\[, ])\d+(?=[,)\]])", replacement, data, count=int(rng.integers(1, 4)))
+    if kind == 2:  # a safetensors length prefix, or the first 8 bytes, as a random 64-bit number
+        return struct.pack("<Q", int(rng.integers(0, 2**63))) + data[8:]
+    if kind == 3:
+        return data[:int(rng.integers(0, len(data)))]
+    return data + rng.bytes(int(rng.integers(1, 4096)))
+
+
+HOSTILE_VALUES: list[Any] = [2**64, -(2**63) - 1, 1e308, -1e308, 5e-324, "s" * 5000, "\u202e\u0000\ud7ff", None,
+                             True, [[[[[[[[[[[]]]]]]]]]]], {"a": {"b": {"c": [1] * 20_000}}}, [0] * 12_000, "", -1, 0]
+"""Leaf values a fuzzer puts in a JSON body: beyond int64 and float64, tiny, long, odd text, nulls, nesting."""
+
+
+def mutated_json(document: Any, rng: np.random.Generator) -> bytes:
+    """``document`` (dicts and lists) with one to three leaves replaced by :data:`HOSTILE_VALUES` or unknown keys
+    added, as JSON text (non-JSON literals such as NaN stay out: they are malformed JSON, tested apart)."""
+    copy = json.loads(json.dumps(document))
+    for _ in range(int(rng.integers(1, 4))):
+        node = copy
+        while isinstance(node, dict | list) and node and rng.random() < 0.7:
+            key = list(node)[int(rng.integers(len(node)))] if isinstance(node, dict) else \
+                int(rng.integers(len(node)))
+            if not isinstance(node[key], dict | list):
+                break
+            node = node[key]
+        value = HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
+        if isinstance(node, dict):
+            keys = list(node) + ["unknown"]
+            node[keys[int(rng.integers(len(keys)))]] = value
+        elif isinstance(node, list) and node:
+            node[int(rng.integers(len(node)))] = value
+    return json.dumps(copy).encode()

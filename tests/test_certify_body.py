@@ -4,16 +4,15 @@ body answered 4xx naming the field, against a real gateway, Redis and bound work
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 import torch
 from test_gateway_support import ALICE, Stack, digits_model, digits_test, start_stack, upload_digits_model
 
+from bench.hostile_bodies import send_partial
 from gls_core.evaluation import certify
 
 EPS = 0.02
@@ -109,17 +108,7 @@ def test_malformed_bodies_get_4xx_naming_the_field(stack: Stack, model_id: str) 
 def raw_request(stack: Stack, head: str, body: bytes) -> tuple[int, bytes]:
     """Send the head and part of a body on a plain socket, then read the answer without sending the rest: a
     server that waited for the rest would time out here."""
-    address = urlsplit(stack.url)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
-        conn.sendall(head.encode() + b"\r\n" + body)
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
-    status = int(answer.split(b" ", 2)[1])
-    return status, answer.split(b"\r\n\r\n", 1)[1]
+    return send_partial(stack.url, head, body, timeout=30)
 
 
 def test_a_body_over_the_cap_is_refused_before_the_rest_is_read(stack: Stack, model_id: str) -> None:

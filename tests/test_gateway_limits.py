@@ -5,10 +5,12 @@ serving."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -249,3 +251,43 @@ def test_jobs_at_every_bound_are_accepted_and_run_to_the_end(runs: Stack) -> Non
         finished = store.get_job(job_id)
         assert finished.status.value == "succeeded", finished.error
         assert finished.step == finished.total_steps > 0
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def exchange(conn: socket.socket, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request and its whole answer (Content-Length framed) on an open connection."""
+    conn.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the connection was closed (after {data!r})"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = conn.recv(65536)
+        assert chunk, "the connection was closed mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_500_leaves_the_keep_alive_connection_usable(stack: Stack) -> None:
+    """A job record damaged in Redis (its config no longer JSON) is a real bug path: 500 with an incident id, and
+    the same connection then serves the next requests."""
+    stack.redis.client().hset("gls:job:job-damaged", mapping={"id": "job-damaged", "tenant": "alice",
+                                                              "status": "queued", "config": "{damaged",
+                                                              "created": "1", "updated": "1"})
+    address = urlsplit(stack.url)
+    request = "GET {} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer " + ALICE + "\r\n\r\n"
+    with socket.create_connection((address.hostname, address.port), timeout=30) as conn:
+        for _ in range(3):
+            status, headers, body = exchange(conn, request.format("/v1/jobs/job-damaged").encode())
+            assert status == 500 and headers.get("connection") != "close", (status, headers)
+            detail = json.loads(body)["detail"]
+            assert "internal error (incident " in detail and "damaged" not in detail and "JSON" not in detail
+            status, _, body = exchange(conn, request.format("/v1/quota").encode())
+            assert status == 200 and json.loads(body)["tenant"] == "alice"
+    metrics = stack.http(None).get("/metrics").text
+    assert 'route="/v1/jobs/{job_id}",status="500"' in metrics  # still counted

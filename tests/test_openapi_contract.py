@@ -36,9 +36,30 @@ from schemathesis.engine import Status, StopReason, events, from_schema
 from servers import RedisServer, free_port, wait_for_port
 from test_gateway_support import ALICE, TOKENS, digits_model
 
+from bench.hostile_bodies import (
+    HOSTILE_DATASETS,
+    hostile_json,
+    json_array_body,
+    mutated_file,
+    mutated_json,
+    npz_bomb,
+    npz_of,
+    safetensors_of,
+    send_partial,
+)
+from bench.rss import reset_peak, status_kib
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = 10
 """Per operation and phase: the whole run stays within about a minute on two busy cores."""
+DECODED_MB, CERTIFY_MB = 64, 8
+"""GLS_UPLOAD_MAX_DECODED_MB and GLS_CERTIFY_MAX_BODY_MB of the gateway under test (uploads: GLS_MAX_UPLOAD_MB 1)."""
+MEMORY_BOUND_MB = 2 * DECODED_MB + 2 * CERTIFY_MB + 64
+"""The growth of the gateway's peak RSS the hostile bodies may cause (docs/services.md states the multiples: at
+most 1.75 x the decoded limit for an upload, 2 x the certify limit for a body; 64 MiB for threads and the
+allocator)."""
+FUZZ_CASES = 60
+"""Seeded mutations per upload route and per JSON route."""
 SEMANTIC = ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
 """positive_data_acceptance's default statuses plus 413 and 422 (see the module docstring)."""
 
@@ -78,6 +99,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
         processes.children.append(_spawn("services.gateway", {
             **env, "GLS_GATEWAY_HOST": "127.0.0.1", "GLS_GATEWAY_PORT": str(http_port),
             "GLS_CERTIFIER_PORT": str(grpc_port), "GLS_MAX_UPLOAD_MB": "1", "GLS_CERTIFY_MAX_INPUTS": "64",
+            "GLS_UPLOAD_MAX_DECODED_MB": str(DECODED_MB), "GLS_CERTIFY_MAX_BODY_MB": str(CERTIFY_MB),
             "GLS_SSE_HEARTBEAT_S": "0.5",
             # the fuzzer submits hundreds of valid jobs that nothing runs: a job quota would answer most of them 429
             "GLS_TENANT_MAX_JOBS": "100000"}, folder / "gateway.log"))
@@ -261,3 +283,76 @@ def test_the_schema_states_what_the_server_checks(gateway: Processes) -> None:
         # Starlette names one route in Allow; the gateway names every method served at the path
         options = alice.options(job.headers["location"])
         assert options.status_code == 405 and options.headers["allow"] == "DELETE, GET"
+
+
+@dataclass
+class Answers:
+    client: httpx.Client
+    statuses: Counter[int] = field(default_factory=Counter)
+    refused: list[str] = field(default_factory=list)
+
+    def post(self, label: str, path: str, **kwargs: Any) -> httpx.Response:
+        answer = self.client.post(path, **kwargs)
+        self.statuses[answer.status_code] += 1
+        if answer.status_code >= 500 or answer.status_code < 200:
+            self.refused.append(f"{label}: {answer.status_code} {answer.text[:300]}")
+        return answer
+
+
+def test_hostile_bodies_and_uploads_get_4xx_within_the_memory_bound(gateway: Processes) -> None:
+    """The upload files and JSON bodies of bench/hostile_bodies.py, then seeded mutations of valid ones, on one
+    client: never a 5xx, and the gateway's peak RSS grows by less than MEMORY_BOUND_MB."""
+    pid = gateway.children[1].pid
+    before_kib = status_kib(pid, "VmRSS")
+    assert reset_peak(pid), "cannot reset VmHWM of the gateway process"
+    rng = np.random.default_rng(20240602)
+    x, y = rng.integers(0, 256, (40, 1, 8, 8), dtype=np.uint8), np.arange(40) % 10
+    files = [("d.npz", npz_of(x=x, y=y), "/v1/datasets"), ("d.safetensors", safetensors_of(x=x, y=y), "/v1/datasets"),
+             ("m.safetensors", save_tensors({"theta": digits_model()[1]}, {"format": "gls-flat-v1", "arch": "fc-16",
+                                                                          "dataset": "digits"}), "/v1/models")]
+    schema = gateway.http(None).get("/openapi.json").json()
+    job = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    certify = schema["components"]["schemas"]["CertifyIn"]["examples"][0]
+    json_headers = {"Content-Type": "application/json"}
+    with gateway.http() as alice:
+        answers = Answers(alice)
+        for name, data in HOSTILE_DATASETS.items():
+            answers.post(name, "/v1/datasets", files={"file": (name, data)})
+        near = answers.post("float zeros near the limit", "/v1/datasets",
+                            files={"file": ("z.npz", npz_bomb(0.9 * DECODED_MB, np.float32))})
+        assert near.status_code == 201, near.text  # the worst upload the limits accept
+        alice.delete(f"/v1/datasets/{near.json()['id']}")
+        for case in range(FUZZ_CASES):
+            for name, data, path in files:
+                answers.post(f"{name} mutation {case}", path, files={"file": (name, mutated_file(data, rng))})
+        for name, body in hostile_json(60 * 1024).items():
+            answers.post(f"jobs {name}", "/v1/jobs", content=body, headers=json_headers)
+        for name, body in hostile_json(CERTIFY_MB * 2**20 - 1024).items():
+            answers.post(f"certify {name}", "/v1/certify", content=body, headers=json_headers)
+        for case in range(FUZZ_CASES):
+            answers.post(f"job mutation {case}", "/v1/jobs", content=mutated_json(job, rng), headers=json_headers)
+            answers.post(f"certify mutation {case}", "/v1/certify", content=mutated_json(certify, rng),
+                         headers=json_headers)
+        for label, content_type, body in [
+                ("no boundary", "multipart/form-data", b"--x\r\n"),
+                ("garbage", "multipart/form-data; boundary=x", rng.bytes(2000)),
+                ("many fields", "multipart/form-data; boundary=x",
+                 b"".join(b'--x\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i
+                          for i in range(1500)) + b"--x--\r\n"),
+                ("a field, not a file", "multipart/form-data; boundary=x",
+                 b'--x\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + b"a" * 2000 + b"\r\n--x--\r\n")]:
+            for path in ("/v1/datasets", "/v1/models"):
+                answers.post(f"{path} {label}", path, content=body, headers={"Content-Type": content_type})
+        assert alice.get("/v1/quota").status_code == 200
+    head = "POST {} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer " + ALICE + "\r\nContent-Length: {}\r\n"
+    for path, declared in [("/v1/jobs", 200 * 2**20), ("/v1/certify", 300 * 2**20), ("/v1/datasets", 2**40)]:
+        status, body = send_partial(gateway.url, head.format(path, declared), json_array_body(1)[:2**20])
+        answers.statuses[status] += 1
+        assert status == 413, (path, body)
+    peak_kib = max(status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS"))
+    growth_mb = (peak_kib - before_kib) / 1024
+    print(f"\nhostile bodies: {sum(answers.statuses.values())} requests, statuses {sorted(answers.statuses.items())}; "
+          f"gateway RSS {before_kib / 1024:.0f} MiB before, peak {peak_kib / 1024:.0f} MiB (+{growth_mb:.0f} MiB, "
+          f"bound {MEMORY_BOUND_MB} MiB)")
+    assert not answers.refused, "\n".join(answers.refused[:10]) + "\n" + gateway.log()
+    assert growth_mb < MEMORY_BOUND_MB

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gls_core.errors import InvalidInput
 
@@ -178,9 +179,48 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "storage (Redis) unavailable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # reached only from the middlewares outside UnexpectedErrors
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        incident = uuid.uuid4().hex[:12]
-        log.error("unhandled error %s on %s %s", incident, request.method, request.url.path, exc_info=error)
-        return JSONResponse({"detail": f"internal error (incident {incident}; the server log has the details)"},
-                            status_code=500)
+        return internal_error(request.method, request.url.path, error)
+
+    app.add_middleware(UnexpectedErrors)  # the first one added: innermost, right outside the routes' handlers
+
+
+def internal_error(method: str, path: str, error: BaseException) -> JSONResponse:
+    """A bug: logged with its traceback under a new incident id, answered 500 with only that id."""
+    incident = uuid.uuid4().hex[:12]
+    log.error("unhandled error %s on %s %s", incident, method, path, exc_info=error)
+    return JSONResponse({"detail": f"internal error (incident {incident}; the server log has the details)"},
+                        status_code=500)
+
+
+class UnexpectedErrors:
+    """Answers an unexpected exception with :func:`internal_error` and ends the request there.
+
+    A handler registered for ``Exception`` alone runs in Starlette's outermost middleware, which sends the 500
+    and then raises the error again, so that the server sees it; uvicorn then closes the connection, and the
+    client's next request on that keep-alive connection fails (ECONNRESET). Caught here, the error is answered
+    like any other and the connection stays usable. An error after the answer has started (a stream cut off)
+    still propagates: that connection cannot carry another answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            if started:
+                raise
+            await internal_error(str(scope.get("method", "")), str(scope.get("path", "")), error)(scope, receive, send)
