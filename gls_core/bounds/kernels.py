@@ -169,9 +169,18 @@ def _forward_dense_fits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return x.shape[0] * math.prod(x.shape[2:]) * outputs <= DENSE_MATRIX_FLOATS
 
 
+def forward_native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv: Conv2d) -> torch.Tensor:
+    """The C kernel, vectorised over members (no gradients)."""
+    out_hw = (conv_output_size(x.shape[3], conv), conv_output_size(x.shape[4], conv))
+    return native.conv_members_forward(x, weight, bias, conv.stride, conv.padding, out_hw)
+
+
 FORWARD: dict[str, tuple[Callable[..., torch.Tensor], Callable[..., bool]]] = {
     "grouped": (forward_grouped, lambda *_: True),
     "dense": (forward_dense, _forward_dense_fits),
+    "native": (forward_native, lambda x, weight, bias, conv: not _needs_grad(x, weight, *([bias] if bias is not None
+                                                                                           else []))
+               and native.usable(x, weight)),
 }
 
 

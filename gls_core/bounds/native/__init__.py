@@ -80,6 +80,8 @@ def library() -> ctypes.CDLL | None:
         for name in ("gls_relax_concretize", "gls_relax_dual"):
             relax = getattr(lib, f"{name}{width}")
             relax.argtypes, relax.restype = [_ptr] * 15 + [_int64] * 13 + [_int], None
+        members_forward = getattr(lib, f"gls_conv_members_forward{width}")
+        members_forward.argtypes, members_forward.restype = [_ptr] * 4 + [_int64] * 11 + [_int], None
         forward = getattr(lib, f"gls_relax_forward{width}")
         forward.argtypes, forward.restype = [_ptr] * 10 + [_int64] * 11 + [_int], None
     return lib
@@ -218,6 +220,25 @@ def _relax_kernel(name: str, out: torch.Tensor, A: torch.Tensor, arow: torch.Ten
               index[4].data_ptr(), weight.data_ptr(), bias.data_ptr(), centre.data_ptr(), radius.data_ptr(),
               index[5].data_ptr(), out.data_ptr(), A.shape[-1], index[0].shape[0], out_ch, height, width, in_ch,
               kernel, stride, padding, maps_h, maps_w, centre.shape[2], centre.shape[3], torch.get_num_threads())
+
+
+def conv_members_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                         padding: int, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Per-member activations [P, N, C, H, W] through per-member weights [P, O, C, k, k] (and bias [P, O]):
+    [P, N, O, Ho, Wo], a members-last view."""
+    lib = library()
+    assert lib is not None
+    members, rows, channels, height, width = x.shape
+    out_ch, kernel = weight.shape[1], weight.shape[3]
+    x_last, weight_last = _members_last(x), _members_last(weight)
+    bias_last = None if bias is None else _members_last(bias)
+    lanes = x_last.shape[-1]
+    out = torch.empty(rows, out_ch, *out_hw, lanes, dtype=x.dtype)
+    kernel_fn = getattr(lib, f"gls_conv_members_forward{_width(members)}")
+    kernel_fn(x_last.data_ptr(), weight_last.data_ptr(), None if bias_last is None else bias_last.data_ptr(),
+              out.data_ptr(), lanes, rows, channels, height, width, out_ch, kernel, stride, padding, out_hw[0],
+              out_hw[1], torch.get_num_threads())
+    return out[..., :members].permute(4, 0, 1, 2, 3)
 
 
 def relax_forward(coefficient: torch.Tensor, pre_activation: torch.Tensor, lower_slope: torch.Tensor,

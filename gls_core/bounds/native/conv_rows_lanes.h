@@ -296,6 +296,53 @@ void NAME(gls_relax_dual, LANES)(const float *A, const int64_t *arow, const floa
     }
 }
 
+/* One map of LANES members through a convolution: dst[o2][i][j] = bias[o2] + sum over c, ky, kx of
+ * x[c][i*s + ky - pad][j*s + kx - pad] w[o2][c][ky][kx] (zero padding). ``x`` starts at member p0 and steps
+ * ``xs`` floats from one pixel to the next; ``dst`` (step P) likewise; ``bias`` may be null. */
+static inline void NAME(conv_map, LANES)(const float *x, int64_t xs, const float *Wt, const float *bias, int64_t P,
+                                         int64_t p0, int64_t C, int64_t H, int64_t W, int64_t O2, int64_t k,
+                                         int64_t s, int64_t pad, int64_t Ho, int64_t Wo, float *dst) {
+    for (int64_t o2 = 0; o2 < O2; ++o2) {
+        for (int64_t i = 0; i < Ho; ++i) {
+            for (int64_t j = 0; j < Wo; ++j) {
+                vec acc[VECS];
+                for (int v = 0; v < VECS; ++v) acc[v] = bias ? *(const vec *)(bias + o2 * P + p0 + v * 8) : (vec){0};
+                for (int64_t c = 0; c < C; ++c) {
+                    for (int64_t ky = 0; ky < k; ++ky) {
+                        const int64_t y = i * s + ky - pad;
+                        if (y < 0 || y >= H) continue;
+                        for (int64_t kx = 0; kx < k; ++kx) {
+                            const int64_t xx = j * s + kx - pad;
+                            if (xx < 0 || xx >= W) continue;
+                            const float *xv = x + ((c * H + y) * W + xx) * xs;
+                            const float *wv = Wt + (((o2 * C + c) * k + ky) * k + kx) * P + p0;
+                            for (int v = 0; v < VECS; ++v)
+                                acc[v] += *(const vec *)(xv + v * 8) * *(const vec *)(wv + v * 8);
+                        }
+                    }
+                }
+                for (int v = 0; v < VECS; ++v) *(vec *)(dst + ((o2 * Ho + i) * Wo + j) * P + v * 8) = acc[v];
+            }
+        }
+    }
+}
+
+/* Per-member activations through a convolution with a weight set per member: x[N][C][H][W][P] ->
+ * out[N][O2][Ho][Wo][P] (the interval steps of layers past the first). */
+void NAME(gls_conv_members_forward, LANES)(const float *x, const float *Wt, const float *bias, float *out, int64_t P,
+                                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t O2, int64_t k,
+                                           int64_t s, int64_t pad, int64_t Ho, int64_t Wo, int threads) {
+    const int64_t blocks = P / LANES, in_p = C * H * W * P, out_p = O2 * Ho * Wo * P;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; ++n) {
+        for (int64_t b = 0; b < blocks; ++b) {
+            const int64_t p0 = b * LANES;
+            NAME(conv_map, LANES)(x + n * in_p + p0, P, Wt, bias, P, p0, C, H, W, O2, k, s, pad, Ho, Wo,
+                                  out + n * out_p + p0);
+        }
+    }
+}
+
 /* alpha-CROWN's slope gradient and the row's relaxed network one layer up, at each row's minimising corner.
  * Per row n and member: on the ReLU's map (O x H x W), with coefficient lam, pre-activation mu, lower slope ls
  * (per row) and upper line us, uo (per sample, map umap[n]):
@@ -330,31 +377,8 @@ void NAME(gls_relax_forward, LANES)(const float *lam, const float *mu, const flo
                             (vec)(((ivec_t)(av * mv) & positive) | ((ivec_t)upper & ~positive));
                     }
                 }
-                float *dst = next + n * out_p + p0;
-                for (int64_t o2 = 0; o2 < O2; ++o2) {
-                    for (int64_t i = 0; i < Ho; ++i) {
-                        for (int64_t j = 0; j < Wo; ++j) {
-                            vec acc[VECS];
-                            for (int v = 0; v < VECS; ++v) acc[v] = *(const vec *)(bias + o2 * P + p0 + v * 8);
-                            for (int64_t c = 0; c < O; ++c) {
-                                for (int64_t ky = 0; ky < k; ++ky) {
-                                    const int64_t y = i * s + ky - pad;
-                                    if (y < 0 || y >= H) continue;
-                                    for (int64_t kx = 0; kx < k; ++kx) {
-                                        const int64_t x = j * s + kx - pad;
-                                        if (x < 0 || x >= W) continue;
-                                        const float *rv = relaxed + ((c * H + y) * W + x) * LANES;
-                                        const float *wv = Wt + (((o2 * O + c) * k + ky) * k + kx) * P + p0;
-                                        for (int v = 0; v < VECS; ++v)
-                                            acc[v] += *(const vec *)(rv + v * 8) * *(const vec *)(wv + v * 8);
-                                    }
-                                }
-                            }
-                            for (int v = 0; v < VECS; ++v)
-                                *(vec *)(dst + ((o2 * Ho + i) * Wo + j) * P + v * 8) = acc[v];
-                        }
-                    }
-                }
+                NAME(conv_map, LANES)(relaxed, LANES, Wt, bias, P, p0, O, H, W, O2, k, s, pad, Ho, Wo,
+                                      next + n * out_p + p0);
             }
         }
         free(relaxed);
