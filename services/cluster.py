@@ -76,6 +76,11 @@ PROMOTE = signal.SIGUSR1
 """Sent by the supervisor to the spare coordinator: the coordinator died, take its place."""
 SPARE = "coordinator-spare"
 REDIS_MAX_MEMORY_MB = 2048
+DURABLE_AOF = ("--appendonly", "yes", "--appendfsync", "always")
+"""The redis-server options under which every write is in the append-only file, fsynced, before Redis answers it,
+so nothing the services acknowledge (an upload's or a submission's 201, a step's commit) is lost when Redis
+crashes. With ``everysec`` Redis may answer a write whose AOF write it has postponed behind a slow fsync.
+``gls cluster up``, docker-compose.yml and deploy/k8s start Redis with them."""
 BACKOFF_WINDOW_S = 60.0
 """Restarts within this long count towards a child's back-off; one that stays up longer starts afresh."""
 BACKOFF_MAX_S = 60.0
@@ -269,10 +274,11 @@ def _start_redis(run_dir: Path) -> tuple[Child, str]:
     data = run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     # A password only this cluster's processes know, and a memory ceiling: past it writes fail (the gateway
-    # answers 503) instead of the machine swapping; nothing stored is evicted.
+    # answers 503) instead of the machine swapping; nothing stored is evicted. Every write is fsynced before
+    # Redis answers it (DURABLE_AOF).
     password = secrets.token_urlsafe(24)
     child = Child("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                            "--appendonly", "yes", "--save", "", "--requirepass", password,
+                            *DURABLE_AOF, "--save", "", "--requirepass", password,
                             "--maxmemory", f"{REDIS_MAX_MEMORY_MB}mb", "--maxmemory-policy", "noeviction"],
                   dict(os.environ), run_dir / "logs" / "redis.log")
     child.start()

@@ -30,6 +30,7 @@ writes nothing.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -198,6 +199,31 @@ def compact_pixels(x: torch.Tensor) -> torch.Tensor:
             return x
         pixels[start:start + COMPACT_BLOCK] = block
     return pixels.view(x.shape)
+
+
+def durability_problem(client: redis.Redis) -> str | None:
+    """Why a write Redis has answered could be lost if it crashed now, or None (also when CONFIG is not allowed,
+    as on some managed services, where the operator's own settings apply)."""
+    try:
+        config = _decode(cast(dict[Any, Any], client.config_get("append*")))
+    except redis.ResponseError:
+        return None
+    if config.get("appendonly") != "yes":
+        return "appendonly is off: everything written since the last snapshot is lost if Redis crashes"
+    if config.get("appendfsync") != "always":  # what services.cluster.DURABLE_AOF sets
+        return (f"appendfsync is {config.get('appendfsync')!r}: a write Redis has answered (an upload, a submission, "
+                "a step) can be lost if Redis crashes; start it with --appendfsync always")
+    return None
+
+
+def warn_if_not_durable(client: redis.Redis, logger: logging.Logger) -> None:
+    """Log :func:`durability_problem` at start-up (nothing when Redis cannot be reached yet: readiness says so)."""
+    try:
+        problem = durability_problem(client)
+    except redis.RedisError:
+        return
+    if problem is not None:
+        logger.warning("Redis is not durable: %s", problem)
 
 
 def new_id(prefix: str) -> str:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import redis
 
-from services.cluster import free_port, wait_for_port
+from services.cluster import DURABLE_AOF, free_port, wait_for_port
 
 __all__ = ["RedisServer", "free_port", "shared_data_dir", "wait_for_port"]
 
 
 class RedisServer:
-    """A private redis-server (append-only file in ``directory``) that tests may kill and restart."""
+    """A private redis-server (append-only file in ``directory``, fsynced before each answer as the project starts
+    its own) that tests may kill and restart."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         if shutil.which("redis-server") is None:
@@ -32,7 +33,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+             *DURABLE_AOF, "--save", "", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         client = redis.Redis.from_url(self.url)

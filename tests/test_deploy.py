@@ -41,6 +41,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import RedisServer, free_port, wait_for_port
 
+from services.cluster import DURABLE_AOF
 from services.settings import ENVIRONMENT_VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +340,7 @@ def test_compose_redis() -> None:
     assert redis_service["image"] == "redis:7"
     command = compose_command(redis_service)
     assert command[0] == "redis-server"
-    assert option(command, "--appendonly") == "yes"
+    assert [option(command, name) for name in DURABLE_AOF[::2]] == list(DURABLE_AOF[1::2])
     assert any(isinstance(volume, str) and volume.endswith(":/data") and not volume.startswith((".", "/"))
                for volume in redis_service["volumes"]), "redis data must live on a named volume at /data"
     assert not redis_service.get("ports"), "redis must not be published on the host"
@@ -1138,7 +1139,7 @@ def redis_container() -> tuple[dict[str, Any], list[str]]:
 def test_k8s_redis() -> None:
     statefulset = k8s_objects("StatefulSet")["redis"]
     container, argv = redis_container()
-    assert option(argv, "--appendonly") == "yes"
+    assert [option(argv, name) for name in DURABLE_AOF[::2]] == list(DURABLE_AOF[1::2])
     directory = option(argv, "--dir") if "--dir" in argv else "/data"
     claims = {claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]}
     assert any(mount["mountPath"] == directory and mount["name"] in claims for mount in container["volumeMounts"]), \

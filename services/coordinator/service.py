@@ -18,7 +18,7 @@ import time
 import redis
 
 from ..settings import Settings
-from ..store import JobStatus, LostClaim, NotFound, Store, owner_token
+from ..store import JobStatus, LostClaim, NotFound, Store, owner_token, warn_if_not_durable
 from ..worker_client import NoWorkersError, WorkerPool
 from .runner import JobRunner, Outcome
 
@@ -38,6 +38,7 @@ class Coordinator:
         self.stopping.set()
 
     def run_forever(self) -> None:
+        warn_if_not_durable(self.store.redis, log)
         log.info("coordinator %s waiting for jobs", self.consumer)
         while not self.stopping.is_set():
             try:

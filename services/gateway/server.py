@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from grpc_health.v1 import health
 
 from ..settings import Settings, dialable
-from ..store import Store
+from ..store import Store, warn_if_not_durable
 from ..worker_client import WorkerPool
 from .app import create_app
 from .certifier import start_certifier
@@ -73,6 +73,7 @@ def serve(settings: Settings) -> RunningGateway:
     tls = settings.server_tls  # read before anything starts: a bad certificate path stops the process here
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
                                   socket_timeout=settings.sse_heartbeat_s + 10)  # above the longest XREAD block
+    warn_if_not_durable(client, log)
     gateway = Gateway(settings, client, Store(client), WorkerPool(settings, client), GatewayMetrics())
     gateway.metrics.track_workers(lambda: len(gateway.pool.addresses()))
     grpc_server, certifier_port, health_servicer = start_certifier(gateway, settings.gateway_host,
