@@ -233,9 +233,12 @@ class Cluster:
 
 def _base_env(redis_url: str, tokens: str, threads: int | None) -> dict[str, str]:
     env = dict(os.environ)
-    # The workers' shared secret: the caller's, or a fresh one per cluster that only its processes know.
+    # The workers' shared secret and the key of the tenant pseudonyms on /metrics: the caller's, or fresh ones per
+    # cluster that only its processes know.
     worker_token = os.environ.get("GLS_WORKER_TOKEN") or secrets.token_urlsafe(24)
-    env.update(GLS_REDIS_URL=redis_url, GLS_TOKENS=tokens, GLS_WORKER_TOKEN=worker_token, PYTHONUNBUFFERED="1")
+    metrics_key = os.environ.get("GLS_METRICS_KEY") or secrets.token_urlsafe(24)
+    env.update(GLS_REDIS_URL=redis_url, GLS_TOKENS=tokens, GLS_WORKER_TOKEN=worker_token,
+               GLS_METRICS_KEY=metrics_key, PYTHONUNBUFFERED="1")
     env.pop("REDIS_URL", None)
     if threads:
         env["GLS_THREADS"] = str(threads)

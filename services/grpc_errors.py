@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 import redis
+from google.protobuf.message import DecodeError, Message
 
 from gls_core.errors import InvalidInput
 
@@ -27,6 +28,21 @@ from .store import OverQuota
 log = logging.getLogger("services.grpc")
 
 Code = grpc.StatusCode
+
+
+RequestMessage = TypeVar("RequestMessage", bound=Message)
+
+
+def parse_request(kind: type[RequestMessage], payload: bytes, number: int | None = None) -> RequestMessage:
+    """A payload parsed as ``kind`` by the method itself, after the caller's token was checked: one that is no such
+    message is the caller's error (INVALID_ARGUMENT naming ``request``), not grpcio's INTERNAL "Exception
+    deserializing request!" that a ``request_deserializer`` would answer."""
+    try:
+        return kind.FromString(payload)
+    except DecodeError:
+        which = "the payload" if number is None else f"message {number}"
+        raise InvalidInput("request", f"{which} is not a valid {kind.DESCRIPTOR.full_name} (protobuf parse "
+                                      "error)") from None
 
 
 class MissingBlobError(LookupError):

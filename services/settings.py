@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = Field(None, description="PEM private key of GLS_TLS_CERT_FILE")
     tls_client_ca_file: Path | None = Field(None, description="PEM CA: REST and Certifier clients must present a "
                                             "certificate it signed (mutual TLS)")
+    metrics_key: str = Field("", description="secret of this deployment that keys the tenant pseudonyms on /metrics "
+                             "(HMAC-SHA256); empty: no per-tenant series. `gls cluster up` makes one per cluster")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="comment sent on an idle event stream (keeps proxies open)")
     certifier_threads: int = Field(8, gt=0, description="gRPC Certifier requests served at once")
     certifier_queue: int = Field(64, ge=0, description="Certifier requests that wait (within their deadline) for "

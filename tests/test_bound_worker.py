@@ -545,6 +545,22 @@ def test_verify_rejects_timeouts_beyond_the_cap(stub: bound_worker_pb2_grpc.Boun
         assert "timeout_seconds: must lie in (0, 300]" in (error.value.details() or "")
 
 
+def test_undecodable_payloads_are_invalid_argument_naming_the_request(channel: grpc.Channel) -> None:
+    """Garbage with the right token (none is asked here): the method parses it and says so, without an incident."""
+    for method, kind in (("EvaluatePoints", "PointsRequest"), ("Bounds", "BoundsRequest"),
+                         ("Verify", "VerifyRequest")):
+        call = channel.unary_unary(f"/gls.v1.BoundWorker/{method}", request_serializer=None,
+                                   response_deserializer=None)
+        for payload in (b"\xff\xff\xff\xff", b"\x0a\x80", bytes(range(256))):
+            with pytest.raises(grpc.RpcError) as error:
+                call(payload, timeout=10)
+            assert_invalid(error.value, "request", re.escape(f"request: the payload is not a valid gls.v1.{kind} "
+                                                             "(protobuf parse error)"))
+            assert "incident" not in (error.value.details() or "")
+    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+
+
 def test_a_worker_token_is_required_from_every_caller_but_probes() -> None:
     from services.worker_client import WorkerPool
 

@@ -21,7 +21,6 @@ from safetensors.torch import save_file
 from test_gateway_support import ALICE, BOB, Stack, digits_model, start_stack
 
 from gls_core.training.checkpoint import load_model, save_model
-from services.gateway.metrics import tenant_label
 
 DIGITS_JOB: dict[str, Any] = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05,
                               "data": {"dataset": "digits", "batch_size": 32}, "model": {"arch": "fc-16"},
@@ -313,7 +312,7 @@ def test_health_metrics_and_openapi(stack: Stack) -> None:
     text = anonymous.get("/metrics").text
     assert 'gls_gateway_http_requests_total{method="POST",route="/v1/jobs",status="201"}' in text
     assert 'route="/v1/jobs/{job_id}",status="404"' in text  # templates, not ids: bounded label values
-    assert f'gls_gateway_jobs_submitted_total{{tenant="{tenant_label("alice")}"}}' in text
+    assert 'gls_gateway_jobs_submitted_total{tenant=""}' in text  # no GLS_METRICS_KEY: no per-tenant series
     assert "alice" not in text  # /metrics is unauthenticated: tenants appear only as pseudonyms
     assert "gls_gateway_http_request_seconds_bucket" in text and "gls_gateway_live_workers 0.0" in text
 

@@ -4,11 +4,14 @@ serving."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +30,7 @@ from bench.hostile_bodies import (
     safetensors_of,
 )
 from services.coordinator import Coordinator
+from services.gateway.metrics import tenant_label
 
 UPLOAD_MB, DECODED_MB, BODY_KB = 4, 16, 64
 GOOD_JOB = {"estimator": "grad", "relaxation": "ibp", "eps": 0.05, "data": {"dataset": "digits", "batch_size": 32},
@@ -291,3 +295,17 @@ def test_a_500_leaves_the_keep_alive_connection_usable(stack: Stack) -> None:
             assert status == 200 and json.loads(body)["tenant"] == "alice"
     metrics = stack.http(None).get("/metrics").text
     assert 'route="/v1/jobs/{job_id}",status="500"' in metrics  # still counted
+
+
+def test_metrics_pseudonyms_are_keyed_by_the_deployments_secret(tmp_path: Path) -> None:
+    key = "per-deployment-secret"
+    running = start_stack(tmp_path, workers=0, metrics_key=key)
+    try:
+        assert running.http(ALICE).post("/v1/jobs", json=GOOD_JOB).status_code == 201
+        text = running.http(None).get("/metrics").text
+    finally:
+        running.stop()
+    keyed = hmac.new(key.encode(), b"alice", hashlib.sha256).hexdigest()[:16]
+    assert f'gls_gateway_jobs_submitted_total{{tenant="{keyed}"}} 1.0' in text
+    assert tenant_label("alice", key) == keyed and tenant_label("alice", "another key") != keyed
+    assert "alice" not in text and hashlib.sha256(b"alice").hexdigest()[:12] not in text  # no unkeyed hash

@@ -24,7 +24,6 @@ from typing import Any
 
 import grpc
 import torch
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -32,7 +31,7 @@ from gls_core.errors import InvalidInput
 from gls_core.nets.spec import NetSpec
 
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
-from ..grpc_errors import SlotTimeout, abort, status_for
+from ..grpc_errors import SlotTimeout, abort, parse_request, status_for
 from ..proto.gls.v1 import certifier_pb2
 from .certify import (
     COMPLETE,
@@ -60,11 +59,7 @@ Model = tuple[NetSpec, torch.Tensor]
 
 def _request(payload: bytes, number: int | None = None) -> certifier_pb2.CertifyRequest:
     """Parse a payload (after the token was checked): one that is no CertifyRequest is the caller's error."""
-    try:
-        return certifier_pb2.CertifyRequest.FromString(payload)
-    except DecodeError:
-        which = "the payload" if number is None else f"message {number}"
-        raise InvalidInput("request", f"{which} is not a valid gls.v1.CertifyRequest (protobuf parse error)") from None
+    return parse_request(certifier_pb2.CertifyRequest, payload, number)
 
 
 def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:

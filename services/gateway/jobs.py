@@ -29,7 +29,6 @@ from .deps import PROTECTED, GatewayDep, JobId, Tenant, leave_out
 from .errors import ApiError, InvalidRequest, NotFoundError, error_responses
 from .events import finite, job_events
 from .jobcheck import validate_job
-from .metrics import tenant_label
 from .schemas import JobOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROTECTED)
@@ -93,7 +92,7 @@ def _submit(gateway: Gateway, tenant: str, body: Any, raw: bytes) -> dict[str, A
         raise InvalidRequest(coerced)
     job = gateway.store.submit_job(tenant, config.model_dump(mode="json"), name=config.name or "",
                                    max_active=gateway.settings.tenant_max_jobs)
-    gateway.metrics.jobs_submitted.labels(tenant_label(tenant)).inc()
+    gateway.metrics.jobs_submitted.labels(gateway.metrics.tenant(tenant)).inc()
     return job.public()
 
 

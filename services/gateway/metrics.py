@@ -7,6 +7,7 @@ process do not collide and ``/metrics`` shows exactly this gateway's numbers.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 from collections.abc import Callable
 
@@ -16,13 +17,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-def tenant_label(tenant: str) -> str:
-    """A stable pseudonym for a tenant: /metrics is unauthenticated and must not list tenant names."""
-    return hashlib.sha256(tenant.encode()).hexdigest()[:12]
+def tenant_label(tenant: str, key: str) -> str:
+    """The tenant's label on /metrics, which is unauthenticated: HMAC-SHA256 of its name under the deployment's
+    secret ``key`` (GLS_METRICS_KEY), so only who holds the key can tell which tenant a series is; without a key,
+    empty (Prometheus reads an empty label as absent: one series for all tenants). An unkeyed hash would let
+    anyone confirm a tenant name they guess."""
+    if not key:
+        return ""
+    return hmac.new(key.encode(), tenant.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, key: str = "") -> None:
+        self.key = key
         self.registry = CollectorRegistry()
         self.requests = Counter("gls_gateway_http_requests_total", "HTTP requests by route template and status",
                                 ["method", "route", "status"], registry=self.registry)
@@ -33,8 +40,8 @@ class GatewayMetrics:
         self.grpc_latency = Histogram("gls_gateway_grpc_request_seconds", "Certifier RPC latency", ["method"],
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.jobs_submitted = Counter("gls_gateway_jobs_submitted_total",
-                                      "training jobs accepted, by tenant pseudonym (tenant_label)", ["tenant"],
-                                      registry=self.registry)
+                                      "training jobs accepted, by tenant pseudonym (HMAC under GLS_METRICS_KEY; "
+                                      "empty without one)", ["tenant"], registry=self.registry)
         self.certify_inputs = Counter("gls_gateway_certify_inputs_total", "inputs sent for certification",
                                       ["api", "method"], registry=self.registry)
         self.certified_inputs = Counter("gls_gateway_certified_inputs_total", "inputs certified",
@@ -43,6 +50,9 @@ class GatewayMetrics:
                                     registry=self.registry)
         self.live_workers = Gauge("gls_gateway_live_workers", "bound workers the gateway can reach",
                                   registry=self.registry)
+
+    def tenant(self, tenant: str) -> str:
+        return tenant_label(tenant, self.key)
 
     def track_workers(self, count: Callable[[], int]) -> None:
         """Report the worker count at scrape time (a Redis read per scrape, none otherwise)."""

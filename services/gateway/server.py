@@ -74,7 +74,8 @@ def serve(settings: Settings) -> RunningGateway:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
                                   socket_timeout=settings.sse_heartbeat_s + 10)  # above the longest XREAD block
     warn_if_not_durable(client, log)
-    gateway = Gateway(settings, client, Store(client), WorkerPool(settings, client), GatewayMetrics())
+    gateway = Gateway(settings, client, Store(client), WorkerPool(settings, client),
+                      GatewayMetrics(settings.metrics_key))
     gateway.metrics.track_workers(lambda: len(gateway.pool.addresses()))
     grpc_server, certifier_port, health_servicer = start_certifier(gateway, settings.gateway_host,
                                                                    settings.certifier_port)
