@@ -140,11 +140,14 @@ def test_a_sweep_run_stops_at_its_horizon_and_continues_without_it(tmp_path: Pat
 
 def test_the_sweep_table_reads_each_run_at_the_same_epochs(tmp_path: Path) -> None:
     plan = full_plan()
-    sweep = [run for run in plan.runs if run.horizon is not None]
+    sweep = [run for run in plan.runs if run.name.startswith("deeppoly-rgs-lr5e-4-sigma") and "seed" not in run.name]
     assert {run.name for run in sweep} == {f"deeppoly-rgs-lr5e-4-sigma{s}" for s in ("3e-3", "1e-2", "3e-2")}
     for run in sweep:
         config = load_config(ROOT / run.config, list(run.overrides))
-        assert config.schedule.epochs == 70 and config.schedule.lr == 5e-4 and run.horizon == 20
+        assert config.schedule.epochs == 70 and config.schedule.lr == 5e-4
+        assert run.horizon == (None if run.name.endswith(reproduce.SWEEP_BEST) else 20)
+    seeds = [load_config(ROOT / run.config, list(run.overrides)).seed for run in plan.runs if "seed" in run.name]
+    assert sorted(seeds) == [1, 1, 1, 2, 2, 2]
     folder = tmp_path / "deeppoly-rgs-lr5e-4-sigma1e-2"
     folder.mkdir()
     rows = [{"kind": "epoch", "stage": "main", "epoch": e, "step": e, "certified_acc": e / 100} for e in (10, 20)]
