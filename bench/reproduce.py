@@ -300,7 +300,7 @@ def plot_compute(plan: Plan, out: Path, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (by_samples, by_hours) = plt.subplots(1, 2, figsize=(13, 5))
+    figure, (by_samples, by_hours) = plt.subplots(1, 2, figsize=(17, 6))
     drawn = 0
     for run in plan.runs:
         rows = read_metrics(out / run.name)
@@ -319,7 +319,7 @@ def plot_compute(plan: Plan, out: Path, path: Path) -> Path | None:
                    ylabel="certified % (per-epoch evaluation)", title="against member-samples")
     by_hours.set(xlabel="training time, hours of one core", ylabel="certified % (per-epoch evaluation)",
                  title="against wall time (equal cost)")
-    by_hours.legend(fontsize=7)
+    by_hours.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # off the curves
     figure.suptitle(f"certified accuracy against compute (CNN3-tiny, MNIST, eps {EPS})")
     figure.tight_layout()
     figure.savefig(path, dpi=90)

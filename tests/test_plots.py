@@ -94,3 +94,13 @@ def test_without_sigma_there_is_no_sigma_panel_and_png_renders() -> None:
     finally:
         plt.close(made)
     assert render_curves(_rows()).startswith(b"\x89PNG")
+
+
+def test_accuracy_legend_lies_outside_the_axes(figure: Figure) -> None:
+    axis = _axis(figure, "%")
+    legend = axis.get_legend()
+    assert legend is not None
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    box, frame = legend.get_window_extent(renderer), axis.get_window_extent(renderer)
+    assert box.y1 < frame.y0
