@@ -15,9 +15,19 @@ from .landscape import Landscape
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 COLORS = {"ibp": "tab:blue", "hbox": "tab:purple", "crown-ibp": "tab:orange", "deeppoly": "tab:green",
           "alpha-crown": "tab:red"}
+# Relaxations whose losses nearly coincide (crown-ibp and deeppoly on a trained network) stay visible:
+# the wide solid lines are drawn first, the dashed and dotted ones on top of them.
+STYLES: dict[str, dict[str, object]] = {
+    "ibp": {"lw": 1.4, "ls": "-", "zorder": 2},
+    "deeppoly": {"lw": 3.0, "ls": "-", "alpha": 0.7, "zorder": 1},
+    "hbox": {"lw": 1.4, "ls": "-.", "zorder": 3},
+    "crown-ibp": {"lw": 1.6, "ls": "--", "zorder": 4},
+    "alpha-crown": {"lw": 1.6, "ls": ":", "zorder": 5},
+}
 
 
 def _centre(values: torch.Tensor) -> float:
@@ -25,62 +35,87 @@ def _centre(values: torch.Tensor) -> float:
     return float(values[index])
 
 
-def _line_panel(axis: Axes, landscape: Landscape, sigma: float | None) -> None:
+def _style(method: str) -> dict[str, object]:
+    return {"color": COLORS.get(method), "lw": 1.2, **STYLES.get(method, {})}
+
+
+def _line_panel(axis: Axes, landscape: Landscape, sigma: float | None, run: str) -> None:
     xs = landscape.offsets.tolist()
     for method, raw in landscape.raw.items():
-        color = COLORS.get(method)
+        style = _style(method)
         if sigma is None:
             scale = _centre(raw)
-            axis.plot(xs, (raw / scale).tolist(), color=color, label=method, lw=1.2)
+            axis.plot(xs, (raw / scale).tolist(), label=method, **style)  # type: ignore[arg-type]
             continue
         mean, error = landscape.smoothed[(method, sigma)]
         scale = _centre(mean)
-        axis.plot(xs, (mean / scale).tolist(), color=color, label=method, lw=1.2)
+        axis.plot(xs, (mean / scale).tolist(), label=method, **style)  # type: ignore[arg-type]
         axis.fill_between(xs, ((mean - 1.96 * error) / scale).tolist(), ((mean + 1.96 * error) / scale).tolist(),
-                          color=color, alpha=0.25, lw=0)
-    title = "original loss" if sigma is None else f"smoothed, sigma = {sigma:g} ({landscape.samples} samples, 95% CI)"
-    axis.set(title=title, xlabel=f"offset along the {landscape.direction} direction (L2 norm)",
-             ylabel="loss / loss at 0")
+                          color=style["color"], alpha=0.25, lw=0)
+    which = "original loss" if sigma is None else f"smoothed, sigma = {sigma:g} ({landscape.samples} samples, 95% CI)"
+    axis.set_title(panel_title(run, list(landscape.raw), which), fontsize=10)
+    axis.set(ylabel="loss / loss at 0", xlabel=f"offset along the {landscape.direction} direction (L2 norm)")
     axis.axvline(0.0, color="grey", lw=0.6, ls=":")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="best", frameon=True)
 
 
-def _contour_panel(axis: Axes, landscape: Landscape, method: str, sigma: float | None) -> None:
+def panel_title(run: str, methods: list[str], which: str) -> str:
+    """``run: methods`` over ``which``: each panel says whose loss, under which relaxation, it shows."""
+    named = ", ".join(methods)
+    return f"{run}: {named}\n{which}" if run else f"{named}\n{which}"
+
+
+def _contour_panel(axis: Axes, landscape: Landscape, method: str, sigma: float | None, run: str) -> None:
     values = landscape.raw[method] if sigma is None else landscape.smoothed[(method, sigma)][0]
     grid = landscape.offsets.tolist()
     image = axis.contourf(grid, grid, (values / _centre(values)).T.tolist(), levels=20, cmap="viridis")
     axis.figure.colorbar(image, ax=axis)
     which = "original" if sigma is None else f"sigma {sigma:g}"
-    axis.set(title=f"{method}, {which}", xlabel="direction 1", ylabel="direction 2")
+    axis.set_title(panel_title(run, [method], which), fontsize=10)
+    axis.set(xlabel="direction 1", ylabel="direction 2")
     axis.plot([0], [0], marker="+", color="white")
 
 
-def plot_landscape(landscape: Landscape, path: Path, title: str = "") -> Path:
-    """Write the figure: one panel per sigma (1-D), or methods x sigmas contour panels (2-D)."""
+def landscape_figure(landscape: Landscape, title: str = "", run: str | None = None) -> Figure:
+    """One panel per sigma (1-D), or methods x sigmas contour panels (2-D); the caller closes the figure.
+
+    ``run`` names the model in each panel's title; without it, the part of ``title`` before its first
+    ``": "`` (titles read ``run: ...``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if run is None:
+        run = title.split(": ", 1)[0] if ": " in title else ""
     sigmas: list[float | None] = [None, *sorted({sigma for _, sigma in landscape.smoothed})]
     methods = list(landscape.raw)
     if landscape.dimensions == 1:
-        columns = 2 if len(sigmas) > 2 else len(sigmas)
+        columns = len(sigmas) if len(sigmas) <= 3 else (2 if len(sigmas) == 4 else 3)  # no empty cell up to 4
         rows = -(-len(sigmas) // columns)
         figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.4 * rows), squeeze=False)
         for axis, sigma in zip(axes.flat, sigmas):
-            _line_panel(axis, landscape, sigma)
+            _line_panel(axis, landscape, sigma, run)
         for axis in list(axes.flat)[len(sigmas):]:
-            axis.set_visible(False)
+            figure.delaxes(axis)
     else:
         figure, axes = plt.subplots(len(methods), len(sigmas), figsize=(4.8 * len(sigmas), 4 * len(methods)),
                                     squeeze=False)
         for row, method in enumerate(methods):
             for column, sigma in enumerate(sigmas):
-                _contour_panel(axes[row][column], landscape, method, sigma)
+                _contour_panel(axes[row][column], landscape, method, sigma, run)
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    return figure
+
+
+def plot_landscape(landscape: Landscape, path: Path, title: str = "", run: str | None = None) -> Path:
+    """Write :func:`landscape_figure` to ``path`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    figure = landscape_figure(landscape, title, run)
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=90)
     plt.close(figure)

@@ -10,7 +10,8 @@ from cli_runner import run_cli
 
 from gls_core import network
 from gls_core.data import load_dataset
-from gls_core.landscape import directions, grid_points, loss_landscape, population_loss
+from gls_core.landscape import Landscape, directions, grid_points, loss_landscape, population_loss
+from gls_core.landscape_plot import landscape_figure
 from gls_core.nets import kaiming_uniform
 from gls_core.training import save_model
 
@@ -74,3 +75,41 @@ def test_the_cli_draws_the_figure(setup: tuple, tmp_path: Path) -> None:
     assert (tmp_path / "land.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli(*command[:-2], "--methods", "zonotope")
     assert bad.returncode == 2 and "zonotope" in bad.stderr
+
+
+def _fake_landscape(sigmas: list[float]) -> Landscape:
+    offsets = torch.linspace(-1, 1, 5)
+    raw = {method: 1 + offsets.abs() * scale for method, scale in (("ibp", 2.0), ("crown-ibp", 1.0), ("deeppoly", 1.0))}
+    smoothed = {(method, sigma): (values, torch.full_like(values, 0.01)) for method, values in raw.items()
+                for sigma in sigmas}
+    return Landscape(offsets, 1, raw, smoothed, 4, "gradient")
+
+
+@pytest.mark.parametrize("sigmas", [[], [1e-3], [1e-3, 1e-2], [1e-3, 1e-2, 1e-1]])
+def test_figure_titles_name_run_and_method_and_no_panel_is_empty(sigmas: list[float]) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = landscape_figure(_fake_landscape(sigmas), "ibp-grad: robust loss")
+    try:
+        assert len(figure.axes) == 1 + len(sigmas)
+        titles = [axis.get_title() for axis in figure.axes]
+        assert len(set(titles)) == len(titles)
+        for axis in figure.axes:
+            assert axis.get_visible() and axis.get_lines()
+            assert axis.get_title().startswith("ibp-grad: ibp, crown-ibp, deeppoly"), axis.get_title()
+            styles = {line.get_label(): line for line in axis.get_lines()}
+            crown, deeppoly = styles["crown-ibp"], styles["deeppoly"]
+            assert crown.get_linestyle() != deeppoly.get_linestyle()
+            assert crown.get_zorder() > deeppoly.get_zorder() and crown.get_linewidth() < deeppoly.get_linewidth()
+    finally:
+        plt.close(figure)
+
+
+def test_an_explicit_run_name_wins_over_the_title() -> None:
+    import matplotlib.pyplot as plt
+
+    figure = landscape_figure(_fake_landscape([1e-3]), "some title", run="deeppoly-pgpe")
+    try:
+        assert all(axis.get_title().startswith("deeppoly-pgpe: ") for axis in figure.axes)
+    finally:
+        plt.close(figure)

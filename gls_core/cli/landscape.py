@@ -69,6 +69,7 @@ def landscape_command(
                                        samples=samples, seed=seed, progress=bar.update)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
-    plot_landscape(landscape, out_file, f"{spec.name}: robust loss around the trained weights, eps {eps:g}, "
-                                        f"{len(test)} test inputs")
+    name = (run if run.is_dir() else run.parent).resolve().name
+    plot_landscape(landscape, out_file, f"{name} ({spec.name}): robust loss around the trained weights, eps {eps:g}, "
+                                        f"{len(test)} test inputs", run=name)
     out.print(f"wrote {out_file}")
