@@ -125,7 +125,8 @@ def points(driver: Chrome) -> tuple[int, int]:
     attribute, charted = driver.execute_script(
         "const canvas = document.getElementById('job-chart');"
         "const chart = Chart.getChart(canvas);"
-        "return [canvas.dataset.points, chart ? chart.data.datasets[0].data.length : -1];")
+        "const losses = chart ? chart.data.datasets.filter((set) => set.yAxisID === 'loss') : null;"
+        "return [canvas.dataset.points, losses ? losses.reduce((n, set) => n + set.data.length, 0) : -1];")
     return int(attribute), int(charted)
 
 
@@ -243,6 +244,15 @@ def test_sign_in_job_list_live_curve_metrics_download_and_certify(browser: Chrom
     assert len(table) == len(evaluations) == JOB["schedule"]["epochs"] + 1
     certified_column = [row.find_elements(By.TAG_NAME, "td")[5].text for row in table]
     assert certified_column == [f"{100 * row['certified_acc']:.1f}%" for row in evaluations]
+    # the chart: accuracies in %, one marker per evaluation, straight lines (no smoothing), loss per stage
+    charted = driver.execute_script(
+        "const chart = Chart.getChart(document.getElementById('job-chart'));"
+        "return chart.data.datasets.map((set) => [set.label, set.yAxisID, set.tension, set.pointRadius,"
+        " set.data.map((point) => point.y)]);")
+    accuracy = {label: (tension, radius, ys) for label, axis, tension, radius, ys in charted if axis == "acc"}
+    assert accuracy["certified acc (%)"][2] == pytest.approx([100 * row["certified_acc"] for row in evaluations])
+    assert all(tension == 0 and radius > 0 for tension, radius, _ in accuracy.values())
+    assert [label for label, axis, tension, *_ in charted if axis == "loss" and tension == 0] == ["loss (main)"]
     if picture and not shots:
         shots.append(screenshot(driver))
 
@@ -277,9 +287,25 @@ def test_sign_in_job_list_live_curve_metrics_download_and_certify(browser: Chrom
         [verdict["predicted"] for verdict in expected["verdicts"]]
     assert 0 < expected["certified"] < expected["total"], expected["certified"]  # both kinds of row are shown
     assert text(driver, "certify-summary").startswith(f"{expected['certified']} of {len(test.y)} certified")
+    assert "positive: not certified" in text(driver, "certify-margin-note").lower()
     if picture:
         shots.append(screenshot(driver))
         save_picture(shots, Path(picture))
+
+    # a stage change starts a new loss line and is marked "warm-up → main"
+    stages = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('./curve.js').then(({ Curve }) => {"
+        " const canvas = document.createElement('canvas'); document.body.append(canvas);"
+        " const curve = new Curve(canvas);"
+        " for (const [stage, step] of [['warmup', 1], ['warmup', 2], ['main', 3], ['main', 4]])"
+        "  curve.add({ kind: 'step', stage, step, loss: 1 / step });"
+        " const chart = curve.chart;"
+        " const result = [chart.data.datasets.filter((set) => set.yAxisID === 'loss')"
+        "  .map((set) => [set.label, set.data.length]), curve.boundaries,"
+        "  canvas.dataset.points];"
+        " curve.destroy(); canvas.remove(); done(result); });")
+    assert stages == [[["loss (warm-up)", 2], ["loss (main)", 2]], [{"at": 2.5, "label": "warm-up → main"}], "4"]
 
     # the token travelled only as a header
     sent = requests_sent(driver)

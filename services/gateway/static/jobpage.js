@@ -2,7 +2,7 @@
 // download. The stream replays the job's history first, so opening a finished job shows it whole.
 
 import { apiJson, download } from "./api.js";
-import { Curve } from "./curve.js";
+import { Curve, stageName } from "./curve.js";
 import { $, badge, el, number, percent, showMessage, when } from "./dom.js";
 import { followEvents } from "./sse.js";
 
@@ -64,7 +64,9 @@ class JobPage {
       ["Name", job.name || "–"],
       ["Step", job.total_steps ? `${job.step} / ${job.total_steps}` : String(job.step ?? 0)],
       ["Latest loss", this.lastStep ? number(this.lastStep.loss) : "–"],
+      ["Stage now", this.lastStep ? stageName(this.lastStep.stage ?? "main") : "–"],
       ["lr / eps now", this.lastStep ? `${number(this.lastStep.lr)} / ${number(this.lastStep.eps)}` : "–"],
+      ["sigma now", typeof this.lastStep?.sigma === "number" ? this.lastStep.sigma.toExponential(3) : "–"],
       ["Estimator", config.estimator ?? "–"],
       ["Relaxation", config.relaxation ?? "–"],
       ["Target eps", config.eps ?? "–"],
