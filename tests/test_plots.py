@@ -104,3 +104,21 @@ def test_accuracy_legend_lies_outside_the_axes(figure: Figure) -> None:
     renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
     box, frame = legend.get_window_extent(renderer), axis.get_window_extent(renderer)
     assert box.y1 < frame.y0
+
+
+def test_step_ticks_are_whole_and_the_panels_share_their_steps() -> None:
+    rows = [row for row in _rows() if row.get("stage") != "warmup" or row["kind"] == "epoch"]
+    for row in _rows():
+        if row.get("kind") == "step" and row["stage"] == "warmup":
+            rows.append({key: value for key, value in row.items() if key != "sigma"})  # a warm-up has no sigma
+    made = build_curves_figure(sorted(rows, key=lambda row: (row["step"], row["kind"] != "epoch")))
+    try:
+        made.canvas.draw()
+        loss_axis, sigma_axis = _axis(made, "loss"), _axis(made, "sigma / start")
+        assert all(_axis(made, label).get_xlim() == loss_axis.get_xlim() for label in ("%", "eps", "lr"))
+        assert sigma_axis.get_xlim()[0] > 5  # sigma exists in the main stage only and is drawn over its steps
+        labels = [tick.get_text() for tick in sigma_axis.get_xticklabels() if tick.get_text()]
+        assert len(labels) == len(set(labels)), labels
+        assert all(float(tick) == int(tick) for tick in sigma_axis.get_xticks())
+    finally:
+        plt.close(made)

@@ -25,11 +25,12 @@ def _plain(axis: Axes) -> None:
 
     The y labels keep as many digits as the tick spacing needs (sigma moves in its fifth digit).
     """
-    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, ScalarFormatter
 
     values = ScalarFormatter(useOffset=False)
     values.set_scientific(False)
     axis.yaxis.set_major_formatter(values)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps: no two ticks rounded to one label
     axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
@@ -151,9 +152,12 @@ def build_curves_figure(rows: list[dict[str, Any]], config: Any = None) -> Figur
     _eps_panel(eps_axis, steps)
     _lr_panel(lr_axis, steps)
     axes = [loss_axis, accuracy_axis, eps_axis, lr_axis]
+    low, high = min(axis.get_xlim()[0] for axis in axes), max(axis.get_xlim()[1] for axis in axes)
+    for axis in axes:  # one step axis: the evaluations line up with the loss and the schedule
+        axis.set_xlim(low, high)
     if with_sigma:
         sigma_axis = figure.add_subplot(grid[1, 1])
-        _sigma_panel(sigma_axis, steps)
+        _sigma_panel(sigma_axis, steps)  # its own steps: a short main stage after a long warm-up stays readable
         axes.append(sigma_axis)
     for axis in axes:
         _plain(axis)
