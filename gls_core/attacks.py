@@ -96,14 +96,19 @@ def _per_input(value: float | torch.Tensor, batch: int, like: torch.Tensor, name
 
 
 def projected_ascent(objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], start: torch.Tensor,
-         lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor, steps: int) -> _Best:
+         lower: torch.Tensor, upper: torch.Tensor, step: torch.Tensor, steps: int,
+         should_stop: Callable[[], bool] | None = None) -> _Best:
     """One PGD run from ``start`` maximising ``objective``'s loss; the best iterate per input (the start counts).
 
     ``objective`` maps points to (loss, fooled) per input; a fooled point beats any other.
+    ``should_stop`` (e.g. a verifier's deadline) is polled before each step after the first evaluation:
+    when it says so, the best point so far is returned without taking the step.
     """
     point = start.clone()
     best: _Best | None = None
     for iteration in range(steps + 1):
+        if iteration and should_stop is not None and should_stop():
+            break
         point.requires_grad_(iteration < steps)
         loss, fooled = objective(point)
         if best is None:

@@ -32,7 +32,8 @@ def verify_command(
                                                     help="a VNN-LIB property (instead of test images)")] = None,
         eps: Annotated[float | None, typer.Option(help="L_inf radius around each test image")] = None,
         limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
-        timeout: Annotated[float, typer.Option(help="seconds per input, attack included")] = 30.0,
+        timeout: Annotated[float, typer.Option(
+            help="seconds per input: attacks, bounds, branch and bound and MILP all stop at it")] = 30.0,
         method: Annotated[str, typer.Option(help="bounds of each subdomain: alpha-crown or deeppoly")] = "alpha-crown",
         branching: Annotated[str | None, typer.Option(
             help="ReLU to split: widest, widest-early, babsr (the default), fsb")] = None,

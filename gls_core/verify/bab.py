@@ -7,6 +7,11 @@ bounded in one batched call. A subdomain with few unstable ReLUs left goes to th
 (``milp.py``), which either proves it or returns an input that is checked by a plain forward pass.
 ``verified`` therefore means every subdomain was proven; ``falsified`` always carries a checked
 counterexample; ``unknown`` means the time ran out (or a solver answer could not be confirmed).
+
+The time limit is one :class:`~.deadline.Deadline` per property that every phase reads before each
+unit of work it cannot interrupt: a PGD step, a slope step of a bound, a batch of subdomains (its
+branching and its DeepPoly walk), one MILP (which gets the remaining time as HiGHS's time limit).
+A property therefore ends at most one such unit after its deadline (docs/verification.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..bounds import kernels
 from ..bounds.types import Box
 from ..nets.spec import NetSpec
 from .branching import BRANCHING, DEFAULT_BRANCHING, Choice, Problem
+from .deadline import Clock, Deadline
 from .milp import AffineBlock, affine_blocks, solve_row
 from .property import Property, robustness
 from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
@@ -35,7 +41,7 @@ Status = Literal["verified", "falsified", "unknown"]
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """How hard to try. ``timeout`` is per property, attack included."""
+    """How hard to try. ``timeout`` is per property, attacks and MILP included (see :mod:`.deadline`)."""
 
     timeout: float = 30.0
     method: str = "alpha-crown"  # bounds of each subdomain: "alpha-crown" or "deeppoly"
@@ -96,11 +102,13 @@ class _Domain:
 
 
 def attack(spec: NetSpec, theta: torch.Tensor, prop: Property, steps: int, restarts: int,
-           generator: torch.Generator | None = None, rows: list[int] | None = None) -> torch.Tensor | None:
+           generator: torch.Generator | None = None, rows: list[int] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
     """A checked counterexample from PGD, or None.
 
     Without ``rows`` it ascends on the lowest property row; with ``rows`` each listed row is attacked
-    on its own (targeted, which finds points the untargeted run misses), all in one batch.
+    on its own (targeted, which finds points the untargeted run misses), all in one batch (the
+    restarts too). ``should_stop`` is polled before each step; the best point so far is still checked.
     """
     params = theta.detach().to(prop.lower.dtype)
     targets = [None] if rows is None else rows
@@ -119,7 +127,7 @@ def attack(spec: NetSpec, theta: torch.Tensor, prop: Property, steps: int, resta
 
     step = 2.5 * (upper - lower) / 2 / max(steps, 1)
     with torch.inference_mode(False), torch.enable_grad():
-        best = projected_ascent(objective, start, lower, upper, step, steps)
+        best = projected_ascent(objective, start, lower, upper, step, steps, should_stop)
     return checked(spec, params, prop, best.point.detach())
 
 
@@ -140,14 +148,13 @@ class _Search:
     """The branch and bound over one property."""
 
     def __init__(self, spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions,
-                 started: float, generator: torch.Generator | None,
+                 deadline: Deadline, generator: torch.Generator | None,
                  should_stop: Callable[[], bool] | None = None) -> None:
         self.spec, self.theta, self.prop, self.options = spec, theta, prop, options
         self.generator = generator
         self.should_stop = should_stop or (lambda: False)
         self.root: dict[int, Box] = {}
-        self.deadline = started + options.timeout
-        self.started = started
+        self.deadline = deadline
         self.queue: list[_Domain] = []
         self.counter = itertools.count()
         self.bounded = 0
@@ -156,21 +163,28 @@ class _Search:
         self.blocks: dict[int, AffineBlock] | None = None
         self.problem = Problem(spec, theta, prop)
         self.open_bound = -math.inf  # the best bound of the subdomains handed to the whole-region MILP
+        self.per_parent = 0.0  # seconds the last batch took per parent (branching and bounding)
 
     def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
         bound = self.proven if status == "verified" else min((d.priority for d in self.queue),
                                                              default=self.open_bound)
-        return Verdict(status, time.monotonic() - self.started, self.bounded, bound, decided_by, counterexample)
+        return Verdict(status, self.deadline.elapsed(), self.bounded, bound, decided_by, counterexample)
+
+    def _undecided(self) -> Verdict:
+        """``unknown`` once the search has to stop: the deadline, or a caller that has gone."""
+        return self.verdict("unknown", "timeout" if self.deadline.passed() else "cancelled")
 
     def run(self) -> Verdict:
+        if self._out_of_time():
+            return self._undecided()
         root_splits = no_splits(self.spec)
         root = bound_subdomains(self.spec, self.theta, self.prop, root_splits, self.options.method,
-                                self.options.root_alpha_steps)
+                                self.options.root_alpha_steps, should_stop=self._out_of_time)
         self.bounded = 1
         undecided = (root.lower[0] <= 0).nonzero().view(-1).tolist()
-        if undecided and self.options.attack_steps > 0:
+        if undecided and self.options.attack_steps > 0 and not self._out_of_time():
             found = attack(self.spec, self.theta, self.prop, self.options.attack_steps, self.options.attack_restarts,
-                           self.generator, undecided)
+                           self.generator, undecided, should_stop=self._out_of_time)
             if found is not None:
                 return self.verdict("falsified", "attack", found)
         self.root = {index: Box(b.lower[0], b.upper[0]) for index, b in root.pre_relu.items()}
@@ -179,32 +193,41 @@ class _Search:
             return self.verdict("falsified", "branch-and-bound", found)
         if not self.queue and not self.unconfirmed:
             return self.verdict("verified", "bounds" if self.bounded == 1 else "branch-and-bound")
-        switch = self.started + self.options.milp_after * self.options.timeout
         while self.queue:
-            if time.monotonic() > self.deadline:
-                return self.verdict("unknown", "timeout")
-            if self.should_stop():
-                return self.verdict("unknown", "cancelled")
-            if time.monotonic() > switch:
+            if self._out_of_time():
+                return self._undecided()
+            if self.deadline.share_passed(self.options.milp_after):
                 return self._whole_milp()
             if len(self.queue) > self.options.max_subdomains:
                 return self.verdict("unknown", "subdomain-limit")
-            parents = [heapq.heappop(self.queue) for _ in range(min(self.options.batch, len(self.queue)))]
+            parents = [heapq.heappop(self.queue) for _ in range(min(self._batch_size(), len(self.queue)))]
+            began = self.deadline.clock()
             choices = BRANCHING[self.options.branching](parents, self.problem)
             splits, children = self._children(parents, choices)
             bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
                                        self.options.alpha_steps, should_stop=self._out_of_time)
+            self.per_parent = (self.deadline.clock() - began) / len(parents)
             self.bounded += len(children)
             found = self._settle(bounded, children)
             if found is not None:
                 return self.verdict("falsified", "branch-and-bound", found)
         if self.unconfirmed:
-            return self.verdict("unknown", "unconfirmed")
+            return self._undecided() if self._out_of_time() else self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "branch-and-bound")
 
+    def _batch_size(self) -> int:
+        """``options.batch``, or fewer parents when the last batch's pace says a full one would overrun the deadline.
+
+        A batch's branching and DeepPoly walk cannot be interrupted (only its slope steps can), so near the
+        deadline the batch shrinks to what the time left allows, at least one parent.
+        """
+        if self.per_parent <= 0:
+            return self.options.batch
+        return max(1, min(self.options.batch, int(self.deadline.remaining() / self.per_parent)))
+
     def _out_of_time(self) -> bool:
-        """Polled inside a batch's slope steps: the deadline, or a caller that has gone, ends them early."""
-        return time.monotonic() > self.deadline or self.should_stop()
+        """Polled before each unit of work (PGD step, slope step, batch, MILP): the deadline, or a gone caller."""
+        return self.deadline.passed() or self.should_stop()
 
     def _whole_milp(self) -> Verdict:
         """The search did not finish in its share of the time: one exact MILP over the whole region decides."""
@@ -216,7 +239,7 @@ class _Search:
         if found is not None:
             return self.verdict("falsified", "milp", found)
         if self.unconfirmed:
-            return self.verdict("unknown", "timeout")
+            return self._undecided() if self._out_of_time() else self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "milp")
 
     def _children(self, parents: list[_Domain], choices: list[Choice]) -> tuple[Splits, list[dict[int, torch.Tensor]]]:
@@ -237,7 +260,7 @@ class _Search:
                 self.proven = min(self.proven, float(lower.min()))
                 continue
             pre_relu = {index: Box(b.lower[i], b.upper[i]) for index, b in bounded.pre_relu.items()}
-            if _unstable_count(pre_relu) <= self.options.milp_below:
+            if _unstable_count(pre_relu) <= self.options.milp_below and not self._out_of_time():
                 found = self._exact(pre_relu, (lower <= 0).nonzero().view(-1).tolist())
                 if found is not None:
                     return found
@@ -246,11 +269,18 @@ class _Search:
         return None
 
     def _exact(self, pre_relu: dict[int, Box], rows: list[int]) -> torch.Tensor | None:
-        """Decide ``rows`` on one subdomain by MILP; a checked counterexample, or None (proven or unconfirmed)."""
-        if self.blocks is None:
-            self.blocks = affine_blocks(self.spec, self.theta)
+        """Decide ``rows`` on one subdomain by MILP; a checked counterexample, or None (proven or unconfirmed).
+
+        Each row's MILP gets the time left as HiGHS's time limit; a row reached after the deadline is not
+        started (the subdomain stays unconfirmed).
+        """
         for row in rows:
-            remaining = self.deadline - time.monotonic()
+            if self._out_of_time():
+                self.unconfirmed = True
+                return None
+            if self.blocks is None:
+                self.blocks = affine_blocks(self.spec, self.theta)
+            remaining = self.deadline.remaining()
             answer = solve_row(self.spec, self.blocks, self.prop.lower, self.prop.upper, pre_relu,
                                self.prop.C[row], float(self.prop.d[row]), remaining)
             if answer.status == "verified":
@@ -266,13 +296,14 @@ class _Search:
 
 def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options: VerifyOptions | None = None,
                     generator: torch.Generator | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Verdict:
+                    should_stop: Callable[[], bool] | None = None, clock: Clock = time.monotonic) -> Verdict:
     """Decide one property: ``verified``, ``falsified`` (with a checked counterexample) or ``unknown``.
 
-    ``should_stop`` is polled between batches of subdomains (a cancelled call answers ``unknown``).
+    ``should_stop`` is polled with the deadline, before each unit of work (a cancelled call answers
+    ``unknown``). ``clock`` (seconds, ``time.monotonic`` by default) is what the deadline is read on.
     """
     options = options or VerifyOptions()
-    started = time.monotonic()
+    deadline = Deadline.start(options.timeout, clock)
     theta = theta.detach()
     if theta.shape != (spec.num_params,):
         raise ValueError(f"theta must have shape ({spec.num_params},), got {tuple(theta.shape)}")
@@ -280,10 +311,11 @@ def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options:
         raise ValueError(f"property rows have {prop.C.shape[1]} columns, the network has {spec.num_outputs} outputs")
     with kernels.untimed():  # the batch of subdomains changes size every call: timing each size costs seconds
         if options.attack_steps > 0:
-            found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator)
+            found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator,
+                           should_stop=lambda: deadline.passed() or bool(should_stop and should_stop()))
             if found is not None:
-                return Verdict("falsified", time.monotonic() - started, 0, -math.inf, "attack", found)
-        return _Search(spec, theta, prop, options, started, generator, should_stop).run()
+                return Verdict("falsified", deadline.elapsed(), 0, -math.inf, "attack", found)
+        return _Search(spec, theta, prop, options, deadline, generator, should_stop).run()
 
 
 def verify_each(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,
