@@ -91,7 +91,8 @@ def _accuracy_panel(axis: Axes, epochs: list[dict[str, Any]]) -> None:
                                ("certified_acc", certified, "^")):
         axis.plot([r["step"] for r in epochs], [100 * r[key] for r in epochs], marker=marker, markersize=5,
                   lw=1, label=label)
-    axis.set(title=f"test accuracy ({len(epochs)} evaluations, one marker each)", xlabel="step", ylabel="%")
+    counted = "1 evaluation" if len(epochs) == 1 else f"{len(epochs)} evaluations, one marker each"
+    axis.set(title=f"test accuracy ({counted})", xlabel="step", ylabel="%")
     if epochs:  # below the axes: inside, it would cover a line whichever corner it took
         axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=True)
 
