@@ -33,11 +33,10 @@ def test_profile_rows_add_up_to_the_call(method: str) -> None:
 
     covered = sum(row.seconds for row in profile.rows)
     assert all(row.seconds >= 0 and row.calls > 0 for row in profile.rows)
-    # Exclusive times: nested calls are not counted twice, so the rows never exceed the call ...
+    # Exclusive times: nested calls are not counted twice, so the rows never exceed the call, and "other"
+    # is the rest. (How much of the call the rows cover depends on the machine's load: not asserted.)
     assert covered <= profile.seconds * 1.001 + 1e-4
     assert profile.other == pytest.approx(profile.seconds - covered)
-    # ... and the wrapped operations are most of it (the rest: input box, chunking, concatenation).
-    assert covered >= 0.5 * profile.seconds
 
     assert all(row.stage and row.layer and row.op for row in profile.rows)
     layers = {row.layer for row in profile.rows}
