@@ -215,12 +215,15 @@ class Cluster:
         return ["coordinator exited; its spare took over"]
 
     def write_info(self) -> None:
-        """``cluster.json``, readable by its owner only: it holds the token and the Redis password."""
+        """``cluster.json``, readable by its owner only: it holds the token and the Redis password. Written to a
+        sibling and renamed, so a reader (the client verbs, a restart's rewrite) never sees it half written."""
         path = self.run_dir / CLUSTER_FILE
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        staged = path.with_name(f".{CLUSTER_FILE}.tmp")
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as file:
             file.write(json.dumps(self.info(), indent=2))
-        path.chmod(0o600)
+        staged.chmod(0o600)
+        os.replace(staged, path)
 
     def stop(self) -> None:
         """Gateway first (no new work), then the coordinator (finishes its step), workers, Redis last."""
