@@ -24,12 +24,14 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gls_core.cli.train import StopRequest
 from gls_core.data import load_dataset
 from gls_core.evaluation import evaluate
 from gls_core.landscape import loss_landscape
@@ -201,9 +203,10 @@ def done_training(run: Run, folder: Path) -> bool:
     return position.finished or (run.horizon is not None and main_epochs(read_metrics(folder)) >= run.horizon)
 
 
-def train(run: Run, out: Path, seconds: float, warm: Path) -> dict[str, Any]:
-    """Train ``run`` for at most ``seconds`` (resuming its checkpoint), and no further than its horizon;
-    returns its progress."""
+def train(run: Run, out: Path, seconds: float, warm: Path,
+          stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """Train ``run`` for at most ``seconds`` (resuming its checkpoint), and no further than its horizon or
+    a SIGTERM/SIGINT (``stop``: the step finishes and a checkpoint is written); returns its progress."""
     overrides = list(run.overrides) + ([f"model.checkpoint={warm}"] if run.warm_start else [])
     config = load_config(ROOT / run.config, overrides)
     folder = out / run.name
@@ -216,7 +219,8 @@ def train(run: Run, out: Path, seconds: float, warm: Path) -> dict[str, Any]:
         remaining = run.horizon * trainer.steps_per_epoch - (read_position(folder).step if resume else 0)
     deadline = time.monotonic() + seconds
     started = time.monotonic()
-    result = trainer.run(resume=resume, stop_after_steps=remaining, should_stop=lambda: time.monotonic() > deadline)
+    result = trainer.run(resume=resume, stop_after_steps=remaining,
+                         should_stop=lambda: stop() or time.monotonic() > deadline)
     return {"finished": result.position.finished, "step": result.position.step,
             "seconds": time.monotonic() - started, "total_steps": trainer.total_steps}
 
@@ -581,11 +585,18 @@ def main() -> None:
     if not (args.skip_training or args.report_only):
         pending = [run for run in plan.runs if run.name in chosen and not done_training(run, args.out / run.name)]
         total_share = sum(run.share for run in pending) or 1.0
-        for run in sorted(pending, key=lambda r: r.name != "pgd"):  # the warm start first
-            seconds = 3600 * args.budget * run.share / total_share
-            print(f"training {run.name} for at most {seconds / 60:.0f} min", flush=True)
-            progress[run.name] = train(run, args.out, seconds, warm)
-            print(f"  {progress[run.name]}", flush=True)
+        with StopRequest().installed() as stop:
+            for run in sorted(pending, key=lambda r: r.name != "pgd"):  # the warm start first
+                if stop():
+                    break
+                seconds = 3600 * args.budget * run.share / total_share
+                print(f"training {run.name} for at most {seconds / 60:.0f} min", flush=True)
+                progress[run.name] = train(run, args.out, seconds, warm, stop)
+                print(f"  {progress[run.name]}", flush=True)
+        if stop():
+            print(f"stopped by {stop.signal.name if stop.signal else 'a signal'}; checkpoints written", flush=True)
+            print(f"progress: {json.dumps(progress)}")
+            return
     if args.skip_evaluation:
         print(f"progress: {json.dumps(progress)}")
         return
