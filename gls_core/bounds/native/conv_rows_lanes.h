@@ -3,21 +3,57 @@
 #define CAT(a, b) a##b
 #define NAME(a, b) CAT(a, b)
 
-/* acc = g(c, Y, X) of one row for the LANES members from p0; the row's coefficients ``a`` start at
- * member p0 and step ``stride`` floats from one coefficient to the next (P, or LANES in a row buffer). */
-static inline void NAME(pixel, LANES)(const float *a, int64_t stride, const float *wt, const plan *pl, int64_t p0,
-                                      int64_t c, int64_t Y, int64_t X, vec acc[VECS]) {
+/* row[X] = g(c, Y, X) for the whole output row Y (X < Wf) of one row of coefficients ``a`` (starting at member
+ * p0, ``stride`` floats from one coefficient to the next: P, or LANES in a row buffer), for the LANES members
+ * from p0. The taps that reach row Y are scattered along it with each weight held in registers: a strided
+ * multiply-add over the row per weight instead of a table walk per pixel. Every pixel sums its terms in a fixed
+ * order (channel, vertical tap, kx ascending), the order of the earlier per-pixel gather, whose bits it keeps. */
+static inline void NAME(image_row, LANES)(const float *a, int64_t stride, const float *wt, const plan *pl, int64_t p0,
+                                          int64_t s, int64_t c, int64_t Y, float *row) {
     const int64_t P = pl->P, h = pl->h, w = pl->w, C = pl->C, k = pl->k;
-    for (int v = 0; v < VECS; ++v) acc[v] = (vec){0};
-    const int ny = pl->ny[Y], nx = pl->nx[X];
+    memset(row, 0, sizeof(float) * (size_t)(((w - 1) * s + k) * LANES));
+    const int ny = pl->ny[Y];
     for (int64_t o = 0; o < pl->O; ++o) {
         for (int ty = 0; ty < ny; ++ty) {
             const float *arow = a + ((o * h + pl->iy[Y][ty]) * w) * stride;
             const float *wrow = wt + (((o * C + c) * k + pl->ky[Y][ty]) * k) * P + p0;
-            for (int tx = 0; tx < nx; ++tx) {
-                const vec *av = (const vec *)(arow + pl->jx[X][tx] * stride);
-                const vec *wv = (const vec *)(wrow + pl->kx[X][tx] * P);
-                for (int v = 0; v < VECS; ++v) acc[v] += av[v] * wv[v];
+            for (int64_t kx = 0; kx < k; ++kx) {
+                vec wv[VECS];
+                for (int v = 0; v < VECS; ++v) wv[v] = ((const vec *)(wrow + kx * P))[v];
+                float *dst = row + kx * LANES;
+                for (int64_t j = 0; j < w; ++j) {
+                    const vec *av = (const vec *)(arow + j * stride);
+                    vec *d = (vec *)(dst + j * s * LANES);
+                    for (int v = 0; v < VECS; ++v) d[v] += av[v] * wv[v];
+                }
+            }
+        }
+    }
+}
+
+/* total += min over the input box of sum g * x for one row's image g (``a`` and ``stride`` as in image_row): per output
+ * row of the image inside the input map, sum g * centre - |g| * radius; (origin_y, origin_x) is the input
+ * position of the image's top-left pixel and ``image`` a buffer of Wf x LANES floats. */
+static inline void NAME(concretize_rows, LANES)(const float *a, int64_t stride, const float *wt, const plan *pl,
+                                                int64_t p0, int64_t s, const float *cen, const float *rad,
+                                                int64_t origin_y, int64_t origin_x, int64_t Hin, int64_t Win,
+                                                float *image, vec total[VECS]) {
+    const int64_t Hf = (pl->h - 1) * s + pl->k, Wf = (pl->w - 1) * s + pl->k;
+    const int64_t x_lo = origin_x < 0 ? -origin_x : 0, x_hi = Win - origin_x < Wf ? Win - origin_x : Wf;
+    const ivec_t mask = (ivec_t){0} + 0x7fffffff;
+    for (int64_t c = 0; c < pl->C; ++c) {
+        for (int64_t Y = 0; Y < Hf; ++Y) {
+            const int64_t row = origin_y + Y;
+            if (row < 0 || row >= Hin) continue;
+            NAME(image_row, LANES)(a, stride, wt, pl, p0, s, c, Y, image);
+            const float *cline = cen + (c * Hin + row) * Win + origin_x, *rline = rad + (c * Hin + row) * Win + origin_x;
+            for (int64_t X = x_lo; X < x_hi; ++X) {
+                const float cv = cline[X], rv = rline[X];
+                const vec *g = (const vec *)(image + X * LANES);
+                for (int v = 0; v < VECS; ++v) {
+                    const vec magnitude = (vec)((ivec_t)g[v] & mask);
+                    total[v] += g[v] * cv - magnitude * rv;
+                }
             }
         }
     }
@@ -63,22 +99,26 @@ static inline void NAME(row_dual, LANES)(const float *relaxed, const float *Wt, 
                                          int64_t origin_x, int64_t Hin, int64_t Win, float *m, float *dual) {
     const int64_t P = pl->P, O = pl->O, h = pl->h, w = pl->w, C = pl->C, k = pl->k;
     const int64_t Hf = (h - 1) * s + k, Wf = (w - 1) * s + k;
-    vec acc[VECS];
     for (int64_t c = 0; c < C; ++c) {
         for (int64_t Y = 0; Y < Hf; ++Y) {
             const int64_t row = origin_y + Y;
+            float *line = m + (c * Hf + Y) * Wf * LANES;
+            if (row < 0 || row >= Hin) {
+                memset(line, 0, sizeof(float) * (size_t)(Wf * LANES));
+                continue;
+            }
+            NAME(image_row, LANES)(relaxed, LANES, Wt, pl, p0, s, c, Y, line);  /* g, then m in place */
             for (int64_t X = 0; X < Wf; ++X) {
                 const int64_t col = origin_x + X;
-                vec *dst = (vec *)(m + ((c * Hf + Y) * Wf + X) * LANES);
-                if (row < 0 || row >= Hin || col < 0 || col >= Win) {
+                vec *dst = (vec *)(line + X * LANES);
+                if (col < 0 || col >= Win) {
                     for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
                     continue;
                 }
                 const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
-                NAME(pixel, LANES)(relaxed, LANES, Wt, pl, p0, c, Y, X, acc);
                 for (int v = 0; v < VECS; ++v) {
-                    const vec zero = (vec){0}, r = (vec){0} + rv;
-                    const vec up = (vec)((ivec_t)r & (acc[v] > zero)), down = (vec)((ivec_t)r & (acc[v] < zero));
+                    const vec zero = (vec){0}, r = (vec){0} + rv, g = dst[v];
+                    const vec up = (vec)((ivec_t)r & (g > zero)), down = (vec)((ivec_t)r & (g < zero));
                     dst[v] = cv - up + down;
                 }
             }
@@ -111,28 +151,33 @@ void NAME(gls_conv_rows_transpose, LANES)(const float *A, const float *Wt, float
                              int64_t y0, int64_t x0, int64_t H, int64_t W, int threads) {
     PLAN(pl);
     const int64_t blocks = P / LANES, in_size = O * h * w * P, out_size = C * H * W * P;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; ++n) {
-        for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t p0 = b * LANES;
-            const float *a = A + n * in_size;
-            float *o = out + n * out_size;
-            vec acc[VECS];
-            for (int64_t c = 0; c < C; ++c) {
-                for (int64_t y = 0; y < H; ++y) {
-                    for (int64_t x = 0; x < W; ++x) {
-                        const int64_t Y = y + y0, X = x + x0;
-                        vec *dst = (vec *)(o + ((c * H + y) * W + x) * P + p0);
-                        if (Y < 0 || Y >= Hf || X < 0 || X >= Wf) {
-                            for (int v = 0; v < VECS; ++v) dst[v] = (vec){0};
-                            continue;
+#pragma omp parallel num_threads(threads)
+    {
+        float *image = scratch(Wf * LANES);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                const float *a = A + n * in_size;
+                float *o = out + n * out_size;
+                for (int64_t c = 0; c < C; ++c) {
+                    for (int64_t y = 0; y < H; ++y) {
+                        const int64_t Y = y + y0;
+                        const int inside = Y >= 0 && Y < Hf;
+                        if (inside) NAME(image_row, LANES)(a + p0, P, Wt, &pl, p0, s, c, Y, image);
+                        for (int64_t x = 0; x < W; ++x) {
+                            const int64_t X = x + x0;
+                            float *dst = o + ((c * H + y) * W + x) * P + p0;
+                            if (inside && X >= 0 && X < Wf)
+                                memcpy(dst, image + X * LANES, sizeof(float) * LANES);
+                            else
+                                memset(dst, 0, sizeof(float) * LANES);
                         }
-                        NAME(pixel, LANES)(a + p0, P, Wt, &pl, p0, c, Y, X, acc);
-                        for (int v = 0; v < VECS; ++v) dst[v] = acc[v];
                     }
                 }
             }
         }
+        free(image);
     }
 }
 
@@ -142,36 +187,22 @@ void NAME(gls_conv_rows_concretize, LANES)(const float *A, const float *Wt, cons
                               int64_t C, int64_t k, int64_t s, int64_t Hin, int64_t Win, int threads) {
     PLAN(pl);
     const int64_t blocks = P / LANES, in_size = O * h * w * P, map_size = C * Hin * Win;
-    typedef int ivec __attribute__((vector_size(32)));
-    const ivec mask = (ivec){0} + 0x7fffffff;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; ++n) {
-        for (int64_t b = 0; b < blocks; ++b) {
-            const int64_t p0 = b * LANES;
-            const float *a = A + n * in_size;
-            const float *cen = centre + sample[n] * map_size, *rad = radius + sample[n] * map_size;
-            vec acc[VECS], total[VECS];
-            for (int v = 0; v < VECS; ++v) total[v] = (vec){0};
-            for (int64_t c = 0; c < C; ++c) {
-                for (int64_t Y = 0; Y < Hf; ++Y) {
-                    const int64_t row = origin_y[n] + Y;
-                    if (row < 0 || row >= Hin) continue;
-                    for (int64_t X = 0; X < Wf; ++X) {
-                        const int64_t col = origin_x[n] + X;
-                        if (col < 0 || col >= Win) continue;
-                        const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
-                        NAME(pixel, LANES)(a + p0, P, Wt, &pl, p0, c, Y, X, acc);
-                        for (int v = 0; v < VECS; ++v) {
-                            const vec magnitude = (vec)((ivec)acc[v] & mask);
-
-                            total[v] += acc[v] * cv - magnitude * rv;
-                        }
-                    }
-                }
+#pragma omp parallel num_threads(threads)
+    {
+        float *image = scratch(Wf * LANES);
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            for (int64_t b = 0; b < blocks; ++b) {
+                const int64_t p0 = b * LANES;
+                vec total[VECS];
+                for (int v = 0; v < VECS; ++v) total[v] = (vec){0};
+                NAME(concretize_rows, LANES)(A + n * in_size + p0, P, Wt, &pl, p0, s, centre + sample[n] * map_size,
+                                             radius + sample[n] * map_size, origin_y[n], origin_x[n], Hin, Win, image,
+                                             total);
+                memcpy(out + n * P + p0, total, sizeof(float) * LANES);
             }
-            float *dst = out + n * P + p0;
-            memcpy(dst, total, sizeof(float) * LANES);
         }
+        free(image);
     }
 }
 
@@ -197,41 +228,23 @@ void NAME(gls_relax_concretize, LANES)(const float *A, const int64_t *arow, cons
     PLAN(pl);
     const int64_t blocks = P / LANES, in_size = O * h * w * P, map_size = O * H1 * W1 * P;
     const int64_t box_size = C * Hin * Win, row_floats = O * h * w * LANES;
-    typedef int ivec __attribute__((vector_size(32)));
-    const ivec mask = (ivec){0} + 0x7fffffff;
 #pragma omp parallel num_threads(threads)
     {
-        float *relaxed = scratch(row_floats);
+        float *relaxed = scratch(row_floats), *image = scratch(Wf * LANES);
 #pragma omp for collapse(2) schedule(static)
         for (int64_t n = 0; n < N; ++n) {
             for (int64_t b = 0; b < blocks; ++b) {
                 const int64_t p0 = b * LANES;
-                vec offset[VECS];
-                RELAX_ROW(n, p0, relaxed, offset);
-                const float *cen = centre + sample[n] * box_size, *rad = radius + sample[n] * box_size;
-                const int64_t origin_y = oy[n] * s - pad, origin_x = ox[n] * s - pad;
-                vec acc[VECS], total[VECS];
-                for (int v = 0; v < VECS; ++v) total[v] = offset[v];
-                for (int64_t c = 0; c < C; ++c) {
-                    for (int64_t Y = 0; Y < Hf; ++Y) {
-                        const int64_t row = origin_y + Y;
-                        if (row < 0 || row >= Hin) continue;
-                        for (int64_t X = 0; X < Wf; ++X) {
-                            const int64_t col = origin_x + X;
-                            if (col < 0 || col >= Win) continue;
-                            const float cv = cen[(c * Hin + row) * Win + col], rv = rad[(c * Hin + row) * Win + col];
-                            NAME(pixel, LANES)(relaxed, LANES, Wt, &pl, p0, c, Y, X, acc);
-                            for (int v = 0; v < VECS; ++v) {
-                                const vec magnitude = (vec)((ivec)acc[v] & mask);
-                                total[v] += acc[v] * cv - magnitude * rv;
-                            }
-                        }
-                    }
-                }
+                vec total[VECS];
+                RELAX_ROW(n, p0, relaxed, total);
+                NAME(concretize_rows, LANES)(relaxed, LANES, Wt, &pl, p0, s, centre + sample[n] * box_size,
+                                             radius + sample[n] * box_size, oy[n] * s - pad, ox[n] * s - pad,
+                                             Hin, Win, image, total);
                 memcpy(out + n * P + p0, total, sizeof(float) * LANES);
             }
         }
         free(relaxed);
+        free(image);
     }
 }
 
