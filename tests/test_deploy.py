@@ -640,6 +640,10 @@ def test_dockerfile_installs_pinned_torch_then_project(variant: str) -> None:
     instructions = dockerfile_instructions(DOCKERFILES[variant])
     assert instructions[0][0] in ("FROM", "ARG"), "a Dockerfile starts with FROM"
     base = next(arguments for keyword, arguments in instructions if keyword == "FROM")
+    # a FROM ${ARG} names its default in an ARG before it (the base is a build argument)
+    defaults = dict(arguments.split("=", 1) for keyword, arguments in instructions[:instructions.index(("FROM", base))]
+                    if keyword == "ARG" and "=" in arguments)
+    base = re.sub(r"\$\{(\w+)\}", lambda match: defaults.get(match.group(1), match.group(0)), base)
     assert re.match(r"python:3\.11[.-]", base) or "3.11" in base, f"base image {base} is not Python 3.11"
     runs = [(index, arguments) for index, (keyword, arguments) in enumerate(instructions) if keyword == "RUN"]
     torch_runs = [index for index, arguments in runs if re.search(r"pip install\b.*\btorch==", arguments)]
