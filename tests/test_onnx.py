@@ -16,6 +16,8 @@ from torch import nn
 from gls_core import compute_bounds, forward, kaiming_uniform, network
 from gls_core.nets import InputNormalization, from_sequential
 from gls_core.nets.onnx_io import OnnxError, from_onnx, to_onnx
+from gls_core.nets.spec import Linear, ReLU
+from gls_core.verify import Property, VerifyOptions, verify_property
 
 # torch.onnx's TorchScript exporter (the one that needs no onnxscript) warns that it is the legacy one.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -105,3 +107,77 @@ def test_unsupported_operators_are_refused_with_node_and_operator() -> None:
         from_onnx(b"not an onnx file")
     with pytest.raises(FileNotFoundError):
         from_onnx("/nonexistent/model.onnx")
+
+
+def _chain_model(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray], input_dims: list[int],
+                 outputs: int) -> bytes:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, input_dims)],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], onnx.TensorProto.FLOAT,
+                                                             [1, outputs])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def _acas_like() -> bytes:
+    """ACAS Xu's shape: an elementwise Sub/Div on a (1, 1, 5) input, Flatten, MatMul+Add, and a Relu after the
+    output layer (as in the ERAN MNIST networks)."""
+    rng = np.random.default_rng(4)
+    inits = {"mean": rng.normal(size=5), "std": rng.uniform(0.5, 2, size=5), "w1": rng.normal(size=(5, 8)),
+             "b1": rng.normal(size=8), "w2": rng.normal(size=(8, 3)), "b2": rng.normal(size=3)}
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["s"], name="sub"),
+             helper.make_node("Div", ["s", "std"], ["n"], name="div"),
+             helper.make_node("Flatten", ["n"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w1"], ["h"], name="mm1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="add1"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu1"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm2"),
+             helper.make_node("Relu", ["y"], ["out"], name="relu-after-output")]
+    return _chain_model(nodes, inits, [1, 1, 1, 5], 3)
+
+
+def test_elementwise_normalisation_and_a_relu_after_the_output_layer_compute_what_onnxruntime_does() -> None:
+    data = _acas_like()
+    spec, theta = from_onnx(data)
+    assert isinstance(spec.layers[-1], Linear) and isinstance(spec.layers[-2], ReLU)
+    x = torch.randn(6, 1, 1, 5, generator=torch.Generator().manual_seed(5))
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    ours = forward(spec, theta.view(1, -1), x)[0].numpy()
+    for i in range(x.shape[0]):
+        (theirs,) = session.run(None, {"x": x[i:i + 1].numpy()})
+        np.testing.assert_allclose(ours[i], theirs[0], rtol=1e-4, atol=1e-5)
+    assert (ours >= 0).all() and (ours == 0).any()  # post-ReLU outputs, some of them clipped
+
+
+def test_a_property_on_post_relu_outputs_is_decided_exactly() -> None:
+    spec, theta = from_onnx(_acas_like())
+    lower, upper = -torch.ones(1, 1, 5, dtype=torch.float64), torch.ones(1, 1, 5, dtype=torch.float64)
+    # Y_0 >= -0.001 always holds after a ReLU; Y_0 >= 0.001 fails wherever the ReLU clips Y_0.
+    holds = Property(lower, upper, torch.tensor([[1.0, 0, 0]], dtype=torch.float64),
+                     torch.tensor([1e-3], dtype=torch.float64))
+    fails = Property(lower, upper, holds.C, -holds.d)
+    options = VerifyOptions(timeout=20)
+    assert verify_property(spec, theta.double(), holds, options).status == "verified"
+    verdict = verify_property(spec, theta.double(), fails, options)
+    assert verdict.status == "falsified" and verdict.counterexample is not None
+    assert float(fails.rows(spec, theta.double(), verdict.counterexample.unsqueeze(0)).min()) <= 0
+
+
+def test_a_convolution_as_the_output_layer_ends_with_an_identity_linear() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 3, 4), nn.Flatten())
+    spec, theta = from_onnx(_torch_onnx(net, (1, 8, 8)))
+    assert isinstance(spec.layers[-1], Linear)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(forward(spec, theta.view(1, -1), x)[0], net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_what_cannot_be_read_is_refused_naming_the_node_never_a_traceback() -> None:
+    inits = {"mean": np.zeros(3), "w": np.ones((4, 2))}
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["s"], name="odd-sub"),
+             helper.make_node("MatMul", ["s", "w"], ["y"], name="mm")]
+    with pytest.raises(OnnxError, match=r"does not broadcast"):
+        from_onnx(_chain_model(nodes, inits, [1, 4], 2))
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="bad-matmul")]
+    with pytest.raises(OnnxError, match=r"node 'bad-matmul' \(MatMul\)"):
+        from_onnx(_chain_model(nodes, {"w": np.ones((3, 2))}, [1, 4], 2))

@@ -1,8 +1,11 @@
 """ONNX import and export of feed-forward ReLU networks, as (NetSpec, theta).
 
 Import reads a chain of nodes: Conv, Gemm, MatMul (+ Add), Relu, Flatten, Reshape to (batch, -1),
-Sub/Div input normalisation, BatchNormalization (folded into the affine layer before it), Identity
-and Constant. Anything else is refused with the node's name and operator type. Export writes the
+Sub/Div input normalisation (per channel, or elementwise and folded into the first fully connected
+layer), BatchNormalization (folded into the affine layer before it), Identity and Constant. Outputs
+read after a ReLU (or a Conv) get an identity Linear appended, since the bounds need the logits to
+be an affine layer's and the ReLU must stay exact. Anything else is refused with the node's name
+and operator type. Export writes the
 same operators (Sub, Div, Conv, Gemm, Relu, Flatten) and checks the file with onnxruntime.
 """
 
@@ -65,23 +68,57 @@ class _Reader:
         return node.input[1] if node.input[0] == self.current else node.input[0]
 
     def add_affine(self, layer: Layer, weight: np.ndarray, bias: np.ndarray) -> None:
+        pending = self.pending_normalisation() if isinstance(layer, Linear) else None
+        if pending is not None:
+            mean, std = (v.reshape(-1) for v in pending)  # W ((x - m) / s) + b = (W / s) x + (b - (W / s) m)
+            weight = weight / std.reshape(1, -1)
+            bias = bias - weight @ mean
+            self.mean = self.std = None
         self.flush_normalize()
         self.shape = layer.output_shape(self.shape, len(self.layers))
         self.layers.append(layer)
         self.weights += [weight, bias]
 
-    def flush_normalize(self) -> None:
+    def pending_normalisation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pending Sub/Div as full-size (mean, std) of the running shape, by ONNX broadcasting."""
         if self.mean is None and self.std is None:
+            return None
+        full = []
+        for value, neutral in ((self.mean, 0.0), (self.std, 1.0)):
+            value = np.array(neutral) if value is None else np.asarray(value, dtype=np.float64)
+            try:
+                full.append(np.broadcast_to(value, (1, *self.shape)).reshape(self.shape))
+            except ValueError:
+                raise OnnxError(f"input normalisation (Sub/Div): constant of shape {value.shape} does not broadcast "
+                                f"to the input {self.shape}") from None
+        return full[0], full[1]
+
+    def flush_normalize(self, flattening: bool = False) -> None:
+        """The pending Sub/Div as a Normalize layer (per channel, at a (C, H, W) input), or carried through a
+        Flatten to be folded into the first fully connected layer; anything else is refused."""
+        pending = self.pending_normalisation()
+        if pending is None:
             return
-        channels = self.shape[0] if len(self.shape) == 3 else 1
-        mean = np.broadcast_to(np.zeros(1) if self.mean is None else self.mean.reshape(-1), (channels,))
-        std = np.broadcast_to(np.ones(1) if self.std is None else self.std.reshape(-1), (channels,))
-        if len(self.shape) != 3 or self.layers:
-            raise OnnxError("input normalisation (Sub/Div) is supported only on a (C, H, W) input, before any layer")
-        # float32 constants come back as the shortest decimal that round-trips (0.4914, not 0.49140000343...).
-        self.layers.append(Normalize(tuple(float(str(np.float32(v))) for v in mean),
-                                     tuple(float(str(np.float32(v))) for v in std)))
-        self.mean = self.std = None
+        mean, std = pending
+        if (len(self.shape) == 3 and not self.layers and bool((mean == mean[:, :1, :1]).all())
+                and bool((std == std[:, :1, :1]).all())):
+            # float32 constants come back as the shortest decimal that round-trips (0.4914, not 0.49140000343...).
+            self.layers.append(Normalize(tuple(float(str(np.float32(v))) for v in mean[:, 0, 0]),
+                                         tuple(float(str(np.float32(v))) for v in std[:, 0, 0])))
+            self.mean = self.std = None
+        elif flattening and not self.layers:
+            self.mean, self.std = mean.reshape(-1), std.reshape(-1)
+        else:
+            raise OnnxError("input normalisation (Sub/Div) is supported per channel on a (C, H, W) input, or "
+                            "elementwise before the first fully connected layer")
+
+    def end_with_linear(self) -> None:
+        """Outputs read after a ReLU (or a Conv) get an identity Linear, so the logits are an affine layer's."""
+        if self.layers and isinstance(self.layers[-1], Linear):
+            return
+        self._flatten()
+        size = self.shape[0]
+        self.add_affine(Linear(size, size), np.eye(size), np.zeros(size))
 
     def read(self) -> tuple[NetSpec, torch.Tensor]:
         index = 0
@@ -100,12 +137,17 @@ class _Reader:
             handler = getattr(self, f"_op_{node.op_type}", None)
             if handler is None:
                 raise OnnxError(f"node {node.name!r}: operator {node.op_type} is not supported")
-            consumed = handler(node, self.nodes[index] if index < len(self.nodes) else None)
+            try:
+                consumed = handler(node, self.nodes[index] if index < len(self.nodes) else None)
+            except OnnxError:
+                raise
+            except (ValueError, TypeError, KeyError, IndexError) as error:
+                raise OnnxError(f"node {node.name!r} ({node.op_type}): cannot be read ({error})") from None
             index += consumed
             self.current = node.output[0] if not consumed else self.nodes[index - 1].output[0]
         if self.current != self.output:
             raise OnnxError(f"the chain ends at {self.current!r}, not at the graph output {self.output!r}")
-        self.flush_normalize()
+        self.end_with_linear()
         try:
             spec = NetSpec(self.input_shape, tuple(self.layers), name="onnx")
         except (ValueError, TypeError) as error:
@@ -135,8 +177,8 @@ class _Reader:
         self.std = self.constant(node, node.input[1])
         return 0
 
-    def _flatten(self, node: onnx.NodeProto) -> None:
-        self.flush_normalize()
+    def _flatten(self) -> None:
+        self.flush_normalize(flattening=True)
         if len(self.shape) > 1:
             self.layers.append(Flatten())
             self.shape = (math.prod(self.shape),)
@@ -144,7 +186,7 @@ class _Reader:
     def _op_Flatten(self, node: onnx.NodeProto, following: onnx.NodeProto | None) -> int:
         if _attributes(node).get("axis", 1) != 1:
             raise OnnxError(f"node {node.name!r} (Flatten): only axis = 1 is supported")
-        self._flatten(node)
+        self._flatten()
         return 0
 
     def _op_Reshape(self, node: onnx.NodeProto, following: onnx.NodeProto | None) -> int:
@@ -153,7 +195,7 @@ class _Reader:
         if len(target) != 2 or target[1] not in (-1, size) or target[0] not in (-1, 0, 1):
             raise OnnxError(f"node {node.name!r} (Reshape): only a reshape to (batch, {size}) is supported, "
                             f"got {target}")
-        self._flatten(node)
+        self._flatten()
         return 0
 
     def _op_Conv(self, node: onnx.NodeProto, following: onnx.NodeProto | None) -> int:
