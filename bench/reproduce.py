@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import shlex
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -413,6 +415,119 @@ def plot_sweep(plan: Plan, out: Path, path: Path) -> Path | None:
     return path
 
 
+# The runs trained with several seeds (seed 0 is the plan's run of that name), and the comparisons between them
+# that decide the paper's claims at lr 5e-4: (claim, run, run compared with, sign).
+SEED_GROUPS = ("ibp-grad-lr5e-4", "deeppoly-grad-lr5e-4", f"deeppoly-rgs-lr5e-4-sigma{SWEEP_BEST}")
+SEED_CLAIMS = (
+    ("the paradox: DeepPoly-GRAD certifies less than IBP-GRAD", "deeppoly-grad-lr5e-4", "ibp-grad-lr5e-4", -1),
+    ("RGS resolves it: DeepPoly-RGS certifies more than IBP-GRAD", SEED_GROUPS[2], "ibp-grad-lr5e-4", 1),
+    ("RGS improves on DeepPoly-GRAD", SEED_GROUPS[2], "deeppoly-grad-lr5e-4", 1),
+)
+
+
+@dataclass(frozen=True)
+class SeedValues:
+    """One seed group's final certified accuracies (fractions), by seed, and what measured them."""
+
+    by_seed: dict[int, float]
+    measure: str
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.by_seed.values())
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation across seeds (0 with one seed)."""
+        return statistics.stdev(self.by_seed.values()) if len(self.by_seed) > 1 else 0.0
+
+    def text(self) -> str:
+        values = ", ".join(f"{100 * v:.1f}" for _, v in sorted(self.by_seed.items()))
+        spread = f" ± {100 * self.sd:.2f}" if len(self.by_seed) > 1 else ""
+        return f"{100 * self.mean:.2f}{spread} ({values})"
+
+
+def seed_members(plan: Plan, base: str) -> dict[int, Run]:
+    """The runs of a seed group by seed: the plan's run named ``base`` is seed 0."""
+    named = {run.name: run for run in plan.runs}
+    members = {0: named.get(base), **{seed: named.get(f"{base}-seed{seed}") for seed in EXTRA_SEEDS}}
+    return {seed: run for seed, run in members.items() if run is not None}
+
+
+def finished(folder: Path) -> bool:
+    return (folder / POSITION_FILE).is_file() and read_position(folder).finished
+
+
+def seed_values(plan: Plan, out: Path, results: dict[str, dict[str, Any]], base: str,
+                measure: str) -> SeedValues | None:
+    """The group's finished seeds, by ``measure``: "alpha-CROWN" (the whole test set, from ``results``) or
+    "DeepPoly" (the last per-epoch evaluation, 1,000 test images). None when no seed has the measure."""
+    values: dict[int, float] = {}
+    for seed, run in seed_members(plan, base).items():
+        if not finished(out / run.name):
+            continue
+        if measure == "alpha-CROWN":
+            value = results.get(run.name, {}).get("certified_alpha-crown")
+        else:
+            evaluations = main_evaluations(read_metrics(out / run.name))
+            value = evaluations[-1]["certified_acc"] if evaluations else None
+        if value is not None:
+            values[seed] = value
+    return SeedValues(values, measure) if values else None
+
+
+def seed_table(plan: Plan, out: Path, results: dict[str, dict[str, Any]]) -> str:
+    """Mean ± sample standard deviation (and each seed) of the seed groups' final certified accuracy."""
+    lines = ["| runs (lr 5e-4) | seeds finished | DeepPoly-cert., last epoch (1,000 images) "
+             "| alpha-CROWN-cert. (10,000 images) |", "|" + " --- |" * 4]
+    for base in SEED_GROUPS:
+        members = seed_members(plan, base)
+        if not members:
+            continue
+        done = sum(finished(out / run.name) for run in members.values())
+        cells = [seed_values(plan, out, results, base, measure) for measure in ("DeepPoly", "alpha-CROWN")]
+        label = (members[0].label or base) if 0 in members else base
+        lines.append(f"| {label} | {done}/{len(members)} | "
+                     + " | ".join(cell.text() if cell else "-" for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(mine: SeedValues, theirs: SeedValues, sign: int) -> str:
+    """holds / does not hold / inconclusive: the difference of the means against twice its standard error
+    (Welch), which needs two seeds or more on each side."""
+    difference = sign * (mine.mean - theirs.mean)
+    if len(mine.by_seed) < 2 or len(theirs.by_seed) < 2:
+        return "inconclusive (fewer than two seeds on a side)"
+    error = math.sqrt(mine.sd ** 2 / len(mine.by_seed) + theirs.sd ** 2 / len(theirs.by_seed))
+    if difference > 2 * error:
+        return "holds"
+    if difference < -2 * error:
+        return "does not hold"
+    return "inconclusive (the difference is within twice its standard error)"
+
+
+def seed_claims(plan: Plan, out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The paper's claims at lr 5e-4 decided over seeds: alpha-CROWN on the test set where every finished seed of
+    both groups has it, else the last per-epoch DeepPoly evaluation."""
+    lines = []
+    for claim, run, other, sign in SEED_CLAIMS:
+        pair: tuple[SeedValues | None, SeedValues | None] = (None, None)
+        for measure in ("alpha-CROWN", "DeepPoly"):
+            pair = (seed_values(plan, out, results, run, measure), seed_values(plan, out, results, other, measure))
+            complete = [seed_values(plan, out, results, name, "DeepPoly") for name in (run, other)]
+            if all(p is not None and c is not None and len(p.by_seed) == len(c.by_seed)
+                   for p, c in zip(pair, complete)):
+                break
+        mine, theirs = pair
+        if mine is None or theirs is None:
+            lines.append(f"- {claim}: not measured yet.")
+            continue
+        lines.append(f"- {claim}: **{verdict(mine, theirs, sign)}** ({mine.measure}-certified, mean ± sd over "
+                     f"seeds: {mine.text()} vs {theirs.text()}; {100 * sign * (mine.mean - theirs.mean):+.2f} "
+                     "points in the claim's direction).")
+    return lines
+
+
 def certified_of(result: dict[str, Any]) -> tuple[float, str] | None:
     """The strongest certified accuracy measured for a run: alpha-CROWN on the whole test set."""
     value = result.get("certified_alpha-crown")
@@ -508,7 +623,15 @@ Evaluated by:
 
 {sweep_table(plan, out) or "No sweep in this plan."}
 
-## The paper's ordering, here
+## Seeds (lr 5e-4): mean ± sample standard deviation, each seed in brackets
+
+{seed_table(plan, out, results)}
+
+Decided over seeds (a claim holds when the difference of the means exceeds twice its standard error):
+
+{chr(10).join(seed_claims(plan, out, results))}
+
+## The paper's ordering, here (seed 0 of each run)
 
 {chr(10).join(ordering(results, epochs, plan.claims))}
 

@@ -156,3 +156,46 @@ def test_the_sweep_table_reads_each_run_at_the_same_epochs(tmp_path: Path) -> No
     line = next(line for line in table.splitlines() if "sigma 1e-2" in line)
     assert line.split("|")[2:5] == [" 10.00 ", " - ", " 20.00 "]
     assert "IBP-GRAD (lr 5e-4)" in table
+
+
+def _finished_run(folder: Path, certified: list[float]) -> None:
+    """A run folder as training leaves it: a finished position and one main-stage evaluation per epoch."""
+    from gls_core.training.checkpoint import METRICS_FILE
+
+    folder.mkdir(parents=True)
+    (folder / POSITION_FILE).write_text(json.dumps({"stage": 0, "epoch": 0, "batch": 0, "step": 9,
+                                                    "finished": True}))
+    rows = [{"kind": "epoch", "stage": "main", "epoch": e + 1, "step": e + 1, "certified_acc": c}
+            for e, c in enumerate(certified)]
+    (folder / METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_seed_groups_report_mean_spread_and_a_verdict_per_claim(tmp_path: Path) -> None:
+    plan = full_plan()
+    ibp, grad, rgs = reproduce.SEED_GROUPS
+    for seed, suffix in enumerate(("", "-seed1", "-seed2")):
+        _finished_run(tmp_path / f"{ibp}{suffix}", [0.5, 0.77 + 0.01 * seed])
+        _finished_run(tmp_path / f"{grad}{suffix}", [0.5, 0.58 + 0.01 * seed])
+    _finished_run(tmp_path / rgs, [0.5, 0.58])  # one seed: no verdict can rest on it
+    (tmp_path / f"{rgs}-seed1").mkdir()  # started, not finished: not counted
+    results = {f"{ibp}-seed1": {"certified_alpha-crown": 0.80}}  # one seed evaluated: the per-epoch measure decides
+
+    table = reproduce.seed_table(plan, tmp_path, results)
+    assert "| 3/3 | 78.00 ± 1.00 (77.0, 78.0, 79.0) | 80.00 (80.0) |" in table
+    assert "| 3/3 | 59.00 ± 1.00 (58.0, 59.0, 60.0) | - |" in table
+    assert "| 1/3 | 58.00 (58.0) | - |" in table
+
+    paradox, resolves, improves = reproduce.seed_claims(plan, tmp_path, results)
+    assert paradox.startswith("- the paradox") and "**holds**" in paradox and "DeepPoly-certified" in paradox
+    assert "+19.00 points" in paradox
+    assert "**inconclusive (fewer than two seeds on a side)**" in resolves
+    assert "**inconclusive" in improves
+
+
+def test_a_verdict_weighs_the_difference_against_the_spread_across_seeds() -> None:
+    close = reproduce.SeedValues({0: 0.60, 1: 0.64, 2: 0.56}, "DeepPoly")
+    other = reproduce.SeedValues({0: 0.59, 1: 0.61, 2: 0.57}, "DeepPoly")
+    assert reproduce.verdict(close, other, 1).startswith("inconclusive (the difference is within")
+    far = reproduce.SeedValues({0: 0.80, 1: 0.81, 2: 0.79}, "DeepPoly")
+    assert reproduce.verdict(far, other, 1) == "holds"
+    assert reproduce.verdict(far, other, -1) == "does not hold"
