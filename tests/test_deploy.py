@@ -137,6 +137,14 @@ def gls_verbs() -> set[str]:
     return set(commands)
 
 
+def healthcheck_argv(test: str | list[str]) -> list[str]:
+    """The command of a compose healthcheck test: the shell form (a string, or CMD-SHELL) split, or CMD's words."""
+    if isinstance(test, str):
+        return shlex.split(test)
+    assert test[0] in ("CMD", "CMD-SHELL"), test
+    return shlex.split(test[1]) if test[0] == "CMD-SHELL" else test[1:]
+
+
 def python_c_source(argv: list[str]) -> str:
     """The program of ``python -c PROGRAM`` (a healthcheck), compiled to catch syntax errors."""
     assert argv[:2] in (["python", "-c"], ["python3", "-c"]), f"not a `python -c` command: {argv}"
@@ -445,7 +453,9 @@ def test_compose_gateway() -> None:
         published = str(port).split(":")
         assert len(published) == 3 and published[0] == "127.0.0.1", \
             f"gateway port {port}: publish on loopback by default (PUBLISH_ADDRESS widens it)"
-    program = python_c_source(gateway["healthcheck"]["test"][1:])
+    # the shell form: podman-compose 1.0.3 re-quotes exec-form words and breaks those with spaces or quotes
+    assert isinstance(gateway["healthcheck"]["test"], str), gateway["healthcheck"]["test"]
+    program = python_c_source(healthcheck_argv(gateway["healthcheck"]["test"]))
     url = re.search(r"['\"](http://[^'\"]+)['\"]", program)
     assert url and "urllib" in program, program
     parts = urlsplit(url.group(1))
@@ -464,9 +474,10 @@ def test_compose_workers_scale() -> None:
         assert {container_port(port) for port in worker.get("expose", [])} == {settings.worker_port}
         assert "GLS_WORKER_ADVERTISE" not in compose_environment(worker), \
             f"{name}: a fixed GLS_WORKER_ADVERTISE would be shared by all replicas (the entrypoint sets it)"
+        # the shell form: podman-compose 1.0.3 consumes an exec-form list, and the second replica finds it empty
         probe = worker["healthcheck"]["test"]
-        assert probe[:1] == ["CMD"] and probe[1:] == ["python", "-m", "services.worker_probe"], probe
-        check_command(probe[1:], f"{name} healthcheck")
+        assert isinstance(probe, str) and healthcheck_argv(probe) == ["python", "-m", "services.worker_probe"], probe
+        check_command(healthcheck_argv(probe), f"{name} healthcheck")
         # the probe dials the advertised address, which in the probe's environment is loopback and the port
         assert settings.advertised_worker_address == f"127.0.0.1:{settings.worker_port}"
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -847,7 +858,7 @@ def deploy_http_paths() -> set[str]:
     """Every gateway path a deployment file calls: compose healthcheck, k8s probes, Prometheus."""
     paths = {"/metrics"} | {job.get("metrics_path", "/metrics") for job in
                             yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]}
-    program = python_c_source(compose_services()["gateway"]["healthcheck"]["test"][1:])
+    program = python_c_source(healthcheck_argv(compose_services()["gateway"]["healthcheck"]["test"]))
     paths.update(urlsplit(url).path for url in re.findall(r"http://[^'\"]+", program))
     for container in k8s_containers():
         for probe in _probes(container).values():
