@@ -21,7 +21,7 @@ from torch import nn
 from gls_core import forward, kaiming_uniform, to_sequential
 from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, ReLU, fully_connected
 from gls_core.verify import Property, VerifyOptions, robustness, verify, verify_property
-from gls_core.verify.bab import checked
+from gls_core.verify.attack import checked
 from gls_core.verify.subdomains import bound_subdomains, no_splits
 
 EXACT = VerifyOptions(timeout=60, attack_steps=0, milp_below=2, batch=4)
@@ -46,8 +46,8 @@ def _affine_maps(net: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple
     return maps
 
 
-def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Property) -> np.ndarray:
-    """The exact minimum of every property row over the box: [K]."""
+def _linear_regions(net: nn.Sequential, input_shape: tuple[int, ...]):  # type: ignore[no-untyped-def]
+    """(A, b, A_ub, b_ub) per activation pattern: on {x: A_ub x <= b_ub} the network is A x + b."""
     maps = _affine_maps(net.double(), input_shape)
     relu_sizes = []
     size = math.prod(input_shape)
@@ -56,12 +56,9 @@ def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Propert
             size = matrix.shape[0]
         else:
             relu_sizes.append(size)
-    lower, upper = prop.lower.reshape(-1).double().numpy(), prop.upper.reshape(-1).double().numpy()
-    C, d = prop.C.double().numpy(), prop.d.double().numpy()
-    best = np.full(C.shape[0], np.inf)
     for pattern in itertools.product((0, 1), repeat=sum(relu_sizes)):
         flags = np.array(pattern, dtype=np.float64)
-        A, b = np.eye(lower.size), np.zeros(lower.size)  # current activation = A x + b
+        A, b = np.eye(math.prod(input_shape)), np.zeros(math.prod(input_shape))  # current activation = A x + b
         rows, limits, used = [], [], 0
         for kind, matrix, offset in maps:
             if kind == "affine":
@@ -73,12 +70,41 @@ def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Propert
             rows.append(sign[:, None] * A)
             limits.append(-sign * b)
             A, b = on[:, None] * A, on * b
-        constraints = (np.vstack(rows), np.concatenate(limits)) if rows else (None, None)  # no ReLU: one region
+        yield (A, b, *((np.vstack(rows), np.concatenate(limits)) if rows else (None, None)))  # no ReLU: one region
+
+
+def exact_minima(net: nn.Sequential, input_shape: tuple[int, ...], prop: Property) -> np.ndarray:
+    """The exact minimum of every property row over the box: [K]."""
+    lower, upper = prop.lower.reshape(-1).double().numpy(), prop.upper.reshape(-1).double().numpy()
+    C, d = prop.C.double().numpy(), prop.d.double().numpy()
+    best = np.full(C.shape[0], np.inf)
+    for A, b, A_ub, b_ub in _linear_regions(net, input_shape):
         for k in range(C.shape[0]):
-            result = linprog(C[k] @ A, A_ub=constraints[0], b_ub=constraints[1], bounds=list(zip(lower, upper)),
-                             method="highs")
+            result = linprog(C[k] @ A, A_ub=A_ub, b_ub=b_ub, bounds=list(zip(lower, upper)), method="highs")
             if result.status == 0:
                 best[k] = min(best[k], result.fun + C[k] @ b + d[k])
+    return best
+
+
+def exact_group_margins(net: nn.Sequential, input_shape: tuple[int, ...], prop: Property) -> np.ndarray:
+    """The exact minimum over the box of every group's margin (its largest row): [G], one LP per region and group."""
+    lower, upper = prop.lower.reshape(-1).double().numpy(), prop.upper.reshape(-1).double().numpy()
+    C, d = prop.C.double().numpy(), prop.d.double().numpy()
+    best = np.full(prop.num_groups, np.inf)
+    for A, b, A_ub, b_ub in _linear_regions(net, input_shape):
+        for g in range(prop.num_groups):
+            rows = prop.group_rows(g)
+            # min t over (x, t) with every row <= t: C_r (A x + b) + d_r - t <= 0
+            margin_rows = np.hstack([C[rows] @ A, -np.ones((len(rows), 1))])
+            region = margin_rows if A_ub is None else np.vstack([np.hstack([A_ub, np.zeros((A_ub.shape[0], 1))]),
+                                                                 margin_rows])
+            limits = -(C[rows] @ b + d[rows]) if A_ub is None else np.concatenate([b_ub, -(C[rows] @ b + d[rows])])
+            cost = np.zeros(lower.size + 1)
+            cost[-1] = 1.0
+            result = linprog(cost, A_ub=region, b_ub=limits, bounds=[*zip(lower, upper), (None, None)],
+                             method="highs")
+            if result.status == 0:
+                best[g] = min(best[g], result.fun)
     return best
 
 
@@ -140,6 +166,30 @@ def test_convolutional_verdicts_equal_the_exact_answer(branching: str) -> None:
     counts = _check_against_exact("convolutional", branching)
     assert counts["unknown"] == 0, counts
     assert counts["verified"] >= 5 and counts["falsified"] >= 5, counts
+
+
+def _grouped(prop: Property) -> Property:
+    """The robustness rows in groups of two: a case is unsafe only where both of its classes reach the label."""
+    groups = torch.arange(prop.C.shape[0]) // 2
+    return Property(prop.lower, prop.upper, prop.C, prop.d, groups)
+
+
+@pytest.mark.parametrize("options", [EXACT, VerifyOptions(timeout=60, batch=4)], ids=["exact-path", "default"])
+def test_verdicts_on_groups_of_rows_equal_the_exact_answer(options: VerifyOptions) -> None:
+    spec, cases = _exact_cases("fully-connected")
+    counts = {"verified": 0, "falsified": 0, "unknown": 0}
+    for theta, single, _ in cases:
+        prop = _grouped(single)
+        margins = exact_group_margins(to_sequential(spec, theta), spec.input_shape, prop)
+        verdict = verify_property(spec, theta.double(), prop, options)
+        counts[verdict.status] += 1
+        if verdict.status == "verified":
+            assert margins.min() > 0 and verdict.bound <= margins.min() + 1e-6
+        elif verdict.status == "falsified":
+            assert verdict.counterexample is not None and prop.contains(verdict.counterexample)
+            assert float(prop.worst(prop.rows(spec, theta.double(), verdict.counterexample.unsqueeze(0)))) <= 0
+            assert margins.min() <= 1e-9
+    assert counts["unknown"] == 0 and counts["verified"] >= 5 and counts["falsified"] >= 3, counts
 
 
 @pytest.mark.parametrize("branching", EXACT_RULES)

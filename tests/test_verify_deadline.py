@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+import gls_core.verify.attack as attack_module
 import gls_core.verify.bab as bab
 import gls_core.verify.subdomains as subdomains
 from gls_core import forward, kaiming_uniform
@@ -61,8 +62,8 @@ def test_the_attacks_take_no_step_after_the_deadline(monkeypatch: pytest.MonkeyP
     spec, theta, prop = _hard(0.1)
     clock = Clock()
     deadline_at = clock.now + TIMEOUT
-    calls: list[int] = []  # objective evaluations per attack run
-    original = bab.projected_ascent
+    calls: list[int] = []  # objective evaluations per PGD run: each attack's diversifying run, then its margin run
+    original = attack_module.projected_ascent
 
     def counted(objective: Callable, *args: Any, **kwargs: Any) -> Any:
         calls.append(0)
@@ -70,20 +71,21 @@ def test_the_attacks_take_no_step_after_the_deadline(monkeypatch: pytest.MonkeyP
 
         def evaluate(point: torch.Tensor) -> Any:
             calls[run] += 1
-            if run == (0 if which == "untargeted" else 1) and calls[run] == 3:
+            if run == (0 if which == "untargeted" else 2) and calls[run] == 3:
                 clock.now = deadline_at + 0.01  # the deadline passes during the third evaluation
             return objective(point)
 
         return original(evaluate, *args, **kwargs)
 
-    monkeypatch.setattr(bab, "projected_ascent", counted)
+    monkeypatch.setattr(attack_module, "projected_ascent", counted)
     monkeypatch.setattr(bab, "solve_row", _no_milp)
-    verdict = verify_property(spec, theta, prop, VerifyOptions(timeout=TIMEOUT, attack_steps=50), clock=clock)
+    options = VerifyOptions(timeout=TIMEOUT, attack_steps=50, attack_diversify=5)
+    verdict = verify_property(spec, theta, prop, options, clock=clock)
     assert (verdict.status, verdict.decided_by) == ("unknown", "timeout")
     if which == "untargeted":
-        assert calls == [3] and verdict.subdomains == 0  # no step after it, and the search never started
-    else:
-        assert calls == [51, 3] and verdict.subdomains == 1  # the full first run; the root bound; 3 evaluations
+        assert calls == [3] and verdict.subdomains == 0  # no step after it, no margin run, no search
+    else:  # the full first attack; the root bound; 3 evaluations of the targeted one's diversifying run
+        assert calls == [6, 51, 3] and verdict.subdomains == 1
     assert verdict.seconds == pytest.approx(TIMEOUT + 0.01)
 
 

@@ -13,8 +13,8 @@ from cli_runner import run_cli
 from gls_core import forward, kaiming_uniform, network
 from gls_core.nets.onnx_io import to_onnx
 from gls_core.training.checkpoint import save_model
-from gls_core.verify import robustness
-from gls_core.verify.vnnlib import VnnlibError, read_vnnlib
+from gls_core.verify import Property, VerifyOptions, robustness, verify_cases
+from gls_core.verify.vnnlib import VnnlibError, read_vnnlib, read_vnnlib_cases
 
 
 def mnist_style(x: torch.Tensor, label: int, eps: float, classes: int = 10) -> str:
@@ -84,12 +84,71 @@ def test_errors_in_a_file_name_the_file(tmp_path: Path) -> None:
 def test_unsupported_and_incomplete_properties_are_refused() -> None:
     head = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
     box = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
-    with pytest.raises(VnnlibError, match="2 output constraints at once is not supported"):
-        read_vnnlib(head + box + "(assert (and (<= Y_0 Y_1) (<= Y_1 0.5)))", (1,), 2)
+    with pytest.raises(VnnlibError, match="a constraint must bound one input or relate outputs only"):
+        read_vnnlib(head + box + "(assert (<= X_0 Y_1))", (1,), 2)
+    with pytest.raises(VnnlibError, match="read it with read_vnnlib_cases"):
+        read_vnnlib(head + "(assert (or (and (>= X_0 0) (<= X_0 1)) (and (>= X_0 2) (<= X_0 3))))\n"
+                    "(assert (<= Y_0 Y_1))", (1,), 2)
     with pytest.raises(VnnlibError, match="X_0 has no lower and upper bound"):
         read_vnnlib(head + "(assert (<= X_0 1))\n(assert (<= Y_0 Y_1))", (1,), 2)
     with pytest.raises(VnnlibError, match="no output constraint"):
         read_vnnlib(head + box, (1,), 2)
+
+
+HEAD3 = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n"
+
+
+def test_conjunctions_of_output_constraints_are_one_group_and_assertions_are_conjoined() -> None:
+    box = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+    # ACAS Xu's shape: several top-level assertions, all of which must hold for the input to be unsafe
+    acas = read_vnnlib(HEAD3 + box + "(assert (<= Y_0 Y_1))\n(assert (<= Y_0 Y_2))", (1,), 3)
+    assert acas.C.tolist() == [[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]] and acas.groups is not None
+    assert acas.groups.tolist() == [0, 0] and acas.num_groups == 1
+    mixed = read_vnnlib(HEAD3 + box + "(assert (or (and (<= Y_0 Y_1) (<= Y_1 0.5)) (>= Y_2 Y_0)))", (1,), 3)
+    assert mixed.groups is not None and mixed.groups.tolist() == [0, 0, 1]
+    assert mixed.d.tolist() == [0.0, -0.5, 0.0]
+    # at Y = (1, 0, 0.6) the first case fails (Y_0 > Y_1) and so does the second (Y_2 < Y_0): the property holds
+    outputs = torch.tensor([[1.0, 0.0, 0.6]], dtype=torch.float64)
+    assert float(mixed.worst(outputs @ mixed.C.T + mixed.d)) > 0
+    outputs = torch.tensor([[0.2, 0.4, 0.0]], dtype=torch.float64)  # Y_0 <= Y_1 <= 0.5: the first case is reached
+    assert float(mixed.worst(outputs @ mixed.C.T + mixed.d)) <= 0
+
+
+def test_disjunctions_of_input_boxes_are_one_property_per_box() -> None:
+    text = (HEAD3 + "(assert (or (and (>= X_0 0) (<= X_0 1) (<= Y_0 Y_1))\n"
+            "            (and (>= X_0 2) (<= X_0 3) (<= Y_0 Y_2))\n"
+            "            (and (>= X_0 0) (<= X_0 1) (<= Y_1 Y_2))))")
+    cases = read_vnnlib_cases(text, (1,), 3)
+    assert [(c.lower.tolist(), c.upper.tolist()) for c in cases] == [([0.0], [1.0]), ([2.0], [3.0])]
+    assert cases[0].C.tolist() == [[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]] and cases[0].groups is None
+    assert cases[1].C.tolist() == [[1.0, 0.0, -1.0]]
+
+
+def test_a_vnnlib_file_with_several_boxes_is_decided_as_a_whole(tmp_path: Path) -> None:
+    spec = network("fc-16", "digits")
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(0)).double()
+    x = torch.rand(2, *spec.input_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    label = forward(spec, theta.view(1, -1), x)[0].argmax(1)
+    boxes = []
+    for i in range(2):
+        others = [j for j in range(10) if j != int(label[i])]
+        bounds = " ".join(f"(>= X_{k} {max(0.0, v - 1e-4)!r}) (<= X_{k} {min(1.0, v + 1e-4)!r})"
+                          for k, v in enumerate(x[i].reshape(-1).tolist()))
+        unsafe = " ".join(f"(and {bounds} (>= Y_{j} Y_{int(label[i])}))" for j in others)
+        boxes.append(unsafe)
+    declare = "".join(f"(declare-const X_{k} Real)\n" for k in range(64)) + "".join(
+        f"(declare-const Y_{j} Real)\n" for j in range(10))
+    text = declare + f"(assert (or {' '.join(boxes)}))"
+    cases = read_vnnlib_cases(text, spec.input_shape, 10)
+    assert len(cases) == 2 and all(c.C.shape == (9, 10) for c in cases)
+    verdict = verify_cases(spec, theta, cases, VerifyOptions(timeout=20))
+    assert verdict.status == "verified"  # a tiny radius around each correctly predicted point
+    far = Property(torch.zeros(spec.input_shape, dtype=torch.float64), torch.ones(spec.input_shape,
+                                                                                  dtype=torch.float64),
+                   cases[1].C, cases[1].d)
+    verdict = verify_cases(spec, theta, [cases[0], far], VerifyOptions(timeout=20))
+    assert verdict.status == "falsified" and verdict.counterexample is not None
+    assert float(far.worst(far.rows(spec, theta, verdict.counterexample.unsqueeze(0)))) <= 0
 
 
 gls = run_cli

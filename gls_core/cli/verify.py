@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gls_core.relaxations import ALPHA_CROWN, DEEPPOLY
+
 from .console import Reporter, console, fail, out
 
 
@@ -34,7 +36,8 @@ def verify_command(
         limit: Annotated[int | None, typer.Option(help="first N test images")] = None,
         timeout: Annotated[float, typer.Option(
             help="seconds per input: attacks, bounds, branch and bound and MILP all stop at it")] = 30.0,
-        method: Annotated[str, typer.Option(help="bounds of each subdomain: alpha-crown or deeppoly")] = "alpha-crown",
+        method: Annotated[str, typer.Option(help=f"bounds of each subdomain: {ALPHA_CROWN} or {DEEPPOLY}")
+                          ] = ALPHA_CROWN,
         branching: Annotated[str | None, typer.Option(
             help="ReLU to split: widest, widest-early, babsr (the default), fsb")] = None,
         json_file: Annotated[Path | None, typer.Option("--json", help="write per-input verdicts and a summary")] = None,
@@ -56,8 +59,8 @@ def verify_command(
     import torch
 
     from gls_core.data import load_dataset
-    from gls_core.verify import VerifyOptions, summarize, verify_each, verify_property
-    from gls_core.verify.vnnlib import read_vnnlib, result_text
+    from gls_core.verify import VerifyOptions, summarize, verify_cases, verify_each
+    from gls_core.verify.vnnlib import read_vnnlib_cases, result_text
 
     if threads:
         torch.set_num_threads(threads)
@@ -68,7 +71,7 @@ def verify_command(
         spec, theta, model_dataset = _load(model)
         theta = theta.double()
         if prop is not None:
-            prop_value = read_vnnlib(prop, spec.input_shape, spec.num_outputs)
+            cases = read_vnnlib_cases(prop, spec.input_shape, spec.num_outputs)
         else:
             name = dataset or model_dataset
             if name is None:
@@ -86,7 +89,7 @@ def verify_command(
         raise fail(str(error)) from None
     if prop is not None:  # one input: a line when it starts, since it may take all of --timeout
         console.print(f"verifying {prop} on {model} (at most {timeout:g} s)", markup=False, highlight=False)
-        verdict = verify_property(spec, theta, prop_value, options, torch.Generator().manual_seed(0))
+        verdict = verify_cases(spec, theta, cases, options, torch.Generator().manual_seed(0))
         undecided = "timeout" if verdict.decided_by == "timeout" else "unknown"
         answer = {"verified": "unsat", "falsified": "sat"}.get(verdict.status, undecided)
         outputs = None

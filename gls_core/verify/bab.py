@@ -16,6 +16,7 @@ A property therefore ends at most one such unit after its deadline (docs/verific
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import math
@@ -26,10 +27,11 @@ from typing import Any, Literal
 
 import torch
 
-from ..attacks import projected_ascent
 from ..bounds import kernels
 from ..bounds.types import Box
 from ..nets.spec import NetSpec
+from ..relaxations import ALPHA_CROWN
+from .attack import attack, checked
 from .branching import BRANCHING, DEFAULT_BRANCHING, Choice, Problem
 from .deadline import Clock, Deadline
 from .milp import AffineBlock, affine_blocks, solve_row
@@ -44,7 +46,7 @@ class VerifyOptions:
     """How hard to try. ``timeout`` is per property, attacks and MILP included (see :mod:`.deadline`)."""
 
     timeout: float = 30.0
-    method: str = "alpha-crown"  # bounds of each subdomain: "alpha-crown" or "deeppoly"
+    method: str = ALPHA_CROWN  # bounds of each subdomain: one of subdomains.BOUND_METHODS
     root_alpha_steps: int = 20
     alpha_steps: int = 8
     batch: int = 64  # subdomains split per bounding call (each gives two children)
@@ -52,7 +54,8 @@ class VerifyOptions:
     milp_below: int = 16  # a subdomain with at most this many unstable ReLUs is decided by the MILP
     milp_after: float = 0.1  # share of the timeout after which one MILP over the whole region decides
     attack_steps: int = 50
-    attack_restarts: int = 8
+    attack_restarts: int = 8  # per attacked group, all in one batch
+    attack_diversify: int = 5  # output-diversified steps before each attack's PGD steps
     max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
 
     def __post_init__(self) -> None:
@@ -64,7 +67,7 @@ class VerifyOptions:
             raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
         if not 0 <= self.milp_after <= 1:
             raise ValueError(f"milp_after must lie in [0, 1], got {self.milp_after}")
-        for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps"):
+        for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps", "attack_diversify"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch", "attack_restarts", "max_subdomains"):
@@ -99,45 +102,6 @@ class _Domain:
     splits: dict[int, torch.Tensor] = field(compare=False)  # per ReLU layer: [*shape] int8
     pre_relu: dict[int, Box] = field(compare=False)
     lower: torch.Tensor = field(compare=False)  # [K]
-
-
-def attack(spec: NetSpec, theta: torch.Tensor, prop: Property, steps: int, restarts: int,
-           generator: torch.Generator | None = None, rows: list[int] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
-    """A checked counterexample from PGD, or None.
-
-    Without ``rows`` it ascends on the lowest property row; with ``rows`` each listed row is attacked
-    on its own (targeted, which finds points the untargeted run misses), all in one batch (the
-    restarts too). ``should_stop`` is polled before each step; the best point so far is still checked.
-    """
-    params = theta.detach().to(prop.lower.dtype)
-    targets = [None] if rows is None else rows
-    count = restarts * len(targets)
-    lower = prop.lower.unsqueeze(0).expand(count, *prop.lower.shape)
-    upper = prop.upper.unsqueeze(0).expand(count, *prop.upper.shape)
-    noise = torch.rand(lower.shape, generator=generator, dtype=lower.dtype)
-    start = lower + (upper - lower) * noise
-    start[::restarts] = (prop.lower + prop.upper) / 2
-    row_of = None if rows is None else torch.tensor(rows).repeat_interleave(restarts)
-
-    def objective(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values = prop.rows(spec, params, point)
-        target = values.min(1).values if row_of is None else values.gather(1, row_of.view(-1, 1)).squeeze(1)
-        return -target, values.detach().min(1).values <= 0
-
-    step = 2.5 * (upper - lower) / 2 / max(steps, 1)
-    with torch.inference_mode(False), torch.enable_grad():
-        best = projected_ascent(objective, start, lower, upper, step, steps, should_stop)
-    return checked(spec, params, prop, best.point.detach())
-
-
-def checked(spec: NetSpec, theta: torch.Tensor, prop: Property, points: torch.Tensor) -> torch.Tensor | None:
-    """The first of ``points`` that lies in the box and violates a row by a plain forward pass, or None."""
-    points = torch.maximum(torch.minimum(points.to(prop.lower.dtype), prop.upper), prop.lower)
-    with torch.no_grad():
-        worst = prop.rows(spec, theta, points).min(1).values
-    hits = (worst <= 0).nonzero()
-    return points[int(hits[0])].clone() if hits.numel() else None
 
 
 def _unstable_count(pre_relu: dict[int, Box]) -> int:
@@ -181,10 +145,11 @@ class _Search:
         root = bound_subdomains(self.spec, self.theta, self.prop, root_splits, self.options.method,
                                 self.options.root_alpha_steps, should_stop=self._out_of_time)
         self.bounded = 1
-        undecided = (root.lower[0] <= 0).nonzero().view(-1).tolist()
+        undecided = (self.prop.margins(root.lower[0]) <= 0).nonzero().view(-1).tolist()
         if undecided and self.options.attack_steps > 0 and not self._out_of_time():
             found = attack(self.spec, self.theta, self.prop, self.options.attack_steps, self.options.attack_restarts,
-                           self.generator, undecided, should_stop=self._out_of_time)
+                           self.generator, undecided, should_stop=self._out_of_time,
+                           diversify=self.options.attack_diversify)
             if found is not None:
                 return self.verdict("falsified", "attack", found)
         self.root = {index: Box(b.lower[0], b.upper[0]) for index, b in root.pre_relu.items()}
@@ -231,11 +196,11 @@ class _Search:
 
     def _whole_milp(self) -> Verdict:
         """The search did not finish in its share of the time: one exact MILP over the whole region decides."""
-        rows = sorted({row for domain in self.queue for row in (domain.lower <= 0).nonzero().view(-1).tolist()})
+        groups = sorted({group for domain in self.queue for group in self._open_groups(domain.lower)})
         self.open_bound = min(domain.priority for domain in self.queue)  # what an unknown verdict reports
         self.queue.clear()
         self.unconfirmed = False
-        found = self._exact(self.root, rows)
+        found = self._exact(self.root, groups)
         if found is not None:
             return self.verdict("falsified", "milp", found)
         if self.unconfirmed:
@@ -254,35 +219,42 @@ class _Search:
 
     def _settle(self, bounded: Bounded, splits: list[dict[int, torch.Tensor]]) -> torch.Tensor | None:
         """Close proven subdomains, decide small ones exactly, queue the rest; a checked counterexample or None."""
+        margins = self.prop.margins(bounded.lower)
         for i, domain_splits in enumerate(splits):
             lower = bounded.lower[i]
-            if bool((lower > 0).all()):
-                self.proven = min(self.proven, float(lower.min()))
+            if bool((margins[i] > 0).all()):
+                self.proven = min(self.proven, float(margins[i].min()))
                 continue
             pre_relu = {index: Box(b.lower[i], b.upper[i]) for index, b in bounded.pre_relu.items()}
             if _unstable_count(pre_relu) <= self.options.milp_below and not self._out_of_time():
-                found = self._exact(pre_relu, (lower <= 0).nonzero().view(-1).tolist())
+                found = self._exact(pre_relu, self._open_groups(lower))
                 if found is not None:
                     return found
                 continue
-            heapq.heappush(self.queue, _Domain(float(lower.min()), next(self.counter), domain_splits, pre_relu, lower))
+            heapq.heappush(self.queue, _Domain(float(margins[i].min()), next(self.counter), domain_splits, pre_relu,
+                                               lower))
         return None
 
-    def _exact(self, pre_relu: dict[int, Box], rows: list[int]) -> torch.Tensor | None:
-        """Decide ``rows`` on one subdomain by MILP; a checked counterexample, or None (proven or unconfirmed).
+    def _open_groups(self, lower: torch.Tensor) -> list[int]:
+        """The groups of the property whose margin a subdomain's row bounds ``lower`` [K] leave at or below 0."""
+        return (self.prop.margins(lower) <= 0).nonzero().view(-1).tolist()
 
-        Each row's MILP gets the time left as HiGHS's time limit; a row reached after the deadline is not
+    def _exact(self, pre_relu: dict[int, Box], groups: list[int]) -> torch.Tensor | None:
+        """Decide ``groups`` on one subdomain by MILP; a checked counterexample, or None (proven or unconfirmed).
+
+        Each group's MILP gets the time left as HiGHS's time limit; a group reached after the deadline is not
         started (the subdomain stays unconfirmed).
         """
-        for row in rows:
+        for group in groups:
             if self._out_of_time():
                 self.unconfirmed = True
                 return None
             if self.blocks is None:
                 self.blocks = affine_blocks(self.spec, self.theta)
             remaining = self.deadline.remaining()
+            rows = self.prop.group_rows(group)
             answer = solve_row(self.spec, self.blocks, self.prop.lower, self.prop.upper, pre_relu,
-                               self.prop.C[row], float(self.prop.d[row]), remaining)
+                               self.prop.C[rows], self.prop.d[rows], remaining)
             if answer.status == "verified":
                 self.proven = min(self.proven, answer.value)
                 continue
@@ -312,10 +284,40 @@ def verify_property(spec: NetSpec, theta: torch.Tensor, prop: Property, options:
     with kernels.untimed():  # the batch of subdomains changes size every call: timing each size costs seconds
         if options.attack_steps > 0:
             found = attack(spec, theta, prop, options.attack_steps, options.attack_restarts, generator,
-                           should_stop=lambda: deadline.passed() or bool(should_stop and should_stop()))
+                           should_stop=lambda: deadline.passed() or bool(should_stop and should_stop()),
+                           diversify=options.attack_diversify)
             if found is not None:
                 return Verdict("falsified", deadline.elapsed(), 0, -math.inf, "attack", found)
         return _Search(spec, theta, prop, options, deadline, generator, should_stop).run()
+
+
+def verify_cases(spec: NetSpec, theta: torch.Tensor, cases: list[Property], options: VerifyOptions | None = None,
+                 generator: torch.Generator | None = None, clock: Clock = time.monotonic) -> Verdict:
+    """Decide properties that must all hold (a VNN-LIB file with several input boxes) within one time limit.
+
+    Each is given the time the others left; the first counterexample decides, and ``verified`` needs
+    every one verified. Subdomain counts add up.
+    """
+    options = options or VerifyOptions()
+    deadline = Deadline.start(options.timeout, clock)
+    verdicts: list[Verdict] = []
+    for prop in cases:
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            break
+        verdict = verify_property(spec, theta, prop, dataclasses.replace(options, timeout=remaining), generator,
+                                  clock=clock)
+        verdicts.append(verdict)
+        if verdict.status != "verified":
+            break
+    subdomains = sum(v.subdomains for v in verdicts)
+    last = verdicts[-1] if verdicts else None
+    if last is not None and (last.status == "falsified" or len(verdicts) == len(cases)
+                             and all(v.status == "verified" for v in verdicts)):
+        bound = min(v.bound for v in verdicts)
+        return Verdict(last.status, deadline.elapsed(), subdomains, bound, last.decided_by, last.counterexample)
+    decided_by = last.decided_by if last is not None and last.status == "unknown" else "timeout"
+    return Verdict("unknown", deadline.elapsed(), subdomains, -math.inf if last is None else last.bound, decided_by)
 
 
 def verify_each(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor,

@@ -130,8 +130,14 @@ class _Program:
 
 
 def solve_row(spec: NetSpec, blocks: dict[int, AffineBlock], lower: torch.Tensor, upper: torch.Tensor,
-              pre_relu: dict[int, Box], c: torch.Tensor, d: float, time_limit: float) -> LeafAnswer:
-    """Minimise ``c . f(x) + d`` over x in [lower, upper] with the ReLU bounds ``pre_relu`` ([*shape] each)."""
+              pre_relu: dict[int, Box], c: torch.Tensor, d: float | torch.Tensor, time_limit: float) -> LeafAnswer:
+    """Whether some x in [lower, upper] (ReLU bounds ``pre_relu``, [*shape] each) has every row ``c f(x) + d`` <= 0.
+
+    ``c`` is one row [classes] or a group of rows [R, classes] (a VNN-LIB case with several output
+    constraints) with ``d`` [R]; the program minimises the first row subject to all of them.
+    """
+    rows_c = c.double().reshape(-1, c.shape[-1]).numpy()
+    rows_d = torch.as_tensor(d, dtype=torch.float64).reshape(-1).numpy()
     program = _Program()
     x = program.columns(lower.reshape(-1).double().numpy(), upper.reshape(-1).double().numpy())
     current = x
@@ -143,15 +149,18 @@ def solve_row(spec: NetSpec, blocks: dict[int, AffineBlock], lower: torch.Tensor
         elif not isinstance(layer, Flatten):
             current = program.affine(blocks[index], current)
     objective = np.zeros(len(program.lower))
-    objective[current] = c.double().numpy()
+    objective[current] = rows_c[0]
+    d = float(rows_d[0])
     lo_all, hi_all = np.array(program.lower), np.array(program.upper)
     if bool((lo_all > hi_all).any()):
         return LeafAnswer("verified", math.inf, None)  # the splits leave no input
-    # Only the sign matters: asking for a point with c . f(x) + d <= TOLERANCE lets HiGHS prune every node
-    # whose relaxation is above it, and infeasibility proves the row.
-    nonzero = np.flatnonzero(objective)
-    program.rows(np.zeros(nonzero.size, dtype=np.int64), nonzero, objective[nonzero], np.array([-np.inf]),
-                 np.array([TOLERANCE - d]))
+    # Only the sign matters: asking for a point with every row <= TOLERANCE lets HiGHS prune every node
+    # whose relaxation is above it, and infeasibility proves the group (a lower bound above TOLERANCE on the
+    # first row, which the constraints cap at TOLERANCE, proves it too).
+    for coefficients, offset in zip(rows_c, rows_d):
+        nonzero = np.flatnonzero(coefficients)
+        program.rows(np.zeros(nonzero.size, dtype=np.int64), current[nonzero], coefficients[nonzero],
+                     np.array([-np.inf]), np.array([TOLERANCE - offset]))
     constraint = LinearConstraint(program.matrix(), np.array(program.row_lower), np.array(program.row_upper))
     result = milp(objective, integrality=np.array(program.integral), bounds=Bounds(lo_all, hi_all),
                   constraints=constraint, options={"time_limit": max(time_limit, 0.01), "disp": False})
@@ -160,7 +169,7 @@ def solve_row(spec: NetSpec, blocks: dict[int, AffineBlock], lower: torch.Tensor
     point = None if result.x is None else torch.from_numpy(np.clip(result.x[x], lo_all[x], hi_all[x])).reshape(
         lower.shape)
     if result.status == 0 and result.x is not None:
-        value = float(result.fun) + d
+        value = float((rows_c @ result.x[current] + rows_d).max())  # the group's margin at the point
         if value > TOLERANCE:
             return LeafAnswer("verified", value, None)
         return LeafAnswer("falsified" if value <= 0 else "unknown", value, point)

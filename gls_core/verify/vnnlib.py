@@ -1,12 +1,14 @@
 """VNN-LIB properties (the VNN-COMP format) as :class:`Property`, and the competition's result format.
 
-A VNN-LIB file declares inputs ``X_i`` and outputs ``Y_j`` and asserts the *unsafe* set: a box on
-the inputs and a disjunction of output constraints. The property holds ("unsat") when no input of
-the box reaches the unsafe set. Supported: one input box (``<=``/``>=`` bounds on every ``X_i``) and
-an unsafe set that is a disjunction of single linear constraints between outputs and constants, the
-shape of the MNIST and CIFAR robustness benchmarks: ``(or (and (>= Y_1 Y_0)) (and (>= Y_2 Y_0)) ...)``
-or a single ``(assert (<= Y_0 Y_1))``. Each disjunct ``a . Y + b <= 0`` becomes a row ``a . Y + b`` that
-must stay positive. Errors name the file, the line and the column.
+A VNN-LIB file declares inputs ``X_i`` and outputs ``Y_j`` and asserts the *unsafe* set; the
+property holds ("unsat") when no input reaches it. The assertions are conjoined (as in SMT-LIB) and
+may nest ``and`` and ``or`` over comparisons ``(<= a b)`` / ``(>= a b)``, each of which bounds one
+input or relates outputs and constants. The conjunction is read in disjunctive normal form: unsafe
+cases, each an input box and a conjunction of output constraints ``a . Y + b <= 0``. Cases with the
+same box become one :class:`Property` whose groups are the cases (a group's rows ``a . Y + b``: one
+must stay positive); different boxes (ACAS Xu's disjunctions of input boxes) become several. The
+MNIST and CIFAR robustness benchmarks give one box and one row per group:
+``(or (and (>= Y_1 Y_0)) (and (>= Y_2 Y_0)) ...)``. Errors name the file, the line and the column.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .property import Property
 
 _TOKEN = re.compile(r"\s+|;[^\n]*|\(|\)|[^\s();]+")
 _VARIABLE = re.compile(r"^([XY])_(\d+)$")
+MAX_CASES = 100_000
+"""Largest disjunctive normal form read (the conjunction of (or ...) assertions multiplies their cases)."""
 
 
 class VnnlibError(ValueError):
@@ -106,9 +110,7 @@ class _Reader:
     def __init__(self, input_shape: Sequence[int], outputs: int) -> None:
         self.input_shape = tuple(input_shape)
         self.inputs, self.outputs = math.prod(self.input_shape), outputs
-        self.lower: dict[int, float] = {}
-        self.upper: dict[int, float] = {}
-        self.unsafe: list[_Linear] = []  # disjuncts, each "expression <= 0"
+        self.cases: list[list[tuple[_Linear, Expression]]] = [[]]  # the asserted set in disjunctive normal form
         self.declared: set[str] = set()
         self.sizes = {"X": 0, "Y": 0}  # the inputs and outputs the file declares (highest index + 1)
 
@@ -143,71 +145,96 @@ class _Reader:
         return _Linear(coefficients, left.constant - right.constant)
 
     def assertion(self, item: list) -> None:
+        """Conjoin one ``(assert ...)`` with those before it, in disjunctive normal form."""
         if len(item) != 2:
             raise VnnlibError(f"{_where(item)}: expected (assert EXPRESSION)")
-        body = item[1]
-        if _head(body) in ("<=", ">="):
-            constraint = self.comparison(body)
+        cases = self.normal_form(item[1])
+        if len(self.cases) * len(cases) > MAX_CASES:
+            raise VnnlibError(f"{_where(item)}: the assertions expand to more than {MAX_CASES} cases")
+        self.cases = [before + case for before in self.cases for case in cases]
+
+    def normal_form(self, body: Expression) -> list[list[tuple[_Linear, Expression]]]:
+        """``body`` as a disjunction of conjunctions of comparisons (each ``expression <= 0``)."""
+        head = _head(body)
+        if head in ("<=", ">="):
+            return [[(self.comparison(body), body)]]  # type: ignore[arg-type]
+        if head == "or":
+            return [case for part in body[1:] for case in self.normal_form(part)]  # type: ignore[index]
+        if head == "and":
+            cases: list[list[tuple[_Linear, Expression]]] = [[]]
+            for part in body[1:]:  # type: ignore[index]
+                cases = [before + case for before in cases for case in self.normal_form(part)]
+                if len(cases) > MAX_CASES:
+                    raise VnnlibError(f"{_where(body)}: the assertions expand to more than {MAX_CASES} cases")
+            return cases
+        raise VnnlibError(f"{_where(body)}: expected a comparison, (and ...) or (or ...)")
+
+    def box_and_outputs(self, case: list[tuple[_Linear, Expression]]) -> tuple[tuple[float, ...], tuple[float, ...],
+                                                                               list[_Linear]]:
+        """One unsafe case: its input box (bounds intersected) and its output constraints."""
+        lower = [-math.inf] * self.inputs
+        upper = [math.inf] * self.inputs
+        outputs = []
+        for constraint, item in case:
             names = set(constraint.coefficients)
-            if names and all(name.startswith("X") for name in names) and len(names) == 1:
-                self.bound(body, constraint)
+            if len(names) == 1 and all(name.startswith("X") for name in names):
+                ((name, coefficient),) = constraint.coefficients.items()
+                index, value = int(name[2:]), -constraint.constant / coefficient  # coefficient * X + constant <= 0
+                if coefficient > 0:
+                    upper[index] = min(upper[index], value)
+                else:
+                    lower[index] = max(lower[index], value)
             elif all(name.startswith("Y") for name in names):
-                self.unsafe_conjunction([constraint], body)
+                outputs.append(constraint)
             else:
-                raise VnnlibError(f"{_where(body)}: a constraint must bound one input or relate outputs only")
-        elif _head(body) == "or":
-            for disjunct in body[1:]:
-                parts = disjunct[1:] if _head(disjunct) == "and" else [disjunct]
-                self.unsafe_conjunction([self.comparison(part) for part in parts], disjunct)
-        elif _head(body) == "and":
-            self.unsafe_conjunction([self.comparison(part) for part in body[1:]], body)
-        else:
-            raise VnnlibError(f"{_where(body)}: expected a comparison, (and ...) or (or ...)")
+                raise VnnlibError(f"{_where(item)}: a constraint must bound one input or relate outputs only")
+        return tuple(lower), tuple(upper), outputs
 
-    def bound(self, item: list, constraint: _Linear) -> None:
-        ((name, coefficient),) = constraint.coefficients.items()
-        index = int(name[2:])
-        value = -constraint.constant / coefficient  # coefficient * X + constant <= 0
-        target = self.upper if coefficient > 0 else self.lower
-        if index in target:
-            raise VnnlibError(f"{_where(item)}: {name} is bounded twice on the same side")
-        target[index] = value
-
-    def unsafe_conjunction(self, constraints: Sequence[_Linear], item: Expression) -> None:
-        if len(constraints) != 1:
-            raise VnnlibError(f"{_where(item)}: an unsafe case with {len(constraints)} output constraints at once is "
-                              "not supported; only disjunctions of single constraints are")
-        if any(name.startswith("X") for name in constraints[0].coefficients):
-            raise VnnlibError(f"{_where(item)}: output constraints may not mention inputs")
-        self.unsafe.append(constraints[0])
-
-    def property(self) -> Property:
+    def properties(self) -> list[Property]:
+        """One :class:`Property` per distinct input box; its unsafe cases are its groups of rows."""
         input_shape = self.input_shape
         declared = self.sizes["X"]
         if declared < self.inputs:
             plural = "s" if declared != 1 else ""
             raise VnnlibError(f"the property declares {declared} input{plural}, but the network takes {self.inputs} "
                               f"(input shape {input_shape})")
-        missing = [i for i in range(self.inputs) if i not in self.lower or i not in self.upper]
+        boxes: dict[tuple[tuple[float, ...], tuple[float, ...]], list[list[_Linear]]] = {}
+        for case in self.cases:
+            lower, upper, outputs = self.box_and_outputs(case)
+            if any(l > u for l, u in zip(lower, upper)):
+                continue  # contradictory input bounds: this case is empty
+            if not outputs:
+                raise VnnlibError("no output constraint: an unsafe case of the file constrains no output")
+            boxes.setdefault((lower, upper), []).append(outputs)
+        if not boxes:
+            raise VnnlibError("no output constraint: the file asserts no unsafe set")
+        return [self.property(lower, upper, groups) for (lower, upper), groups in boxes.items()]
+
+    def property(self, lower_bounds: tuple[float, ...], upper_bounds: tuple[float, ...],
+                 groups: list[list[_Linear]]) -> Property:
+        missing = [i for i in range(self.inputs) if not (math.isfinite(lower_bounds[i])
+                                                         and math.isfinite(upper_bounds[i]))]
         if missing:
             raise VnnlibError(f"X_{missing[0]} has no lower and upper bound ({len(missing)} inputs lack one)")
-        if not self.unsafe:
-            raise VnnlibError("no output constraint: the file asserts no unsafe set")
-        lower = torch.tensor([self.lower[i] for i in range(self.inputs)], dtype=torch.float64)
-        upper = torch.tensor([self.upper[i] for i in range(self.inputs)], dtype=torch.float64)
-        if bool((lower > upper).any()):
-            raise VnnlibError(f"X_{int((lower > upper).nonzero()[0])}: the lower bound exceeds the upper bound")
-        C = torch.zeros(len(self.unsafe), self.outputs, dtype=torch.float64)
-        d = torch.zeros(len(self.unsafe), dtype=torch.float64)
-        for row, constraint in enumerate(self.unsafe):  # unsafe: a . Y + b <= 0; safe: a . Y + b > 0
+        rows = [constraint for group in groups for constraint in group]
+        C = torch.zeros(len(rows), self.outputs, dtype=torch.float64)
+        d = torch.zeros(len(rows), dtype=torch.float64)
+        for row, constraint in enumerate(rows):  # unsafe: a . Y + b <= 0; safe: a . Y + b > 0
             for name, value in constraint.coefficients.items():
-                C[row, int(name[2:])] = value
+                C[row, int(name[2:])] += value
             d[row] = constraint.constant
-        return Property(lower.view(*input_shape), upper.view(*input_shape), C, d)
+        group_of = torch.tensor([g for g, group in enumerate(groups) for _ in group], dtype=torch.int64)
+        shape = self.input_shape
+        return Property(torch.tensor(lower_bounds, dtype=torch.float64).view(*shape),
+                        torch.tensor(upper_bounds, dtype=torch.float64).view(*shape), C, d,
+                        None if len(rows) == len(groups) else group_of)
 
 
-def read_vnnlib(source: str | Path, input_shape: Sequence[int], outputs: int) -> Property:
-    """The property of a VNN-LIB file (or its text, when it holds a newline or a parenthesis)."""
+def read_vnnlib_cases(source: str | Path, input_shape: Sequence[int], outputs: int) -> list[Property]:
+    """The properties of a VNN-LIB file (or its text, when it holds a newline or a parenthesis): one per input box.
+
+    The file holds ("unsat") when every one of them holds.
+    """
     if isinstance(source, str) and ("(" in source or "\n" in source):
         return _read(source, input_shape, outputs)
     path = Path(source)
@@ -221,7 +248,15 @@ def read_vnnlib(source: str | Path, input_shape: Sequence[int], outputs: int) ->
         raise VnnlibError(f"{path}: {error}") from None
 
 
-def _read(text: str, input_shape: Sequence[int], outputs: int) -> Property:
+def read_vnnlib(source: str | Path, input_shape: Sequence[int], outputs: int) -> Property:
+    """The property of a VNN-LIB file with one input box (see :func:`read_vnnlib_cases` for several)."""
+    cases = read_vnnlib_cases(source, input_shape, outputs)
+    if len(cases) != 1:
+        raise VnnlibError(f"the file has {len(cases)} input boxes; read it with read_vnnlib_cases")
+    return cases[0]
+
+
+def _read(text: str, input_shape: Sequence[int], outputs: int) -> list[Property]:
     reader = _Reader(input_shape, outputs)
     items = _parse(text)
     for item in items:  # the sizes first, so a property for another network is named with both sizes
@@ -238,7 +273,7 @@ def _read(text: str, input_shape: Sequence[int], outputs: int) -> Property:
             reader.assertion(item)  # type: ignore[arg-type]
         else:
             raise VnnlibError(f"{_where(item)}: expected (declare-const ...) or (assert ...)")
-    return reader.property()
+    return reader.properties()
 
 
 def result_text(status: str, counterexample: torch.Tensor | None = None, outputs: torch.Tensor | None = None) -> str:
