@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import gls_core
-from gls_core.bounds import kernels, native
+from gls_core import network
+from gls_core.bounds import kernels, native, rules
 from gls_core.bounds.backsub import CONCRETIZE, LAST_RELU_STEP
+from gls_core.bounds.types import Box
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -74,6 +76,37 @@ def test_native_kernels_build_here() -> None:
     assert native.library() is not None
     assert native.usable(torch.zeros(1))
     assert not native.usable(torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("layout", ["members-first", "batch-outer", "transposed-2d", "sliced", "padded"])
+def test_members_last_copies_every_layout_exactly(layout: str) -> None:
+    """The kernels' members-last input equals the tensor moved to members-last, padded with zero members,
+    whatever the layout it comes in (the native copy or torch's)."""
+    generator = torch.Generator().manual_seed(0)
+    t = {"members-first": lambda: torch.randn(32, 33, 2, 7, 7, generator=generator),
+         "batch-outer": lambda: torch.randn(37, 32, 2, 14, 14, generator=generator).transpose(0, 1),
+         "transposed-2d": lambda: torch.randn(7, 40, generator=generator).t(),
+         "sliced": lambda: torch.randn(32, 9, 2, 5, 5, generator=generator)[:, 3:],
+         "padded": lambda: torch.randn(20, 3, 4, generator=generator)}[layout]()
+    got = native._members_last(t)
+    lanes = -(-t.shape[0] // native._width(t.shape[0])) * native._width(t.shape[0])
+    assert got.shape == (*t.shape[1:], lanes) and got.is_contiguous()
+    assert torch.equal(got[..., : t.shape[0]], t.movedim(0, -1))
+    assert not got[..., t.shape[0]:].any()
+
+
+def test_the_walk_keeps_its_maps_members_last() -> None:
+    """The first layer's interval bounds are stored members-last, so the relaxation maps built from them reach
+    the kernels without a copy; under autograd they stay ordinary tensors."""
+    spec = network("cnn3-tiny", "mnist")
+    params = torch.randn(32, spec.num_params) * 0.1
+    box = Box(torch.zeros(4, 1, 28, 28), torch.full((4, 1, 28, 28), 0.2))
+    at = rules.At(spec, params, 0)
+    bounds = rules.rule_of(spec.layers[0]).interval(at, box, True)
+    assert bounds.lower.movedim(0, -1).is_contiguous() and bounds.upper.movedim(0, -1).is_contiguous()
+    assert native._members_last(bounds.lower).data_ptr() == bounds.lower.data_ptr()
+    reference = rules.rule_of(spec.layers[0]).interval(rules.At(spec, params.requires_grad_(True), 0), box, True)
+    assert torch.equal(reference.lower.detach(), bounds.lower) and torch.equal(reference.upper.detach(), bounds.upper)
 
 
 def test_native_concretize_equals_materialised() -> None:

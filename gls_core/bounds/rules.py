@@ -15,7 +15,7 @@ import torch
 
 from ..members import conv_forward, linear_forward, normalize_constants
 from ..nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU, Shape
-from . import kernels
+from . import kernels, native
 from .coefficients import Coefficients, through_conv, through_flatten, through_linear, through_relu
 from .types import Box, ReluRelaxation
 
@@ -106,6 +106,10 @@ def _conv_interval(at: At, box: Box, shared: bool) -> Box:
     if shared:  # one convolution with P x O output channels
         mid = conv_forward(box.center, weight, bias, layer, shared)
         rad = conv_forward(box.radius, weight.abs(), None, layer, shared)
+        if native.usable(mid, rad) and not (torch.is_grad_enabled() and (mid.requires_grad or rad.requires_grad)):
+            # stored members-last, and so every map of the walk computed from them: the kernels read them as they are
+            lower, upper = (native.empty_members_last(mid.shape, mid.dtype) for _ in range(2))
+            return Box(torch.sub(mid, rad, out=lower), torch.add(mid, rad, out=upper))
     else:
         mid = kernels.conv_members(box.center, weight, bias, layer)
         rad = kernels.conv_members(box.radius, weight.abs(), None, layer)

@@ -84,6 +84,7 @@ def library() -> ctypes.CDLL | None:
         members_forward.argtypes, members_forward.restype = [_ptr] * 4 + [_int64] * 11 + [_int], None
         forward = getattr(lib, f"gls_relax_forward{width}")
         forward.argtypes, forward.restype = [_ptr] * 10 + [_int64] * 11 + [_int], None
+    lib.gls_members_last.argtypes, lib.gls_members_last.restype = [_ptr] * 2 + [_int64] * 6 + [_int], None
     return lib
 
 
@@ -273,6 +274,13 @@ def relax_forward(coefficient: torch.Tensor, pre_activation: torch.Tensor, lower
 LANES = WIDTHS[-1]  # the widest vector block: populations are chunked in multiples of it
 
 
+def empty_members_last(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised [P, ...] CPU tensor stored members-last (P innermost): written by an elementwise
+    operation (``out=``), it and everything computed from it elementwise keep that layout, so the kernels
+    read it without a copy when P is a whole number of vector blocks."""
+    return torch.empty(*shape[1:], shape[0], dtype=dtype).movedim(-1, 0)
+
+
 def _members_last(t: torch.Tensor) -> torch.Tensor:
     """[P, ...] -> contiguous [..., P'], padded with zero members to whole vector blocks (the kernels vectorise
     over members)."""
@@ -281,6 +289,26 @@ def _members_last(t: torch.Tensor) -> torch.Tensor:
     if t.shape[0] % width == 0 and view.is_contiguous():
         return view  # already members-last (the output of conv_rows_transpose)
     padded = -(-t.shape[0] // width) * width
+    layout = _member_blocks(t)
+    if layout is not None and t.dtype == torch.float32 and t.device.type == "cpu" and library() is not None:
+        out = torch.empty(*t.shape[1:], padded, dtype=t.dtype)
+        library().gls_members_last(t.data_ptr(), out.data_ptr(), t.shape[0], *layout, padded,  # type: ignore[union-attr]
+                                   torch.get_num_threads())
+        return out
     out = t.new_zeros(*t.shape[1:], padded)
     out[..., : t.shape[0]] = view
     return out
+
+
+def _member_blocks(t: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(B, Q, member stride, batch stride) when each member's elements are B contiguous blocks of Q floats:
+    a members-first tensor (B = 1), or a [P, B, ...] view with the batch axis outermost (an interval step's
+    output). None otherwise (the copy is left to torch)."""
+    if t.dim() < 2 or t.numel() == 0:
+        return None
+    if t.is_contiguous():
+        return 1, t[0].numel(), t.stride(0), 0
+    inner = t[0, 0]
+    if inner.is_contiguous() and t.stride(0) == inner.numel() and t.stride(1) == t.shape[0] * inner.numel():
+        return t.shape[1], inner.numel(), t.stride(0), t.stride(1)
+    return None

@@ -63,3 +63,24 @@ static int taps_of(int64_t Y, int64_t s, int64_t k, int64_t h, int64_t *index, i
 #define LANES 32
 #include "conv_rows_lanes.h"
 #undef LANES
+
+/* A population's tensor moved to members-last: src holds element (p, b, q) at p*sP + b*sB + q (q < Q contiguous:
+ * members-first tensors and views whose batch axis is outermost), dst[(b*Q + q)*Pp + p], zero for P <= p < Pp.
+ * Blocks of 16 q per member keep the writes of a block within a few cache lines. */
+void gls_members_last(const float *src, float *dst, int64_t P, int64_t B, int64_t Q, int64_t sP, int64_t sB,
+                      int64_t Pp, int threads) {
+    const int64_t blocks = (Q + 15) / 16;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t block = 0; block < blocks; ++block) {
+            const int64_t q0 = block * 16, count = Q - q0 < 16 ? Q - q0 : 16;
+            float *d = dst + (b * Q + q0) * Pp;
+            for (int64_t p = 0; p < P; ++p) {
+                const float *from = src + p * sP + b * sB + q0;
+                for (int64_t m = 0; m < count; ++m) d[m * Pp + p] = from[m];
+            }
+            for (int64_t m = 0; m < count; ++m)
+                for (int64_t p = P; p < Pp; ++p) d[m * Pp + p] = 0.0f;
+        }
+    }
+}
