@@ -24,7 +24,7 @@ from gls_core.verify import Property, VerifyOptions, robustness, verify, verify_
 from gls_core.verify.attack import checked
 from gls_core.verify.subdomains import bound_subdomains, no_splits
 
-EXACT = VerifyOptions(timeout=60, attack_steps=0, milp_below=2, batch=4)
+EXACT = VerifyOptions(timeout=60, attack_steps=0, milp_below=2, batch=4, milp_root_unstable=0)  # the search decides
 
 
 def _affine_maps(net: nn.Sequential, input_shape: tuple[int, ...]) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -173,7 +173,7 @@ def test_the_milp_gets_the_time_left_and_none_starts_after_the_deadline(monkeypa
 
     monkeypatch.setattr(bab, "bound_subdomains", root_takes_a_quarter)
     monkeypatch.setattr(bab, "solve_row", solver)
-    options = VerifyOptions(timeout=TIMEOUT, attack_steps=0, milp_below=0, milp_after=0.1)
+    options = VerifyOptions(timeout=TIMEOUT, attack_steps=0, milp_below=0, milp_after=0.1, budget="fixed")
     verdict = verify_property(spec, theta, prop, options, clock=clock)
     root = original(spec, theta, prop, subdomains.no_splits(spec), "alpha-crown", options.root_alpha_steps)
     assert int((root.lower[0] <= 0).sum()) >= 2  # two open rows: the second one's MILP never starts

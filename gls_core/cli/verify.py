@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -28,6 +28,21 @@ def _load(model: Path):  # type: ignore[no-untyped-def]
     return spec, theta, metadata["dataset"]
 
 
+def _with_settings(options: Any, settings: list[str]) -> Any:
+    """``options`` with each ``field=value`` of ``--set`` applied (the value read as the field's type)."""
+    fields = {f.name: f for f in dataclasses.fields(options)}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in fields or not value:
+            raise ValueError(f"--set {setting}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+        kind = type(getattr(options, name))
+        try:
+            options = dataclasses.replace(options, **{name: kind(value)})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--set {setting}: {error}") from None
+    return options
+
+
 def verify_command(
         model: Annotated[Path, typer.Argument(help="run directory, model.safetensors or model.onnx")],
         prop: Annotated[Path | None, typer.Argument(metavar="[PROPERTY.vnnlib]",
@@ -44,7 +59,9 @@ def verify_command(
         result: Annotated[Path | None, typer.Option(help="with a property: write the VNN-COMP result file")] = None,
         dataset: Annotated[str | None, typer.Option(help="test images of an ONNX model (e.g. mnist)")] = None,
         data_dir: Annotated[Path | None, typer.Option(help="dataset directory")] = None,
-        threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0) -> None:
+        threads: Annotated[int, typer.Option(help="torch threads (0: torch's default)")] = 0,
+        option: Annotated[list[str] | None, typer.Option(
+            "--set", help="a VerifyOptions field, e.g. --set attack_restarts=64 (repeatable)")] = None) -> None:
     """Decide each test image (or one VNN-LIB property): verified, falsified with a checked counterexample, or unknown.
 
     With a property, prints the VNN-COMP answer (sat, unsat, timeout or unknown) and writes the
@@ -68,6 +85,7 @@ def verify_command(
         options = VerifyOptions(timeout=timeout, method=method)
         if branching is not None:
             options = dataclasses.replace(options, branching=branching)
+        options = _with_settings(options, option or [])
         spec, theta, model_dataset = _load(model)
         theta = theta.double()
         if prop is not None:

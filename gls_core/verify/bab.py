@@ -33,6 +33,7 @@ from ..nets.spec import NetSpec
 from ..relaxations import ALPHA_CROWN
 from .attack import attack, checked
 from .branching import BRANCHING, DEFAULT_BRANCHING, Choice, Problem
+from .budget import POLICIES, Budget
 from .deadline import Clock, Deadline
 from .milp import AffineBlock, affine_blocks, solve_row
 from .property import Property, robustness
@@ -52,7 +53,9 @@ class VerifyOptions:
     batch: int = 64  # subdomains split per bounding call (each gives two children)
     branching: str = DEFAULT_BRANCHING
     milp_below: int = 16  # a subdomain with at most this many unstable ReLUs is decided by the MILP
-    milp_after: float = 0.1  # share of the timeout after which one MILP over the whole region decides
+    milp_after: float = 0.1  # share of the timeout before which the search keeps the time (budget.py)
+    budget: str = "adaptive"  # "adaptive": the whole-region MILP when the search stalls; "fixed": at milp_after
+    milp_root_unstable: int = 32  # at most this many unstable ReLUs at the root: the whole-region MILP at once
     attack_steps: int = 50
     attack_restarts: int = 8  # per attacked group, all in one batch
     attack_diversify: int = 5  # output-diversified steps before each attack's PGD steps
@@ -65,9 +68,12 @@ class VerifyOptions:
             raise ValueError(f"method must be one of {BOUND_METHODS}, got {self.method!r}")
         if self.branching not in BRANCHING:
             raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
+        if self.budget not in POLICIES:
+            raise ValueError(f"budget must be one of {POLICIES}, got {self.budget!r}")
         if not 0 <= self.milp_after <= 1:
             raise ValueError(f"milp_after must lie in [0, 1], got {self.milp_after}")
-        for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps", "attack_diversify"):
+        for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps", "attack_diversify",
+                     "milp_root_unstable"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch", "attack_restarts", "max_subdomains"):
@@ -128,6 +134,8 @@ class _Search:
         self.problem = Problem(spec, theta, prop)
         self.open_bound = -math.inf  # the best bound of the subdomains handed to the whole-region MILP
         self.per_parent = 0.0  # seconds the last batch took per parent (branching and bounding)
+        self.budget = Budget(deadline, options.budget, options.milp_after)
+        self.root_unstable = 0
 
     def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
         bound = self.proven if status == "verified" else min((d.priority for d in self.queue),
@@ -153,6 +161,7 @@ class _Search:
             if found is not None:
                 return self.verdict("falsified", "attack", found)
         self.root = {index: Box(b.lower[0], b.upper[0]) for index, b in root.pre_relu.items()}
+        self.root_unstable = _unstable_count(self.root)
         found = self._settle(root, [{i: s[0] for i, s in root_splits.items()}])
         if found is not None:
             return self.verdict("falsified", "branch-and-bound", found)
@@ -161,7 +170,7 @@ class _Search:
         while self.queue:
             if self._out_of_time():
                 return self._undecided()
-            if self.deadline.share_passed(self.options.milp_after):
+            if self.budget.milp_now(self.root_unstable, self.options.milp_root_unstable):
                 return self._whole_milp()
             if len(self.queue) > self.options.max_subdomains:
                 return self.verdict("unknown", "subdomain-limit")
@@ -176,6 +185,8 @@ class _Search:
             found = self._settle(bounded, children)
             if found is not None:
                 return self.verdict("falsified", "branch-and-bound", found)
+            if self.queue:
+                self.budget.record(self.queue[0].priority)
         if self.unconfirmed:
             return self._undecided() if self._out_of_time() else self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "branch-and-bound")
