@@ -168,6 +168,14 @@ def test_convolutional_verdicts_equal_the_exact_answer(branching: str) -> None:
     assert counts["verified"] >= 5 and counts["falsified"] >= 5, counts
 
 
+def test_subdomains_bounded_by_a_new_walk_give_the_exact_answer_too() -> None:
+    """The default search keeps each parent's intermediate bounds; a fresh walk per subdomain must agree."""
+    spec, cases = _exact_cases("fully-connected")
+    for theta, prop, minima in cases:
+        verdict = verify_property(spec, theta.double(), prop, dataclasses.replace(EXACT, intermediate="walk"))
+        assert verdict.status == ("verified" if minima.min() > 0 else "falsified"), (verdict, minima.min())
+
+
 def _grouped(prop: Property) -> Property:
     """The robustness rows in groups of two: a case is unsafe only where both of its classes reach the label."""
     groups = torch.arange(prop.C.shape[0]) // 2
@@ -196,7 +204,7 @@ def test_verdicts_on_groups_of_rows_equal_the_exact_answer(options: VerifyOption
 def test_branch_and_bound_decides_what_the_bounds_cannot(branching: str) -> None:
     spec = fully_connected((4,), [16, 16], 3)
     decided_by_search = 0
-    options = VerifyOptions(timeout=60, attack_steps=0, milp_below=0, branching=branching)
+    options = VerifyOptions(timeout=60, attack_steps=0, milp_below=0, branching=branching, milp_root_unstable=0)
     for theta, prop in _cases(spec, range(3), 8, (0.15,)):
         verdict = verify_property(spec, theta.double(), prop, options)
         assert verdict.status != "unknown"

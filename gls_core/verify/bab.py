@@ -40,6 +40,7 @@ from .property import Property, robustness
 from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
 
 Status = Literal["verified", "falsified", "unknown"]
+INTERMEDIATE = ("parent", "walk")
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,11 @@ class VerifyOptions:
     budget: str = "adaptive"  # "adaptive": the whole-region MILP when the search stalls; "fixed": at milp_after
     milp_root_unstable: int = 32  # at most this many unstable ReLUs at the root: the whole-region MILP at once
     attack_steps: int = 50
-    attack_restarts: int = 8  # per attacked group, all in one batch
+    attack_restarts: int = 32  # the first (untargeted) attack's restarts, one batch: 32 cost about what 8 do
+    targeted_restarts: int = 8  # per group the root bound leaves open, all groups in one batch
     attack_diversify: int = 5  # output-diversified steps before each attack's PGD steps
     max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
+    intermediate: str = "parent"  # a child's ReLU input bounds: its parent's with the split ("parent") or a new walk
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -68,6 +71,8 @@ class VerifyOptions:
             raise ValueError(f"method must be one of {BOUND_METHODS}, got {self.method!r}")
         if self.branching not in BRANCHING:
             raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
+        if self.intermediate not in INTERMEDIATE:
+            raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {self.intermediate!r}")
         if self.budget not in POLICIES:
             raise ValueError(f"budget must be one of {POLICIES}, got {self.budget!r}")
         if not 0 <= self.milp_after <= 1:
@@ -76,7 +81,7 @@ class VerifyOptions:
                      "milp_root_unstable"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch", "attack_restarts", "max_subdomains"):
+        for name in ("batch", "attack_restarts", "targeted_restarts", "max_subdomains"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -155,8 +160,8 @@ class _Search:
         self.bounded = 1
         undecided = (self.prop.margins(root.lower[0]) <= 0).nonzero().view(-1).tolist()
         if undecided and self.options.attack_steps > 0 and not self._out_of_time():
-            found = attack(self.spec, self.theta, self.prop, self.options.attack_steps, self.options.attack_restarts,
-                           self.generator, undecided, should_stop=self._out_of_time,
+            found = attack(self.spec, self.theta, self.prop, self.options.attack_steps,
+                           self.options.targeted_restarts, self.generator, undecided, should_stop=self._out_of_time,
                            diversify=self.options.attack_diversify)
             if found is not None:
                 return self.verdict("falsified", "attack", found)
@@ -178,8 +183,12 @@ class _Search:
             began = self.deadline.clock()
             choices = BRANCHING[self.options.branching](parents, self.problem)
             splits, children = self._children(parents, choices)
+            inherited = None if self.options.intermediate == "walk" else {
+                index: Box(torch.stack([p.pre_relu[index].lower for p in parents]).repeat_interleave(2, 0),
+                           torch.stack([p.pre_relu[index].upper for p in parents]).repeat_interleave(2, 0))
+                for index in parents[0].pre_relu}
             bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
-                                       self.options.alpha_steps, should_stop=self._out_of_time)
+                                       self.options.alpha_steps, should_stop=self._out_of_time, parents=inherited)
             self.per_parent = (self.deadline.clock() - began) / len(parents)
             self.bounded += len(children)
             found = self._settle(bounded, children)

@@ -55,10 +55,29 @@ def with_splits(inner: Intermediate, splits: Splits) -> Intermediate:
     return bounded
 
 
+def parent_bounds(parents: dict[int, Box]) -> Intermediate:
+    """An intermediate-bound step that takes each ReLU's input bounds from the subdomains' parents ([N, *shape]).
+
+    A child lies inside its parent, so the parent's bounds hold on it; intersected with the interval
+    step they cost no back-substitution, which is most of a walk's time (beta-CROWN's branch and bound
+    also keeps the intermediate bounds and tightens only the final one, with the split terms).
+    """
+
+    def bounded(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
+        box = parents.get(index + 1)
+        return reference if box is None else reference.intersect(Box(box.lower.unsqueeze(0), box.upper.unsqueeze(0)))
+
+    return bounded
+
+
 def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits: Splits,
                      method: str = "alpha-crown", alpha_steps: int = 8, alpha_step_size: float = 0.1,
-                     should_stop: Callable[[], bool] | None = None) -> Bounded:
+                     should_stop: Callable[[], bool] | None = None, parents: dict[int, Box] | None = None) -> Bounded:
     """Lower bounds of the property rows on every subdomain, in one batched walk.
+
+    With ``parents`` (ReLU layer index -> bounds of its input on each subdomain's parent, [N, *shape])
+    the intermediate bounds are the parents' with the splits applied (:func:`parent_bounds`), not
+    back-substituted again.
 
     ``should_stop`` (polled before each slope step) ends the alpha-CROWN steps early, e.g. at the
     verifier's deadline; the slopes reached so far still give sound bounds.
@@ -72,7 +91,8 @@ def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits:
               prop.upper.unsqueeze(0).expand(count, *prop.upper.shape))
     C = prop.C.to(dtype).unsqueeze(0).expand(count, *prop.C.shape)
     with torch.no_grad():
-        state = walk(spec, params, box, deeppoly_relaxation, with_splits(backsub_intersect_bounds, splits))
+        inner = backsub_intersect_bounds if parents is None else parent_bounds(parents)
+        state = walk(spec, params, box, deeppoly_relaxation, with_splits(inner, splits))
     pre_relu = {index: Box(bounds.lower[0], bounds.upper[0]) for index, bounds in state.pre_relu.items()}
     empty = torch.zeros(count, dtype=torch.bool)
     for bounds in pre_relu.values():
