@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import importlib
 import inspect
 import json
 import math
@@ -39,14 +40,14 @@ from typing import Any
 
 import torch
 
-from gls_core import compute_bounds, kaiming_uniform, margin_spec, network, to_sequential
-from gls_core.bounds import alpha_crown, api, backsub, ibp, kernels, layerwise, methods, rules, slope_gradients
+from gls_core import compute_bounds, kaiming_uniform, margin_spec, network, relaxations, to_sequential
+from gls_core.bounds import alpha_crown, backsub, ibp, kernels, layerwise, methods, rules, slope_gradients
 from gls_core.bounds.types import Box
 from gls_core.data import load_mnist
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 from gls_core.training import load_model
 
-METHODS = ("ibp", "hbox", "crown-ibp", "deeppoly", "alpha-crown")
+METHODS = tuple(record.name for record in relaxations.records())
 ROOT = Path(__file__).resolve().parent.parent
 # (net, P, B, methods): the default grid finishes in minutes; --full adds the rest.
 DEFAULT_GRID: list[tuple[str, int, int, tuple[str, ...]]] = [
@@ -60,7 +61,7 @@ DEFAULT_GRID: list[tuple[str, int, int, tuple[str, ...]]] = [
 # (net, P, B, method) on PGD-trained weights.
 STEP_GRID: list[tuple[str, int, int, str]] = [
     ("cnn3-tiny", 256, 512, "deeppoly"),
-    ("cnn3-tiny", 256, 512, "alpha-crown"),
+    ("cnn3-tiny", 256, 512, relaxations.ALPHA_CROWN),
     ("cnn3-tiny", 256, 512, "crown-ibp"),
     ("cnn3-tiny", 256, 512, "ibp"),
     ("cnn3", 256, 512, "deeppoly"),
@@ -321,8 +322,10 @@ class Profiler:
             if original is not None:  # a function the engine no longer has is simply not profiled
                 found.append((owner, name, wrap(original, label, flops, stage, opaque)))
 
-        for method in api.METHODS:
-            add(api.METHODS, method, lambda a: ("all", "glue"), stage=_constant("ibp" if method == "ibp" else "walk"))
+        for record in relaxations.records():  # each bound function where compute_bounds looks it up when called
+            where, name = record.bound.split(":")
+            add(importlib.import_module(where), name, lambda a: ("all", "glue"),
+                stage=_constant("ibp" if record.footprint == "activations" else "walk"))
         for layer_type in (Conv2d, Linear, ReLU, Flatten):
             rule = rules.RULES[layer_type]
             found.append((rules.RULES, layer_type, dataclasses.replace(

@@ -38,6 +38,7 @@ from gls_core.data import load_dataset
 from gls_core.evaluation import evaluate
 from gls_core.landscape import loss_landscape
 from gls_core.landscape_plot import plot_landscape
+from gls_core.relaxations import ALPHA_CROWN, DEEPPOLY
 from gls_core.training import Trainer, load_config, load_model, read_metrics
 from gls_core.training.checkpoint import POSITION_FILE, read_position
 
@@ -153,7 +154,7 @@ def full_plan() -> Plan:
             label="IBP-GRAD from the warm start (equal-cost control)"),
         Run("deeppoly-grad-warm", grad.format("deeppoly"), warm, warm_start=True, share=1,
             label="DeepPoly-GRAD from the warm start (equal-cost control)"),
-    ], evaluate_limit=None, complete_limit=200, complete_timeout=30.0, landscape_limit=256, landscape_points=41,
+    ], evaluate_limit=None, complete_limit=1000, complete_timeout=30.0, landscape_limit=256, landscape_points=41,
         landscape_samples=64,
         claims=claims("ibp-grad-lr5e-4", "deeppoly-grad-lr5e-4", "deeppoly-rgs-lr5e-4", "deeppoly-pgpe")
         + claims("ibp-grad", "deeppoly-grad", "deeppoly-rgs", "deeppoly-pgpe", " (lr 5e-5)")[:4]
@@ -263,7 +264,7 @@ def evaluation(run: Run, out: Path, plan: Plan) -> dict[str, Any]:
     spec, theta, metadata = load_model(out / run.name)
     test = load_dataset(metadata["dataset"], "test", subset=plan.evaluate_limit)
     result: dict[str, Any] = {"n": len(test), "epoch": epoch}
-    for method in ("deeppoly", "alpha-crown"):
+    for method in (DEEPPOLY, ALPHA_CROWN):
         started = time.monotonic()
         value = evaluate(spec, theta, test.x, test.y, EPS, method=method)
         result.update(natural=value.natural_acc, adversarial=value.adversarial_acc,

@@ -29,6 +29,7 @@ from gls_core import compute_bounds, margin_spec, network  # noqa: E402
 from gls_core.attacks import pgd_attack  # noqa: E402
 from gls_core.data import load_mnist  # noqa: E402
 from gls_core.population import forward  # noqa: E402
+from gls_core.relaxations import ALPHA_CROWN  # noqa: E402
 from gls_core.verify import VerifyOptions, robustness, summarize, verify_each  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     x, y = x[: args.limit], y[: args.limit]
     correct = forward(spec, theta.view(1, -1), x)[0].argmax(1) == y
     deeppoly = certified(spec, theta, x, y, args.eps, "deeppoly") & correct
-    alpha = certified(spec, theta, x, y, args.eps, "alpha-crown", steps=20) & correct
+    alpha = certified(spec, theta, x, y, args.eps, ALPHA_CROWN, steps=20) & correct
     attacked = pgd_attack(spec, theta, x, y, args.eps, steps=100, restarts=10,
                           generator=torch.Generator().manual_seed(0))
     robust = correct & (forward(spec, theta.view(1, -1), attacked)[0].argmax(1) == y)

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the names are; at run time each is imported when first used
-    from .bounds import METHODS, Box, NotDifferentiableError, compute_bounds, margin_spec
+    from .bounds import Box, NotDifferentiableError, compute_bounds, margin_spec
     from .errors import InvalidInput
     from .losses import certified, robust_loss, standard_loss
     from .nets import NetSpec, from_sequential, kaiming_uniform, network, to_sequential
     from .population import forward
+    from .relaxations import Relaxation
 
 __all__ = [
-    "METHODS", "Box", "InvalidInput", "NetSpec", "NotDifferentiableError", "certified", "compute_bounds", "forward",
+    "Box", "InvalidInput", "NetSpec", "NotDifferentiableError", "Relaxation", "certified", "compute_bounds", "forward",
     "from_sequential", "kaiming_uniform", "margin_spec", "network", "robust_loss", "standard_loss", "to_sequential",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -3,13 +3,15 @@
 Nothing here imports torch, so validating a config (`gls train` and `gls config show` refuse a bad
 one before anything else) and building the command line's help take a fraction of a second; the
 modules that compute with these names import them from here (:mod:`gls_core.nets.zoo`,
-:mod:`gls_core.data.registry`, :mod:`gls_core.evaluation`). The relaxations are the names
-:data:`gls_core.bounds.METHODS` registers; tests/test_startup.py holds the two equal.
+:mod:`gls_core.data.registry`, :mod:`gls_core.evaluation`). The relaxations are their records'
+(:mod:`gls_core.relaxations`, torch-free as well).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from . import relaxations
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -42,16 +44,16 @@ TRAIN_SIZES: dict[str, int] = {
     "mnist": 60000, "fashion-mnist": 60000, "digits": DIGITS_TRAIN_SIZE, "cifar10": 50000, "tinyimagenet": 100000,
 }
 
-RELAXATIONS = ("ibp", "hbox", "crown-ibp", "deeppoly", "crown", "alpha-crown")
-DIFFERENTIABLE = frozenset({"ibp", "hbox", "crown-ibp", "deeppoly", "crown"})  # with gradients in the weights
-
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PGD_STEPS = 50
 DEFAULT_PGD_RESTARTS = 3
-# alpha-CROWN at evaluation: more optimisation than training's single step; started from DeepPoly's
-# slopes so that (the best bound seen being returned) it is never looser than DeepPoly, per sample.
-DEFAULT_ALPHA_STEPS = 20
 COMPLETE = "complete"
 """Certification by the complete verifier (branch and bound, ``gls_core.verify``) instead of a relaxation."""
-CERTIFY_METHODS = (*sorted(RELAXATIONS), COMPLETE)
+
+
+def certify_methods() -> tuple[str, ...]:
+    """What certifies: every relaxation (:mod:`gls_core.relaxations`), then the complete verifier."""
+    return (*sorted(relaxations.names()), COMPLETE)
+
+
 DEFAULT_COMPLETE_TIMEOUT = 30.0

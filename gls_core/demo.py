@@ -15,8 +15,9 @@ from .bounds import compute_bounds, margin_spec
 from .data import load_mnist
 from .losses import certified
 from .nets import kaiming_uniform, network
+from .relaxations import records
 
-METHOD_ORDER = ("ibp", "hbox", "crown-ibp", "deeppoly", "alpha-crown")
+METHOD_ORDER = tuple(record.name for record in records())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,32 +8,29 @@ unsound bound: :func:`evaluate` checks it on every batch and raises :class:`Soun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 
+from . import relaxations
 from .attacks import logit_margin, pgd_attack, predict_logits
-from .bounds import METHODS, compute_bounds, margin_spec
-from .catalog import CERTIFY_METHODS as CERTIFY_METHODS
+from .bounds import compute_bounds, margin_spec
 from .catalog import (
     COMPLETE,
-    DEFAULT_ALPHA_STEPS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_COMPLETE_TIMEOUT,
     DEFAULT_PGD_RESTARTS,
     DEFAULT_PGD_STEPS,
 )
+from .catalog import certify_methods as certify_methods
 from .errors import InvalidInput
 from .losses import certified
 from .nets.spec import NetSpec
-from .validation import check_count, check_inputs, check_labels, check_method, check_params, check_radius
+from .validation import check_count, check_inputs, check_labels, check_params, check_radius
 from .verify import VerifyOptions, verify_each
-
-ALPHA_STEP_SIZE = 0.1
-ALPHA_INIT = "deeppoly"
 
 
 class SoundnessError(RuntimeError):
@@ -56,12 +53,18 @@ class EvalResult:
                 "certified_acc": self.certified_acc, "n": self.n, "method": self.method, "eps": self.eps}
 
 
-def bound_options(method: str, alpha_steps: int = DEFAULT_ALPHA_STEPS) -> dict[str, Any]:
-    """Options for ``compute_bounds`` at evaluation time (only alpha-CROWN takes any)."""
-    check_method(method, METHODS)
-    if method != "alpha-crown":
-        return {}
-    return {"steps": alpha_steps, "step_size": ALPHA_STEP_SIZE, "init": ALPHA_INIT}
+def bound_options(method: str, alpha_steps: int | None = None, options: Mapping[str, Any] | None = None,
+                  field: str = "") -> dict[str, Any]:
+    """All options of ``method`` at evaluation time: its record's evaluation defaults under ``options``.
+
+    ``alpha_steps`` (the command line's and the config's ``alpha_steps``) sets the ``steps`` of a method
+    that has steps; others ignore it.
+    """
+    record = relaxations.lookup(method, f"{field}.method" if field else "method")
+    given = dict(options or {})
+    if alpha_steps is not None and any(item.name == "steps" for item in record.options):
+        given.setdefault("steps", alpha_steps)
+    return record.check(given, field, evaluating=True)
 
 
 def _check_data(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -121,9 +124,10 @@ def _check_sound(cert: torch.Tensor, robust: torch.Tensor, offset: int, method: 
 
 def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, *,
              method: str = "deeppoly", batch_size: int = DEFAULT_BATCH_SIZE, pgd_steps: int = DEFAULT_PGD_STEPS,
-             pgd_restarts: int = DEFAULT_PGD_RESTARTS, alpha_steps: int = DEFAULT_ALPHA_STEPS, seed: int = 0,
+             pgd_restarts: int = DEFAULT_PGD_RESTARTS, alpha_steps: int | None = None, seed: int = 0,
              progress: Callable[[int], None] | None = None,
-             complete_timeout: float = DEFAULT_COMPLETE_TIMEOUT) -> EvalResult:
+             complete_timeout: float = DEFAULT_COMPLETE_TIMEOUT, options: Mapping[str, Any] | None = None
+             ) -> EvalResult:
     """Natural, PGD-adversarial and certified accuracy of theta on (x, y) at L_inf radius eps.
 
     Adversarial counts a sample when it is correct on the clean input and on the PGD point
@@ -134,13 +138,14 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
     :class:`SoundnessError`. The result depends on ``batch_size`` only through the random starts.
     ``method`` "complete" decides each correct input with the branch and bound instead, at most
     ``complete_timeout`` seconds each (an input left undecided counts as not certified).
+    ``options`` are the method's (see :func:`bound_options`; ``alpha_steps``, when given, is its ``steps``).
     ``progress`` is called with the number of inputs done after each batch and, with method
     "complete", after each input the verifier decides.
     """
     eps = check_radius(eps)
     theta = _check_data(spec, theta, x, y)
     complete = method == COMPLETE
-    options = {} if complete else bound_options(method, alpha_steps)
+    options = {} if complete else bound_options(method, alpha_steps, options)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     counts = torch.zeros(3, dtype=torch.long)
     for part in _batches(x.shape[0], batch_size):
@@ -169,11 +174,12 @@ def evaluate(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
 
 
 def certify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, method: str, *,
-            batch_size: int = DEFAULT_BATCH_SIZE, alpha_steps: int = DEFAULT_ALPHA_STEPS) -> torch.Tensor:
+            batch_size: int = DEFAULT_BATCH_SIZE, alpha_steps: int | None = None,
+            options: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Per sample: correctly classified and certified by ``method`` at radius eps, [N] bool."""
     eps = check_radius(eps)
     theta = _check_data(spec, theta, x, y)
-    options = bound_options(method, alpha_steps)
+    options = bound_options(method, alpha_steps, options)
     masks = [_correct(spec, theta, x[part], y[part])
              & _certified_batch(spec, theta, x[part], y[part], eps, method, options)
              for part in _batches(x.shape[0], batch_size)]
@@ -182,7 +188,7 @@ def certify(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
 
 def certified_accuracy_curve(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                              radii: Sequence[float], method: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                             alpha_steps: int = DEFAULT_ALPHA_STEPS) -> list[float]:
+                             alpha_steps: int | None = None) -> list[float]:
     """Certified accuracy at each radius (in the order given).
 
     A certificate at radius r covers every smaller ball, so a sample counts at r when it is
@@ -205,7 +211,7 @@ def certified_accuracy_curve(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor
 
 def tightness_auc(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, method: str,
                   max_eps: float, points: int = 11, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                  alpha_steps: int = DEFAULT_ALPHA_STEPS) -> float:
+                  alpha_steps: int | None = None) -> float:
     """Tightness of a relaxation on one network: area under certified accuracy over radius in [0, max_eps].
 
     Following Jovanović et al. (2022), a tighter relaxation certifies more samples at larger radii,

@@ -12,21 +12,22 @@ from typing import TYPE_CHECKING
 import torch
 
 from .landscape import Landscape
+from .relaxations import ALPHA_CROWN, CROWN_IBP, DEEPPOLY, HBOX, IBP
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-COLORS = {"ibp": "tab:blue", "hbox": "tab:purple", "crown-ibp": "tab:orange", "deeppoly": "tab:green",
-          "alpha-crown": "tab:red"}
+COLORS = {IBP: "tab:blue", HBOX: "tab:purple", CROWN_IBP: "tab:orange", DEEPPOLY: "tab:green",
+          ALPHA_CROWN: "tab:red"}
 # Relaxations whose losses nearly coincide (crown-ibp and deeppoly on a trained network) stay visible:
 # the wide solid lines are drawn first, the dashed and dotted ones on top of them.
 STYLES: dict[str, dict[str, object]] = {
-    "ibp": {"lw": 1.4, "ls": "-", "zorder": 2},
-    "deeppoly": {"lw": 3.0, "ls": "-", "alpha": 0.7, "zorder": 1},
-    "hbox": {"lw": 1.4, "ls": "-.", "zorder": 3},
-    "crown-ibp": {"lw": 1.6, "ls": "--", "zorder": 4},
-    "alpha-crown": {"lw": 1.6, "ls": ":", "zorder": 5},
+    IBP: {"lw": 1.4, "ls": "-", "zorder": 2},
+    DEEPPOLY: {"lw": 3.0, "ls": "-", "alpha": 0.7, "zorder": 1},
+    HBOX: {"lw": 1.4, "ls": "-.", "zorder": 3},
+    CROWN_IBP: {"lw": 1.6, "ls": "--", "zorder": 4},
+    ALPHA_CROWN: {"lw": 1.6, "ls": ":", "zorder": 5},
 }
 
 

@@ -1,6 +1,7 @@
 """The checks every entry point runs on its arguments, each raising :class:`~gls_core.errors.InvalidInput`.
 
-One function per kind of argument (radii, inputs, labels, parameters, counts, relaxations), each
+One function per kind of argument (radii, inputs, labels, parameters, counts; a relaxation and its
+options are checked by its record, :mod:`gls_core.relaxations`), each
 taking the ``field`` to name: the library passes its argument names (``x``, ``eps``), a server its
 wire or JSON paths (``inputs``, ``perturbation.eps``, ``batch.x``), so a bad value is reported the
 same way in process, over gRPC and over REST.
@@ -10,19 +11,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import InvalidInput, bounded_repr
+from .errors import InvalidInput
 
 if TYPE_CHECKING:
     from .nets.spec import NetSpec
-
-ALPHA_OPTIONS = ("steps", "step_size", "init")
-"""alpha-CROWN's options (``should_stop`` aside, which is a callback, not a value)."""
-
 
 def _number(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real | torch.Tensor) or (
@@ -149,44 +145,3 @@ def check_members(start: int, stop: int, count: int, limit: int | None = None,
     if limit is not None and stop - start > limit:
         raise InvalidInput(fields[1], f"member range [{start}, {stop}) has more than {limit} members (split it "
                                       "over several requests)", stop)
-
-
-def check_method(method: object, methods: Iterable[str], field: str = "method") -> str:
-    """A relaxation name among ``methods``."""
-    names = sorted(methods)
-    if not isinstance(method, str) or method not in names:
-        shown = "is empty" if method == "" else f"unknown relaxation {bounded_repr(method)}"
-        raise InvalidInput(field, f"{shown}; expected one of {', '.join(names)}", method)
-    return method
-
-
-def check_alpha_options(steps: object, step_size: object, init: object, *,
-                        fields: tuple[str, str, str] = ALPHA_OPTIONS, max_steps: int | None = None) -> None:
-    """alpha-CROWN's options: steps an integer >= 0 (at most ``max_steps``), step_size finite >= 0, init 'deeppoly'
-    or a number in [0, 1]. None leaves an option at its default."""
-    if steps is not None:
-        check_count(steps, fields[0], 0, max_steps)
-    if step_size is not None:
-        check_radius(step_size, fields[1])
-    if init is not None and init != "deeppoly" and (
-            isinstance(init, bool) or not isinstance(init, numbers.Real) or not 0 <= float(init) <= 1):
-        raise InvalidInput(fields[2], f"must be 'deeppoly' or a number in [0, 1], got {bounded_repr(init)}", init)
-
-
-def check_relaxation(method: object, options: Mapping[str, Any], methods: Iterable[str], field: str = "",
-                     max_steps: int | None = None) -> tuple[str, dict[str, Any]]:
-    """A method and its options: none but for alpha-crown, whose options are checked (fields under ``field``)."""
-    prefix = f"{field}." if field else ""
-    name = check_method(method, methods, f"{prefix}method")
-    given = {key: value for key, value in options.items() if value is not None}
-    if name != "alpha-crown":
-        if given:
-            raise InvalidInput(field or sorted(given)[0], f"{sorted(given)} only apply to alpha-crown, not {name}")
-        return name, {}
-    unknown = set(given) - {*ALPHA_OPTIONS, "should_stop"}
-    if unknown:
-        raise InvalidInput(field or sorted(unknown)[0], f"alpha-crown options are {list(ALPHA_OPTIONS)}, got "
-                                                        f"unknown {sorted(unknown)}")
-    check_alpha_options(given.get("steps"), given.get("step_size"), given.get("init"),
-                        fields=(f"{prefix}steps", f"{prefix}step_size", f"{prefix}init"), max_steps=max_steps)
-    return name, dict(options)

@@ -15,6 +15,7 @@ worker's arithmetic bit-identical to the in-process trainer's without changing t
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -22,14 +23,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from google.protobuf.descriptor import FieldDescriptor
 
-from gls_core.bounds.api import METHODS
+from gls_core import relaxations
 from gls_core.errors import InvalidInput
 from gls_core.evaluation import COMPLETE
 from gls_core.nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import LossKind, Objective
-from gls_core.validation import check_alpha_options, check_count, check_method, check_radius
+from gls_core.validation import check_count, check_radius
 
 from .proto.gls.v1 import bound_worker_pb2, common_pb2
 
@@ -51,11 +53,6 @@ DTYPES: dict[str, tuple[np.dtype[Any], torch.dtype]] = {
     "bool": (np.dtype("?"), torch.bool),
 }
 _NAMES = {torch_dtype: name for name, (_, torch_dtype) in DTYPES.items()}
-
-ALPHA_DEFAULTS: dict[str, Any] = {"steps": 1, "step_size": 0.5, "init": 0.5}
-"""gls_core's alpha-CROWN defaults (the paper's training setting), filled in for options a caller leaves out.
-
-A Relaxation whose alpha fields are all zero decodes to empty options, i.e. these defaults."""
 
 _KIND_NAMES: dict[int, LossKind] = {bound_worker_pb2.Objective.STANDARD: "standard",
                                     bound_worker_pb2.Objective.ADVERSARIAL: "adversarial",
@@ -212,8 +209,18 @@ def spec_from_proto(message: common_pb2.NetSpec) -> NetSpec:
 
 # ---------------------------------------------------------------------------------------- relaxations
 
+def _dedicated(record: relaxations.Relaxation) -> list[relaxations.Option]:
+    """The options that travel in fields of their own (the others in ``Relaxation.options``)."""
+    return [item for item in record.options if item.wire is not None]
+
+
+def _wire_set(message: common_pb2.Relaxation, item: relaxations.Option) -> bool:
+    return bool(getattr(message, str(item.wire))) or (item.wire_flag is not None and getattr(message, item.wire_flag))
+
+
 def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
                         out: common_pb2.Relaxation | None = None) -> common_pb2.Relaxation:
+    """The method and its options (those left out at the method's defaults; none given: none sent)."""
     options = dict(options or {})
     message = common_pb2.Relaxation() if out is None else out
     if method == COMPLETE:  # the Certifier's branch and bound: only a per-input time limit
@@ -222,37 +229,30 @@ def relaxation_to_proto(method: str, options: dict[str, Any] | None = None,
         message.method = method
         message.complete_timeout = float(options.get("timeout", 0.0))
         return message
-    check_method(method, METHODS)
+    record = relaxations.lookup(method)
     message.method = method
-    if method != "alpha-crown":
-        if options:
-            raise InvalidInput("options", f"method {method!r} takes no options, got {sorted(options)}")
-        return message
-    unknown = set(options) - set(ALPHA_DEFAULTS)
-    if unknown:
-        raise InvalidInput("options", f"alpha-crown options are {sorted(ALPHA_DEFAULTS)}, got unknown "
-                                      f"{sorted(unknown)}")
     if not options:
         return message
-    merged = {**ALPHA_DEFAULTS, **options}
-    message.alpha_steps = int(merged["steps"])
-    message.alpha_step_size = float(merged["step_size"])
-    if merged["init"] == "deeppoly":
-        message.alpha_init_deeppoly = True
-    else:
-        message.alpha_init = float(merged["init"])
-    if message.alpha_steps == 0 and message.alpha_step_size == 0 and message.alpha_init == 0 and not \
-            message.alpha_init_deeppoly:
-        raise InvalidInput("options", "alpha-crown with steps=0, step_size=0 and init=0 is not representable on "
-                                      "the wire (all-zero alpha fields mean the defaults)")
+    values = record.check(options, "options")
+    for item in record.options:
+        value = values[item.name]
+        if item.wire is None:
+            message.options[item.name] = json.dumps(value)
+        elif item.wire_flag is not None and value in item.words:
+            setattr(message, item.wire_flag, True)
+        else:
+            setattr(message, item.wire, value)
+    dedicated = _dedicated(record)
+    if dedicated and not any(_wire_set(message, item) for item in dedicated):
+        zeros = ", ".join(f"{item.name}=0" for item in dedicated)
+        raise InvalidInput("options", f"{method} with {zeros} is not representable on the wire (all-zero "
+                                      f"{', '.join(str(item.wire) for item in dedicated)} mean the defaults)")
     return message
 
 
-MAX_ALPHA_STEPS = 1000
-"""alpha-CROWN steps a worker runs per request (the Certifier's own cap): more is a request for unbounded work."""
 MAX_PGD_STEPS = 1000
-"""PGD steps per restart a worker runs (GLS_JOB_MAX_STEPS's default: no job asks for more); as for alpha-CROWN,
-more is a request for unbounded work."""
+"""PGD steps per restart a worker runs (GLS_JOB_MAX_STEPS's default: no job asks for more); as for a relaxation's
+steps (their records' ``served_max``), more is a request for unbounded work."""
 MAX_PGD_RESTARTS = 100
 """PGD restarts a worker runs per member: work grows with steps x restarts, so both are bounded."""
 MAX_ECHO = 64
@@ -264,18 +264,40 @@ def quoted(value: str) -> str:
     return repr(value) if len(value) <= MAX_ECHO else f"{value[:MAX_ECHO]!r}... ({len(value)} characters)"
 
 
+def _wire_value(message: common_pb2.Relaxation, item: relaxations.Option) -> Any:
+    if item.wire_flag is not None and getattr(message, item.wire_flag):
+        return item.words[0]
+    value = getattr(message, str(item.wire))
+    kind = message.DESCRIPTOR.fields_by_name[str(item.wire)].type
+    return float32_value(value) if kind == FieldDescriptor.TYPE_FLOAT else value
+
+
+def _json_option(text: str, field: str) -> Any:
+    if len(text) > MAX_ECHO:
+        raise InvalidInput(field, f"has {len(text)} characters, at most {MAX_ECHO} are accepted")
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidInput(field, f"must be JSON text (a number or a quoted word), got {quoted(text)}") from None
+
+
 def relaxation_from_proto(message: common_pb2.Relaxation, field: str = "relaxation") -> tuple[str, dict[str, Any]]:
-    """(method, options). Alpha fields are read for alpha-crown only (the proto says others ignore them)."""
-    check_method(message.method, METHODS, f"{field}.method")
-    if message.method != "alpha-crown":
+    """(method, options): all of them, checked (served limits), or {} for the defaults when none is set.
+
+    A method's own fields are read only for it (the proto says others ignore them); when any of them
+    is set, all of them are read as they are (all zero: none given).
+    """
+    record = relaxations.lookup(message.method, f"{field}.method")
+    dedicated = _dedicated(record)
+    given: dict[str, Any] = {}
+    if any(_wire_set(message, item) for item in dedicated):
+        given = {item.name: _wire_value(message, item) for item in dedicated}
+    given.update({name: _json_option(text, f"{field}.options.{name}") for name, text in message.options.items()})
+    if not given:
         return message.method, {}
-    if not (message.alpha_steps or message.alpha_step_size or message.alpha_init or message.alpha_init_deeppoly):
-        return message.method, {}
-    steps, step_size = int(message.alpha_steps), float32_value(message.alpha_step_size)
-    init = "deeppoly" if message.alpha_init_deeppoly else float32_value(message.alpha_init)
-    check_alpha_options(steps, step_size, init, max_steps=MAX_ALPHA_STEPS,
-                        fields=(f"{field}.alpha_steps", f"{field}.alpha_step_size", f"{field}.alpha_init"))
-    return message.method, {"steps": steps, "step_size": step_size, "init": init}
+    names = {item.name: str(item.wire) if item.wire else f"options.{item.name}" for item in record.options}
+    checked = record.check(given, field, served=True, names=names)
+    return message.method, {name: checked[name] for name in given}  # the receiver fills in its defaults
 
 
 # ----------------------------------------------------------------------------------------- objectives

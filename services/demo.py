@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gls_core.data import load_dataset
+from gls_core.relaxations import ALPHA_CROWN, CROWN_IBP, DEEPPOLY, IBP
 
 from .client import CertifierClient, GlsClient
 from .cluster import up
@@ -74,7 +75,7 @@ def main() -> None:
         for column in ("relaxation", "correct", "certified", "certified %"):
             table.add_column(column, justify="right")
         with CertifierClient(cluster.certifier_address, cluster.token) as certifier:
-            for method in ("ibp", "crown-ibp", "deeppoly", "alpha-crown"):
+            for method in (IBP, CROWN_IBP, DEEPPOLY, ALPHA_CROWN):
                 result = certifier.certify(test.x, test.y, args.eps, method, model_id=final["model_id"])
                 correct = sum(verdict["correct"] for verdict in result["verdicts"])
                 table.add_row(method, str(correct), str(result["certified"]),

@@ -16,8 +16,9 @@ import pytest
 from test_gateway_support import ALICE, Stack, digits_model, digits_test, start_stack
 from typer.testing import CliRunner, Result
 
+from gls_core.catalog import certify_methods
 from gls_core.cli.console import percent
-from gls_core.evaluation import CERTIFY_METHODS, DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS, certify, evaluate
+from gls_core.evaluation import DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS, certify, evaluate
 from gls_core.training.checkpoint import save_model
 from services import client_cli
 from services.cli import app
@@ -45,14 +46,15 @@ def option_rows(verb: str) -> dict[str, str]:
 def test_evaluate_defaults_are_the_librarys() -> None:
     library = inspect.signature(evaluate).parameters
     expected = {"--batch-size": library["batch_size"].default, "--pgd-steps": library["pgd_steps"].default,
-                "--pgd-restarts": library["pgd_restarts"].default, "--alpha-steps": library["alpha_steps"].default,
-                "--timeout": library["complete_timeout"].default}
+                "--pgd-restarts": library["pgd_restarts"].default, "--timeout": library["complete_timeout"].default}
     rows = option_rows("evaluate")
     for option, default in expected.items():
         assert f"[default: {default}]" in rows[option], rows[option]
         described = rows[option].split(">", 1)[1].split("[default")[0].split("]", 1)[-1]
         assert described.strip(), f"{option} has no help text"
     assert (expected["--pgd-steps"], expected["--pgd-restarts"]) == (DEFAULT_PGD_STEPS, DEFAULT_PGD_RESTARTS)
+    assert library["alpha_steps"].default is None and library["options"].default is None  # the method's record's
+    assert "evaluation setting" in rows["--alpha-steps"] and "NAME=VALUE" in rows["--option"]
     training = (ROOT / "docs" / "training.md").read_text()
     assert f"({DEFAULT_PGD_STEPS} steps, {DEFAULT_PGD_RESTARTS} restarts by default)" in training
 
@@ -60,7 +62,7 @@ def test_evaluate_defaults_are_the_librarys() -> None:
 @pytest.mark.parametrize("verb", ["evaluate", "certify"])
 def test_method_lists_its_choices_and_refuses_others(verb: str) -> None:
     row = option_rows(verb)["--method"]
-    assert all(method in row for method in CERTIFY_METHODS) and "[default: deeppoly]" in row, row
+    assert all(method in row for method in certify_methods()) and "[default: deeppoly]" in row, row
     required = ["/nowhere", "--eps", "0.1"] if verb == "evaluate" else ["--model", "m", "--data", "digits",
                                                                         "--eps", "0.1"]
     refused = gls(verb, *required, "--method", "zonotope", env={"GLS_URL": "http://127.0.0.1:9", "GLS_TOKEN": "t"})

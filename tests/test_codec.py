@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import gls_core
-from gls_core.bounds.api import METHODS
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU
 from gls_core.nets.zoo import ARCHITECTURES
+from gls_core.relaxations import names
 from gls_core.training.estimators import Proposal
 from gls_core.training.objective import Objective
 from services import codec
@@ -146,7 +146,7 @@ def test_spec_to_proto_writes_every_layer_kind() -> None:
 
 
 @pytest.mark.parametrize(("method", "options"), [
-    *((m, {}) for m in sorted(METHODS)),
+    *((m, {}) for m in sorted(names())),
     ("alpha-crown", {"steps": 3, "step_size": 0.1, "init": "deeppoly"}),
     ("alpha-crown", {"steps": 0, "step_size": 0.0, "init": 0.3}),
     ("alpha-crown", {"steps": 1, "step_size": 0.5, "init": 0.5}),
@@ -182,7 +182,7 @@ def test_invalid_relaxations(message: common_pb2.Relaxation, match: str) -> None
 
 @pytest.mark.parametrize(("method", "options", "match"), [
     ("zonotope", {}, "method: unknown relaxation 'zonotope'"),
-    ("deeppoly", {"steps": 2}, "takes no options"),
+    ("deeppoly", {"steps": 2}, "only apply to alpha-crown, not deeppoly"),
     ("alpha-crown", {"iterations": 2}, "unknown"),
     ("alpha-crown", {"steps": 0, "step_size": 0.0, "init": 0.0}, "not representable"),
 ])
@@ -197,7 +197,7 @@ def test_relaxation_encoding_errors(method: str, options: dict[str, object], mat
 @pytest.mark.parametrize("objective", [
     Objective("standard"),
     Objective("adversarial", pgd_steps=5, pgd_step_size=0.1, pgd_restarts=2),
-    *(Objective("certified", m) for m in sorted(METHODS)),
+    *(Objective("certified", m) for m in sorted(names())),
     Objective("certified", "alpha-crown", {"steps": 1, "step_size": 0.5, "init": 0.5}),
 ], ids=lambda o: f"{o.kind}-{o.method}")
 def test_objective_round_trip_is_exact(objective: Objective) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gls_core.data import TRAIN_SIZES
-from gls_core.evaluation import DEFAULT_ALPHA_STEPS, DEFAULT_COMPLETE_TIMEOUT, DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
+from gls_core.evaluation import DEFAULT_COMPLETE_TIMEOUT, DEFAULT_PGD_RESTARTS, DEFAULT_PGD_STEPS
 from gls_core.training.config import (
     ConfigError,
     TrainConfig,
@@ -249,7 +249,7 @@ def test_a_cap_on_steps_above_the_epoch_is_a_warning_not_an_error() -> None:
 
 def test_per_epoch_evaluation_shares_gls_evaluates_defaults_or_says_why_not() -> None:
     evaluation = TrainConfig().evaluation
-    assert evaluation.alpha_steps == DEFAULT_ALPHA_STEPS and evaluation.complete_timeout == DEFAULT_COMPLETE_TIMEOUT
+    assert evaluation.alpha_steps is None and evaluation.complete_timeout == DEFAULT_COMPLETE_TIMEOUT
     fields = type(evaluation).model_fields
     assert evaluation.pgd_steps < DEFAULT_PGD_STEPS and evaluation.pgd_restarts < DEFAULT_PGD_RESTARTS
     assert f"lighter than `gls evaluate`'s {DEFAULT_PGD_STEPS} steps" in (fields["pgd_steps"].description or "")

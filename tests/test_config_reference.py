@@ -9,11 +9,12 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from typer.testing import CliRunner, Result
 
 from gls_core.cli import app
 from gls_core.cli.config_cmd import config_reference
-from gls_core.training.config import TrainConfig, load_config
+from gls_core.training.config import TrainConfig, load_config, relaxation_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -25,7 +26,11 @@ def gls(*args: str) -> Result:
 
 
 def fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, FieldInfo) of every field, sections included, at any depth."""
+    """(dotted path, FieldInfo) of every field, sections included (the relaxations' too), at any depth."""
+    if model is TrainConfig:
+        for key, (section, description) in relaxation_sections().items():
+            yield key, FieldInfo(description=description)
+            yield from fields(section, f"{key}.")
     for name, info in model.model_fields.items():
         yield prefix + name, info
         for arg in (info.annotation, *getattr(info.annotation, "__args__", ())):

@@ -21,7 +21,6 @@ def _engine_functions() -> dict[str, object]:
     found: dict[str, object] = {f"{name}.{attr}": getattr(module, attr) for name, module in modules.items()
                                 for attr in dir(module) if callable(getattr(module, attr))}
     found.update({f"rules.{kind.__name__}": rule for kind, rule in rules.RULES.items()})
-    found.update({f"METHODS.{name}": fn for name, fn in api.METHODS.items()})
     return found
 
 

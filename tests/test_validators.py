@@ -13,17 +13,14 @@ import gls_core
 from gls_core.errors import MAX_VALUE, InvalidInput, bounded_repr
 from gls_core.nets import fully_connected
 from gls_core.validation import (
-    check_alpha_options,
     check_count,
     check_eps,
     check_finite,
     check_inputs,
     check_labels,
     check_members,
-    check_method,
     check_params,
     check_radius,
-    check_relaxation,
 )
 
 SPEC = fully_connected((4,), [5], 3)
@@ -170,32 +167,6 @@ def test_counts_and_member_ranges() -> None:
                                                                 "it over several requests)")):
         error = invalid(check_members, start, stop, 8, limit)
         assert (error.field, error.reason) == (field, reason)
-
-
-def test_methods_and_relaxation_options() -> None:
-    assert check_method("ibp", gls_core.METHODS) == "ibp"
-    error = invalid(check_method, "zonotope", gls_core.METHODS, "relaxation.method")
-    assert error.field == "relaxation.method" and error.reason.startswith("unknown relaxation 'zonotope'; expected one "
-                                                                          "of alpha-crown, crown")
-    assert invalid(check_method, "", gls_core.METHODS).reason.startswith("is empty; expected one of")
-    assert check_relaxation("alpha-crown", {"steps": 3, "init": "deeppoly"}, gls_core.METHODS) == (
-        "alpha-crown", {"steps": 3, "init": "deeppoly"})
-    assert check_relaxation("ibp", {"steps": None}, gls_core.METHODS) == ("ibp", {})
-    cases = [
-        ("ibp", {"steps": 2}, "relaxation", "['steps'] only apply to alpha-crown, not ibp"),
-        ("alpha-crown", {"lr": 0.1}, "relaxation", "alpha-crown options are ['steps', 'step_size', 'init'], got "
-                                                   "unknown ['lr']"),
-        ("alpha-crown", {"steps": -1}, "relaxation.steps", "must be an integer in [0, 1000], got -1"),
-        ("alpha-crown", {"steps": 1.5}, "relaxation.steps", "must be an integer, got float"),
-        ("alpha-crown", {"step_size": -0.5}, "relaxation.step_size", "must be finite and >= 0, got -0.5"),
-        ("alpha-crown", {"init": 1.5}, "relaxation.init", "must be 'deeppoly' or a number in [0, 1], got 1.5"),
-        ("alpha-crown", {"init": "area"}, "relaxation.init", "must be 'deeppoly' or a number in [0, 1], got 'area'"),
-    ]
-    for method, options, field, reason in cases:
-        error = invalid(check_relaxation, method, options, gls_core.METHODS, "relaxation", max_steps=1000)
-        assert (error.field, error.reason) == (field, reason)
-    error = invalid(check_alpha_options, 5, None, math.nan, fields=("a.s", "a.z", "a.i"), max_steps=4)
-    assert (error.field, error.reason) == ("a.s", "must be an integer in [0, 4], got 5")
 
 
 def test_library_entry_points_raise_invalid_input_with_their_argument_names() -> None:

@@ -1,9 +1,10 @@
 """alpha-CROWN (Xu et al., 2021): DeepPoly with the unstable ReLUs' lower slopes optimised.
 
-Slopes are per member, input, output row and neuron, initialised at a constant (the paper's
-training setting: 0.5) or at DeepPoly's slopes, and moved by projected signed-gradient steps on
+Slopes are per member, input, output row and neuron, initialised at a constant or at DeepPoly's
+slopes, and moved by projected signed-gradient steps on
 the bound. The tightest bound seen is returned, so it is never looser than its start.
-Evaluated without gradients in the network weights: it serves PGPE, which needs none.
+Evaluated without gradients in the network weights: it serves PGPE, which needs none. Its options,
+their defaults and ranges are its record's (``AlphaCrownOptions`` in :mod:`gls_core.relaxations`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Literal
 import torch
 
 from ..nets.spec import NetSpec
-from ..validation import check_alpha_options
 from .backsub import Sides
 from .layerwise import Walk, backsub_intersect_bounds, final_bounds, walk
 from .relu import deeppoly_lower_slope, deeppoly_relaxation
@@ -31,21 +31,20 @@ def _alpha_relaxation(bounds: Box, alpha: torch.Tensor, input_term: torch.Tensor
     return RowwiseRelaxation(slope, None, base.upper_slope, base.upper_offset, input_term)
 
 
-def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None,
-                       steps: int = 1, step_size: float = 0.5,
-                       init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
+def alpha_crown_bounds(spec: NetSpec, params: torch.Tensor, input_box: Box, C: torch.Tensor | None, *,
+                       steps: int, step_size: float, init: float | Literal["deeppoly"], sides: Sides = "both",
                        should_stop: Callable[[], bool] | None = None) -> Box:
-    """alpha-CROWN bounds; ``should_stop`` is polled before each slope step (any slopes give sound bounds, so
-    stopping early only loosens them: a server uses it to stop work whose caller has gone)."""
-    check_alpha_options(steps, step_size, init)
+    """alpha-CROWN bounds with checked options (``compute_bounds`` checks them); ``should_stop`` is polled before
+    each slope step (any slopes give sound bounds, so stopping early only loosens them: a server uses it to stop
+    work whose caller has gone)."""
     params = params.detach()
     with torch.no_grad():
         state = walk(spec, params, input_box, deeppoly_relaxation, backsub_intersect_bounds)
     return optimise_slopes(spec, params, state, C, steps, step_size, init, sides, should_stop)
 
 
-def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int = 1,
-                    step_size: float = 0.5, init: float | Literal["deeppoly"] = 0.5, sides: Sides = "both",
+def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int,
+                    step_size: float, init: float | Literal["deeppoly"], sides: Sides = "both",
                     should_stop: Callable[[], bool] | None = None, splits: Mapping[int, torch.Tensor] | None = None,
                     beta_step_size: float = 0.05, closed_form: bool = True) -> Box:
     """alpha-CROWN's slope optimisation over a finished walk (whose bounds may carry branch-and-bound splits).

@@ -10,28 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..catalog import DIFFERENTIABLE  # which relaxations give gradients in the weights (no torch there)
+from .. import relaxations
 from ..errors import InvalidInput
 from ..nets.convert import from_sequential
 from ..nets.spec import Conv2d, Linear, NetSpec
-from ..validation import check_labels, check_relaxation
+from ..validation import check_labels
 from . import native
-from .alpha_crown import alpha_crown_bounds
 from .backsub import Sides, footprint
 from .layerwise import check_supported
-from .methods import crown_ibp_bounds, deeppoly_bounds, hbox_bounds, ibp_bounds
 from .region import input_box
 from .types import Box
 
 BoundFn = Callable[..., Box]
-METHODS: dict[str, BoundFn] = {
-    "ibp": ibp_bounds,
-    "hbox": hbox_bounds,
-    "crown-ibp": crown_ibp_bounds,
-    "deeppoly": deeppoly_bounds,
-    "crown": deeppoly_bounds,
-    "alpha-crown": alpha_crown_bounds,
-}
 MEMBER_BLOCK = native.LANES  # members per vector block of the native kernels
 DEFAULT_CHUNK_FLOATS = 1 << 23  # largest coefficient tensor per chunk: 32 MiB of float32 (measured best)
 
@@ -98,14 +88,15 @@ def flushed_denormals() -> Iterator[None]:
             torch.set_flush_denormal(False)
 
 
-def chunk_sizes(spec: NetSpec, method: str, members: int, batch: int, rows: int | None,
+def chunk_sizes(spec: NetSpec, method: str | relaxations.Relaxation, members: int, batch: int, rows: int | None,
                 budget: int = DEFAULT_CHUNK_FLOATS, fused_input: bool = False) -> tuple[int, int]:
     """(members, inputs) per chunk so the largest coefficient tensor stays within ``budget`` floats.
 
     Members come first, in whole vector blocks where the budget allows: the member-vectorised
     kernels run at a fraction of their speed on a handful of members.
     """
-    if method == "ibp":
+    record = method if isinstance(method, relaxations.Relaxation) else relaxations.lookup(method)
+    if record.footprint == "activations":
         per = max(math.prod(shape) for shape in spec.shapes)
     else:
         first = next(i for i, layer in enumerate(spec.layers) if isinstance(layer, (Conv2d, Linear)))
@@ -131,12 +122,17 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
     ``sides`` ("both", "lower" or "upper") asks for one side only: the robust loss and certification
     need only the upper bounds of the margins, and one side costs about half of both; the side not
     asked for is returned as -inf (lower) or inf (upper).
-    ``options`` go to the method: alpha-crown takes ``steps``, ``step_size``, ``init`` and ``should_stop``
-    (polled before each slope step; stopping early gives looser, still sound, bounds).
+    ``options`` are the method's (its record in :mod:`gls_core.relaxations`; those left out take their
+    defaults); ``should_stop``, when given, is polled between the steps of a method that has steps
+    (stopping early gives looser, still sound, bounds) and ignored by the others.
     """
     if sides not in ("both", "lower", "upper"):
         raise InvalidInput("sides", "must be 'both', 'lower' or 'upper'", sides)
-    check_relaxation(method, options, METHODS)
+    should_stop = options.pop("should_stop", None)
+    record = relaxations.lookup(method)
+    options = record.check(options)
+    if record.stoppable and should_stop is not None:
+        options["should_stop"] = should_stop
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, *input_shape), got {type(x).__name__}")
     spec, population, single = _resolve(net, x, params)
@@ -145,15 +141,15 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
     _check_spec_matrix(C, x.shape[0], spec.num_outputs)
     if C is not None:
         C = C.to(population.dtype)
-    if method not in DIFFERENTIABLE and population.requires_grad and torch.is_grad_enabled():
+    if not record.differentiable and population.requires_grad and torch.is_grad_enabled():
         raise NotDifferentiableError(
             f"{method} is evaluated without gradients in theta (use PGPE); pass params without requires_grad "
             "or call it under torch.no_grad()")
     members, batch = population.shape[0], x.shape[0]
     rows = None if C is None else C.shape[1]
     fused_input = native.usable(population) and not (population.requires_grad and torch.is_grad_enabled())
-    member_chunk, batch_chunk = chunk_sizes(spec, method, members, batch, rows, chunk_floats, fused_input)
-    bound = METHODS[method]
+    member_chunk, batch_chunk = chunk_sizes(spec, record, members, batch, rows, chunk_floats, fused_input)
+    bound = record.bound_function()
     with flushed_denormals():
         lower, upper = _chunked(bound, spec, population, box, C, member_chunk, batch_chunk,
                                 {**options, "sides": sides})

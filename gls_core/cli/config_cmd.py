@@ -25,6 +25,7 @@ from gls_core.training.config import (
     config_warnings,
     dump_config,
     load_config,
+    relaxation_sections,
 )
 
 from .console import console, fail
@@ -50,6 +51,8 @@ def type_name(annotation: Any) -> str:
     if _sections(annotation) == [annotation]:
         return "section"
     origin = get_origin(annotation)
+    if origin is Annotated:  # a type with its range (a relaxation's option)
+        return type_name(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         return " | ".join(type_name(arg) for arg in get_args(annotation))
     if origin is Literal:
@@ -67,21 +70,27 @@ def _value(value: Any) -> str:
 
 def allowed(info: FieldInfo) -> str:
     """The values a field takes beyond its type: its choices, or its range."""
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    extra: dict[str, Any] = {}
+    if isinstance(info.json_schema_extra, dict):
+        extra = info.json_schema_extra
+    elif callable(info.json_schema_extra):  # choices known when asked for (the relaxations registered by then)
+        info.json_schema_extra(extra)
     choices: list[Any] = []
     for arg in (info.annotation, *get_args(info.annotation)):
         if get_origin(arg) is Literal:
             choices += get_args(arg)
     enum = extra.get("enum")
     choices += enum if isinstance(enum, list) else []
+    ranged = [item for arg in get_args(info.annotation) if get_origin(arg) is Annotated
+              for held in get_args(arg)[1:] for item in getattr(held, "metadata", [])]
+    bounds = " and ".join(f"{symbol} {getattr(item, attribute)}" for item in [*info.metadata, *ranged]
+                          for kind, attribute, symbol in BOUNDS if isinstance(item, kind))
     if choices:
-        return "one of " + ", ".join(f"`{_value(choice)}`" for choice in choices)
+        return "one of " + ", ".join(f"`{_value(choice)}`" for choice in choices) + (f", or {bounds}" if bounds else "")
     examples = extra.get("examples")
     if isinstance(examples, list):
         return "e.g. " + ", ".join(f"`{example}`" for example in examples)
-    bounds = [f"{symbol} {getattr(item, attribute)}" for item in info.metadata
-              for kind, attribute, symbol in BOUNDS if isinstance(item, kind)]
-    return " and ".join(bounds)
+    return bounds
 
 
 def field_rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str, str, str, str]]:
@@ -122,6 +131,8 @@ def config_reference() -> str:
     for name, info in TrainConfig.model_fields.items():
         for section in _sections(info.annotation):
             lines += ["", f"## `{name}`: {info.description}", "", *_table(field_rows(section, f"{name}."))]
+    for name, (section, description) in relaxation_sections().items():
+        lines += ["", f"## `{name}`: {description}", "", *_table(field_rows(section, f"{name}."))]
     return "\n".join(lines) + "\n"
 
 

@@ -15,24 +15,34 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 
+from .. import relaxations
 from ..catalog import (  # plain data: validating a config needs no torch (the CLI reports errors at once)
     ARCHITECTURES,
-    CERTIFY_METHODS,
     DATASETS,
-    DEFAULT_ALPHA_STEPS,
     DEFAULT_COMPLETE_TIMEOUT,
     DEFAULT_PGD_RESTARTS,
     DEFAULT_PGD_STEPS,
-    DIFFERENTIABLE,
-    RELAXATIONS,
     TRAIN_SIZES,
+    certify_methods,
 )
+from ..relaxation_schema import config_sections, section_model
+from ..relaxations import MAX_RATE as MAX_RATE
 
 Estimator = Literal["grad", "pgd", "pgpe", "rgs"]
 DATASET_CHOICES = (*DATASETS, "file")
-RELAXATION_CHOICES = (*sorted(RELAXATIONS), "none")
 
 # The checks across fields, as docs/config.md states them (each error names the field to change).
 CROSS_FIELD_CHECKS = (
@@ -44,20 +54,23 @@ CROSS_FIELD_CHECKS = (
     "batches are dropped, so a larger batch leaves an epoch with nothing to train on.",
     "`data.dataset: file` needs `data.path` (or `data.dataset_id`) and `data.input_like`.",
     "`estimator: pgd` needs `relaxation: none`; `grad` and `rgs` need a relaxation with weight gradients "
-    f"({', '.join(sorted(DIFFERENTIABLE))}) or none.",
+    f"({', '.join(sorted(relaxations.differentiable()))}) or none.",
 )
 
 
 MAX_SEED = 2**63 - 1
 """Seeds are int64 wherever they go (torch generators, the wire)."""
-MAX_RATE = 10.0
-"""Largest learning rate, step size and noise scale: beyond it a step overflows float32 instead of training."""
 MAX_ID = 200
 """Length of a stored dataset's or model's id."""
 
 
 class Strict(BaseModel):
-    """Base for every config section: unknown keys and type coercions from strings are refused."""
+    """Base for every config section: unknown keys are refused.
+
+    Values are read as YAML gives them, leniently: PyYAML reads ``1e-3`` as a string, so a number written
+    as a string is converted (``"0.1"`` is 0.1). The REST edge holds JSON clients to the schema's types
+    (``services.gateway.jobs``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -239,12 +252,6 @@ class PGDConfig(Strict):
     restarts: int = Field(1, gt=0, description="random restarts of the training attack")
 
 
-class AlphaConfig(Strict):
-    steps: int = Field(1, ge=0, description="alpha-CROWN slope optimisation steps when training (paper: 1)")
-    step_size: float = Field(0.5, ge=0, le=MAX_RATE, description="learning rate of the slopes")
-    init: float = Field(0.5, ge=0, le=1, description="initial lower slope of unstable ReLUs")
-
-
 class WarmupConfig(Strict):
     """A first stage of plain gradient training (the paper warm-starts PGPE from PGD training)."""
 
@@ -273,7 +280,7 @@ class EvalConfig(Strict):
     """The evaluation after each `every_epochs` epochs of training; `gls evaluate` is the full one."""
 
     method: str = Field("deeppoly", description="relaxation that certifies, or `complete` (branch and bound)",
-                        json_schema_extra={"enum": list(CERTIFY_METHODS)})
+                        json_schema_extra=lambda schema: schema.update(enum=list(certify_methods())))
     eps: float | None = Field(None, ge=0, le=1, description="radius evaluated at, in [0, 1] like `eps` (default: "
                               "the training eps)")
     every_epochs: int = Field(1, gt=0, description="evaluate after every N epochs (and always at the end)")
@@ -283,8 +290,8 @@ class EvalConfig(Strict):
                            f"during training, lighter than `gls evaluate`'s {DEFAULT_PGD_STEPS} steps")
     pgd_restarts: int = Field(2, gt=0, description="PGD restarts: per-epoch evaluation during training, lighter "
                               f"than `gls evaluate`'s {DEFAULT_PGD_RESTARTS} restarts")
-    alpha_steps: int = Field(DEFAULT_ALPHA_STEPS, ge=0, description="alpha-CROWN slope steps when certifying "
-                             "(more than training uses; as `gls evaluate`)")
+    alpha_steps: int | None = Field(None, ge=0, description="slope steps when certifying with a relaxation that "
+                                    "has steps (default: its evaluation setting, as `gls evaluate`)")
     complete_timeout: float = Field(DEFAULT_COMPLETE_TIMEOUT, gt=0, le=3600,
                                     description="method complete: seconds per input for the branch and bound "
                                     "(as `gls evaluate`)")
@@ -292,13 +299,37 @@ class EvalConfig(Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in CERTIFY_METHODS:
-            raise ValueError(f"unknown certification method {value!r}; expected one of {list(CERTIFY_METHODS)}")
+        if value not in certify_methods():
+            raise ValueError(f"unknown certification method {value!r}; expected one of {list(certify_methods())}")
         return value
 
 
+def _reraisable(item: Any) -> Any:
+    """An error of ``ValidationError.errors()`` as ``from_exception_data`` takes it (a custom type as an instance)."""
+    if item["type"] in get_args(ErrorType):
+        return item
+    return {**item, "type": PydanticCustomError(item["type"], item["msg"])}
+
+
+def relaxation_sections() -> dict[str, tuple[type[BaseModel], str]]:
+    """Config key -> (model, description) of each relaxation's section of options."""
+    return {key: (section_model(record), f"relaxation {record.name} when training")
+            for key, record in config_sections().items()}
+
+
+def _sections_schema(schema: dict[str, Any]) -> None:
+    for key, (model, description) in relaxation_sections().items():
+        schema["properties"][key] = {**model.model_json_schema(), "description": description}
+
+
 class TrainConfig(Strict):
-    """A training job: what to train, with which estimator and relaxation, on which data."""
+    """A training job: what to train, with which estimator and relaxation, on which data.
+
+    Each relaxation that takes options has a section of them under its record's key (alpha-CROWN's is
+    ``alpha``), every option at its default unless set: :func:`relaxation_options`.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, json_schema_extra=_sections_schema)
 
     name: str | None = Field(None, max_length=200, description="job name in logs and job lists (default: the "
                              "config file's name)")
@@ -309,7 +340,8 @@ class TrainConfig(Strict):
                                  "only), rgs (gradients at randomly perturbed weights)")
     relaxation: str | None = Field(None, description="relaxation that bounds the training loss; none (or null): "
                                    "standard training on clean inputs",
-                                   json_schema_extra={"enum": [*RELAXATION_CHOICES, None]})
+                                   json_schema_extra=lambda schema: schema.update(
+                                       enum=[*sorted(relaxations.names()), "none", None]))
     eps: float = Field(0.1, ge=0, le=1, description="L_inf radius in pixel space: data lie in [0, 1], so 1 already "
                        "covers every image")
     data: DataConfig = Field(default_factory=DataConfig, description="what to train on")
@@ -319,7 +351,6 @@ class TrainConfig(Strict):
     pgpe: PGPEConfig = Field(default_factory=PGPEConfig, description="estimator pgpe")
     rgs: RGSConfig = Field(default_factory=RGSConfig, description="estimator rgs")
     pgd: PGDConfig = Field(default_factory=PGDConfig, description="the attack of estimator pgd (and a pgd warm-up)")
-    alpha: AlphaConfig = Field(default_factory=AlphaConfig, description="relaxation alpha-crown when training")
     warmup: WarmupConfig | None = Field(None, description="a first stage of plain gradient training in the same "
                                         "job (null: none)")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="evaluation during training")
@@ -335,17 +366,61 @@ class TrainConfig(Strict):
     def _known_relaxation(cls, value: str | None) -> str | None:
         if value in (None, "none"):
             return None
-        if value not in RELAXATIONS:
-            raise ValueError(f"unknown relaxation {value!r}; expected one of {sorted(RELAXATIONS)} or none")
+        if value not in relaxations.names():
+            raise ValueError(f"unknown relaxation {value!r}; expected one of {sorted(relaxations.names())} or none")
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _relaxation_sections(cls, data: Any, handler: ModelWrapValidatorHandler[TrainConfig],
+                             info: ValidationInfo) -> TrainConfig:
+        """The relaxations' sections, each validated by its record's model; any other unknown key is an error.
+
+        ``context={"strict": True}`` validates the sections strictly too (the REST edge's type check)."""
+        if not isinstance(data, dict):
+            return handler(data)
+        strict = bool((info.context or {}).get("strict"))
+        data, sections, errors = dict(data), {}, list[Any]()
+        for key, record in config_sections().items():
+            try:
+                sections[key] = section_model(record).model_validate(data.pop(key, {}), strict=strict)
+            except ValidationError as error:
+                errors += [_reraisable({**item, "loc": (key, *item["loc"])}) for item in error.errors()]
+        errors += [{"type": "extra_forbidden", "loc": (key,), "input": data.pop(key)}
+                   for key in [key for key in data if key not in cls.model_fields]]
+        try:
+            config = handler(data)
+        except ValidationError as error:
+            if not errors:
+                raise
+            errors = [*map(_reraisable, error.errors()), *errors]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        assert config.__pydantic_extra__ is not None
+        config.__pydantic_extra__.update(sections)
+        return config
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.estimator == "pgd" and self.relaxation is not None:
             raise ValueError("estimator 'pgd' trains on adversarial examples; set relaxation to none")
-        if self.estimator in ("grad", "rgs") and self.relaxation is not None and self.relaxation not in DIFFERENTIABLE:
+        if self.estimator in ("grad", "rgs") and self.relaxation is not None and \
+                self.relaxation not in relaxations.differentiable():
             raise ValueError(f"relaxation {self.relaxation!r} has no weight gradients; train it with estimator pgpe")
         return self
+
+    def relaxation_options(self) -> dict[str, Any]:
+        """Every option of the training relaxation, from its section (none: {})."""
+        if self.relaxation is None:
+            return {}
+        record = relaxations.lookup(self.relaxation)
+        section = (self.__pydantic_extra__ or {}).get(record.config_key)
+        return record.check(section.model_dump() if section is not None else {}, record.config_key)
+
+    def section(self, key: str) -> BaseModel:
+        """A relaxation's section of options (``alpha``)."""
+        section: BaseModel = (self.__pydantic_extra__ or {})[key]
+        return section
 
     @property
     def zoo_dataset(self) -> str:
@@ -375,12 +450,15 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
 def unknown_key(loc: Sequence[Any]) -> str:
     """The message for an unknown key at ``loc``: ``unknown key``, with the nearest valid field when one is close."""
     section: type[BaseModel] | None = TrainConfig
-    for part in loc[:-1]:
+    sections = {key: model for key, (model, _) in relaxation_sections().items()}
+    for depth, part in enumerate(loc[:-1]):
         field = section.model_fields.get(str(part)) if section is not None else None
-        section = _section_model(field.annotation) if field is not None else None
+        section = _section_model(field.annotation) if field is not None else (
+            sections.get(str(part)) if depth == 0 else None)
     if section is None or not loc:
         return "unknown key"
-    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    keys = [*section.model_fields, *(sections if section is TrainConfig else ())]
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
     return f"unknown key; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else "unknown key"
 
 

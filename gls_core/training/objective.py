@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 import torch
 
+from .. import relaxations
 from ..attacks import pgd_attack
-from ..bounds.api import DIFFERENTIABLE, compute_bounds, margin_spec
+from ..bounds.api import compute_bounds, margin_spec
 from ..losses import robust_loss, standard_loss
 from ..nets.spec import NetSpec
 from ..population import forward
@@ -28,7 +29,7 @@ class Objective:
 
     kind: LossKind
     method: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # alpha-CROWN slope options
+    options: dict[str, Any] = field(default_factory=dict)  # the relaxation's (its record in gls_core.relaxations)
     pgd_steps: int = 8
     pgd_step_size: float = 0.25  # fraction of eps
     pgd_restarts: int = 1
@@ -39,7 +40,7 @@ class Objective:
 
     @property
     def differentiable(self) -> bool:
-        return self.kind != "certified" or self.method in DIFFERENTIABLE
+        return self.kind != "certified" or self.method in relaxations.differentiable()
 
     def _per_point(self, spec: NetSpec, points: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float,
                    seed: int, step: int) -> torch.Tensor:

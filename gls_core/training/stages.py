@@ -34,9 +34,7 @@ def objective_for(config: TrainConfig, estimator: str) -> Objective:
                          pgd_restarts=attack.restarts)
     if config.relaxation is None:
         return Objective("standard")
-    options = ({"steps": config.alpha.steps, "step_size": config.alpha.step_size, "init": config.alpha.init}
-               if config.relaxation == "alpha-crown" else {})
-    return Objective("certified", config.relaxation, options)
+    return Objective("certified", config.relaxation, config.relaxation_options())
 
 
 def build_stages(config: TrainConfig, steps_per_epoch: int) -> list[Stage]:

@@ -19,12 +19,13 @@ from ..bounds.layerwise import Intermediate, Walk, backsub_intersect_bounds, fin
 from ..bounds.relu import deeppoly_relaxation
 from ..bounds.types import Box
 from ..nets.spec import NetSpec, ReLU
+from ..relaxations import ALPHA_CROWN, DEEPPOLY
 from .property import Property
 
 Splits = dict[int, torch.Tensor]
 """ReLU layer index -> [N, *shape] int8 per subdomain: +1 active (input >= 0), -1 inactive (<= 0), 0 free."""
 
-BOUND_METHODS = ("deeppoly", "alpha-crown")
+BOUND_METHODS = (DEEPPOLY, ALPHA_CROWN)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def parent_bounds(parents: dict[int, Box]) -> Intermediate:
 
 
 def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits: Splits,
-                     method: str = "alpha-crown", alpha_steps: int = 8, alpha_step_size: float = 0.1,
+                     method: str = ALPHA_CROWN, alpha_steps: int = 8, alpha_step_size: float = 0.1,
                      should_stop: Callable[[], bool] | None = None, parents: dict[int, Box] | None = None) -> Bounded:
     """Lower bounds of the property rows on every subdomain, in one batched walk.
 
@@ -97,7 +98,7 @@ def bound_subdomains(spec: NetSpec, theta: torch.Tensor, prop: Property, splits:
     empty = torch.zeros(count, dtype=torch.bool)
     for bounds in pre_relu.values():
         empty |= (bounds.lower > bounds.upper).flatten(1).any(1)
-    if method == "alpha-crown" and alpha_steps > 0:
+    if method == ALPHA_CROWN and alpha_steps > 0:
         result = optimise_slopes(spec, params, state, C, alpha_steps, alpha_step_size, "deeppoly", "lower",
                                  should_stop, splits=splits)
     else:

@@ -137,12 +137,9 @@ class BoundWorkerService:
             if job.labels is not None:  # margins: the robust loss and certification read only their upper bounds
                 spec_matrix = margin_spec(job.labels.cpu(), job.spec.num_outputs).to(job.x.device)
                 sides = "upper"
-            options = dict(job.options)
-            if job.method == "alpha-crown":  # a caller that has gone (cancelled, deadline passed) stops the steps
-                options["should_stop"] = self._caller_gone(context)
-            with torch.no_grad():
+            with torch.no_grad():  # a caller that has gone (cancelled, deadline passed) stops a method's steps
                 lower, upper = compute_bounds(job.spec, job.x, job.eps, job.method, C=spec_matrix, params=job.params,
-                                              sides=sides, **options)
+                                              sides=sides, should_stop=self._caller_gone(context), **job.options)
             seconds = time.perf_counter() - started
         response = bound_worker_pb2.BoundsResponse(compute_seconds=seconds)
         tensor_to_proto(lower, out=response.lower)

@@ -16,7 +16,7 @@ from gls_core.training.checkpoint import model_bytes, model_from_bytes
 from gls_core.training.config import TrainConfig, parse_config
 from gls_core.training.estimators import Evaluated, Proposal
 from gls_core.training.objective import Objective
-from gls_core.training.trainer import Evaluator, Trainer
+from gls_core.training.trainer import Evaluator, Trainer, spec_for
 
 from ..settings import Settings
 from ..store import Job, JobStatus, Store
@@ -70,10 +70,10 @@ class JobRunner:
         data = job_data(self.store, config, job.tenant, self.settings.data_dir)
         storage = RedisStorage(self.store, job.id, owner)
         resume = storage.has_checkpoint()
-        trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps)
-        trainer.evaluator = remote_evaluator(self.pool, trainer.spec, config.seed, config.block_members)
-        if not resume:
-            trainer.initial_theta = warm_start(self.store, config, job.tenant, trainer.spec)
+        spec = spec_for(config, data)
+        trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps,
+                          evaluator=remote_evaluator(self.pool, spec, config.seed, config.block_members),
+                          initial_theta=None if resume else warm_start(self.store, config, job.tenant, spec))
         self.store.update_job(job.id, status=JobStatus.RUNNING, total_steps=trainer.total_steps,
                               coordinator=self.consumer, error="", note="")
         started = time.monotonic()

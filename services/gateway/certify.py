@@ -3,9 +3,9 @@
 The verdict is the one ``gls_core.evaluation.certify`` gives: an input is certified when it is
 correctly classified (its target logit beats every other one, strictly) and every upper bound of
 the margins y_i - y_t over the input region is below 0. The clean forward pass runs here (it is
-cheap); the bounds are computed by the bound workers through ``WorkerPool.bounds``. alpha-CROWN
-options left out take evaluation's defaults (``gls_core.evaluation.bound_options``: 20 steps of
-0.1 from DeepPoly's slopes), so a bare "alpha-crown" certifies what ``gls evaluate`` certifies.
+cheap); the bounds are computed by the bound workers through ``WorkerPool.bounds``. Options left
+out take the method's evaluation defaults (its record in ``gls_core.relaxations``), so a bare method
+name certifies what ``gls evaluate`` certifies.
 
 Every check is one of gls_core's validators (or a service limit) and raises
 :class:`~gls_core.errors.InvalidInput` naming the field (``inputs``, ``labels.3``, ...), so the REST
@@ -27,15 +27,16 @@ from safetensors.torch import load as load_tensors
 
 from gls_core import validation
 from gls_core.attacks import logit_margin, predict_logits
-from gls_core.bounds.api import METHODS
 from gls_core.bounds.layerwise import check_supported
-from gls_core.evaluation import COMPLETE, bound_options
+from gls_core.errors import InvalidInput
+from gls_core.evaluation import COMPLETE
 from gls_core.nets.spec import NetSpec
 from gls_core.nets.zoo import network
+from gls_core.relaxations import check_relaxation
 from gls_core.training.config import ModelConfig
-from gls_core.validation import check_params, check_relaxation
+from gls_core.validation import check_params
 
-from ..codec import MAX_ALPHA_STEPS
+from ..codec import relaxation_to_proto
 from ..settings import Settings
 from ..store import NotFound, Store
 from ..worker_client import NoWorkersError, WorkerPool, WorkerRejectedError
@@ -94,15 +95,13 @@ def check_complete_inputs(count: int, settings: Settings, field: str = "inputs")
 
 
 def relaxation(method: str, options: dict[str, Any], field: str = "relaxation") -> tuple[str, dict[str, Any]]:
-    """The method and its complete options; alpha-CROWN's missing options come from evaluation's defaults."""
-    method, given = check_relaxation(method, options, METHODS, field, max_steps=MAX_ALPHA_STEPS)
-    if method != "alpha-crown":
-        return method, {}
-    merged = {**bound_options(method), **{key: value for key, value in given.items() if value is not None}}
-    if merged["steps"] == 0 and merged["step_size"] == 0 and merged["init"] == 0:
-        raise InvalidRequest.one(field, "steps=0, step_size=0 and init=0 cannot be sent to the bound workers (the "
-                                        "wire reads all-zero alpha options as the defaults); use init > 0")
-    return method, merged
+    """The method and all its options, with a server's limits; those left out take evaluation's defaults."""
+    method, values = check_relaxation(method, options, field, served=True, evaluating=True)
+    try:
+        relaxation_to_proto(method, values)  # what the bound workers are sent must be representable
+    except InvalidInput as error:
+        raise InvalidRequest.one(field, f"cannot be sent to the bound workers: {error.reason}") from None
+    return method, values
 
 
 def check_spec(spec: NetSpec, field: str) -> None:

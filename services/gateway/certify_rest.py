@@ -18,13 +18,23 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic.config import JsonDict, JsonValue
 from starlette.concurrency import run_in_threadpool
 
-from gls_core.bounds.api import METHODS
+from gls_core.catalog import certify_methods
 from gls_core.nets.zoo import ARCHITECTURES, DATASETS
-from gls_core.training.config import MAX_RATE
+from gls_core.relaxation_schema import request_fields
 
 from ..settings import Settings
 from .bodies import field_name, read_json
@@ -49,7 +59,7 @@ from .errors import InvalidRequest, error_responses
 from .json_arrays import ArrayField, Parsed, Path, TooManyItems
 
 router = APIRouter(tags=["certify"], responses=PROTECTED)
-METHOD_NAMES: list[JsonValue] = [*sorted(METHODS), COMPLETE]
+METHOD_NAMES: list[JsonValue] = list(certify_methods())
 PIXELS_DESCRIPTION = "[B, C, H, W] pixels in [0, 1]; C, H and W those the model takes, B at most GLS_CERTIFY_MAX_INPUTS"
 PIXEL: JsonDict = {"type": "number", "minimum": 0, "maximum": 1}
 PIXELS: JsonDict = {"type": "array", "minItems": 1, "description": PIXELS_DESCRIPTION,
@@ -87,24 +97,21 @@ class InlineModel(Strict):
                                                  "architecture has for the dataset)")
 
 
-class RelaxationIn(Strict):
-    method: str = Field("deeppoly", max_length=32,
-                        description="ibp, hbox, crown-ibp, deeppoly (crown), alpha-crown or complete",
-                        json_schema_extra={"enum": METHOD_NAMES})
-    steps: StrictInt | None = Field(None, ge=0, le=1000, description="alpha-crown slope steps (default 20)")
-    step_size: StrictFloat | None = Field(None, ge=0, le=MAX_RATE, description="alpha-crown step size (default 0.1)")
-    init: StrictFloat | str | None = Field(
-        None, description="alpha-crown initial slopes: 'deeppoly' (default) or a constant in [0, 1]",
-        json_schema_extra={"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"const": "deeppoly"},
-                                     {"type": "null"}]})
-    timeout: StrictFloat | None = Field(None, gt=0, description="complete: seconds per input (default and cap: "
-                                                                "GLS_CERTIFY_COMPLETE_TIMEOUT_S, _MAX_TIMEOUT_S)")
+class RelaxationIn(create_model(  # type: ignore[misc]  # the options are their records' (gls_core.relaxations)
+        "RelaxationFields", __base__=Strict,
+        method=(str, Field("deeppoly", max_length=32, description=", ".join(map(str, METHOD_NAMES)),
+                           json_schema_extra={"enum": METHOD_NAMES})),
+        **request_fields(),
+        timeout=(StrictFloat | None, Field(None, gt=0, description="complete: seconds per input (default and "
+                                                                   "cap: GLS_CERTIFY_COMPLETE_TIMEOUT_S, "
+                                                                   "_MAX_TIMEOUT_S)")))):
+    """A method and its options; which options a method takes is checked by its record."""
 
 
 class CertifyIn(Strict):
     """Exactly one of ``model_id`` and ``model``. Rules that depend on the model (the inputs' shape, labels below
-    its number of classes) or cross fields (one label per input, alpha options only for alpha-crown, timeout only
-    for complete) are checked by the server and answered 422 naming the field."""
+    its number of classes) or cross fields (one label per input, options only for the method that takes them,
+    timeout only for complete) are checked by the server and answered 422 naming the field."""
 
     model_config = ConfigDict(json_schema_extra={"oneOf": EXACTLY_ONE_MODEL, "examples": [EXAMPLE]})
 
@@ -200,15 +207,15 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn, arrays: di
     check_spec(spec, "model")
     x = check_inputs(spec, torch.from_numpy(arrays[INPUTS]), gateway.settings.certify_max_inputs)
     y = check_labels(torch.from_numpy(arrays[LABELS]), x.shape[0], spec.num_outputs)
+    options = body.relaxation.model_dump(exclude={"method", "timeout"}, exclude_none=True)
     if body.relaxation.method == COMPLETE:
-        if any(value is not None for value in (body.relaxation.steps, body.relaxation.step_size, body.relaxation.init)):
-            raise InvalidRequest.one("relaxation", "steps, step_size and init only apply to alpha-crown")
+        if options:
+            raise InvalidRequest.one("relaxation", f"{sorted(options)} are not options of the complete method")
         check_complete_inputs(x.shape[0], gateway.settings)
         options = complete_options(body.relaxation.timeout, gateway.settings)
         return CertifyTask(spec, theta, x, y, check_eps(body.eps), COMPLETE, options)
     if body.relaxation.timeout is not None:
         raise InvalidRequest.one("relaxation.timeout", "only applies to the complete method")
-    options = body.relaxation.model_dump(exclude={"method", "timeout"}, exclude_none=True)
     method, options = relaxation(body.relaxation.method, options)
     return CertifyTask(spec, theta, x, y, check_eps(body.eps), method, options)
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from gls_core.catalog import COMPLETE
 from gls_core.nets.zoo import DATASETS, network
+from gls_core.relaxation_schema import config_sections
 from gls_core.training.config import TrainConfig, unknown_key
 
 from ..bound_worker.decoding import MAX_MEMBERS
@@ -144,7 +145,6 @@ def _over_limits(config: TrainConfig, settings: Settings) -> list[tuple[str, str
         ("rgs.samples", config.rgs.samples, popsize, "GLS_JOB_MAX_POPSIZE"),
         ("block_members", config.block_members, min(popsize, MAX_MEMBERS), f"GLS_JOB_MAX_POPSIZE; {workers}"),
         ("pgd.steps", config.pgd.steps, steps, "GLS_JOB_MAX_STEPS"),
-        ("alpha.steps", config.alpha.steps, steps, "GLS_JOB_MAX_STEPS"),
         ("evaluation.pgd_steps", evaluation.pgd_steps, steps, "GLS_JOB_MAX_STEPS"),
         ("evaluation.alpha_steps", evaluation.alpha_steps, steps, "GLS_JOB_MAX_STEPS"),
         ("pgd.restarts", config.pgd.restarts, MAX_PGD_RESTARTS, workers),
@@ -153,6 +153,8 @@ def _over_limits(config: TrainConfig, settings: Settings) -> list[tuple[str, str
         ("data.test_subset", data.test_subset, examples, "GLS_JOB_MAX_EXAMPLES"),
         ("data.batch_size", data.batch_size, examples, "GLS_JOB_MAX_EXAMPLES"),
         ("evaluation.batch_size", evaluation.batch_size, examples, "GLS_JOB_MAX_EXAMPLES")]
+    checks += [(f"{key}.{item.name}", getattr(config.section(key), item.name), steps, "GLS_JOB_MAX_STEPS")
+               for key, record in config_sections().items() for item in record.options if item.work]
     if evaluation.method == COMPLETE:
         checks.append(("evaluation.complete_timeout", evaluation.complete_timeout, settings.verify_max_timeout_s,
                        f"GLS_VERIFY_MAX_TIMEOUT_S, {workers}"))

@@ -73,7 +73,7 @@ def _coerced(raw: bytes) -> list[tuple[str, str]]:
     float such as ``3.0`` is an integer to JSON Schema too, and stays accepted.
     """
     try:
-        TrainConfig.model_validate_json(raw, strict=True)
+        TrainConfig.model_validate_json(raw, strict=True, context={"strict": True})  # the relaxations' sections too
     except ValidationError as error:
         return [(".".join(str(part) for part in item["loc"]),
                  f"must be {LAX_TYPES[item['type']]}, got {json.dumps(item['input'])[:40]}")

@@ -80,20 +80,29 @@ class NetSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ...) -> None: ...
 
 class Relaxation(_message.Message):
-    __slots__ = ("method", "alpha_steps", "alpha_step_size", "alpha_init", "alpha_init_deeppoly", "complete_timeout")
+    __slots__ = ("method", "alpha_steps", "alpha_step_size", "alpha_init", "alpha_init_deeppoly", "complete_timeout", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ALPHA_STEPS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
     ALPHA_INIT_FIELD_NUMBER: _ClassVar[int]
     ALPHA_INIT_DEEPPOLY_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     method: str
     alpha_steps: int
     alpha_step_size: float
     alpha_init: float
     alpha_init_deeppoly: bool
     complete_timeout: float
-    def __init__(self, method: _Optional[str] = ..., alpha_steps: _Optional[int] = ..., alpha_step_size: _Optional[float] = ..., alpha_init: _Optional[float] = ..., alpha_init_deeppoly: _Optional[bool] = ..., complete_timeout: _Optional[float] = ...) -> None: ...
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, method: _Optional[str] = ..., alpha_steps: _Optional[int] = ..., alpha_step_size: _Optional[float] = ..., alpha_init: _Optional[float] = ..., alpha_init_deeppoly: _Optional[bool] = ..., complete_timeout: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Perturbation(_message.Message):
     __slots__ = ("eps", "eps_per_input")
