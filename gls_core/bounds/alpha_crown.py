@@ -17,7 +17,7 @@ import torch
 from ..nets.spec import NetSpec
 from .backsub import Sides
 from .layerwise import Walk, backsub_intersect_bounds, final_bounds, walk
-from .relu import deeppoly_lower_slope, deeppoly_relaxation
+from .relu import deeppoly_lower_slope, deeppoly_relaxation, indicators
 from .slope_gradients import bounds_and_slope_gradients
 from .types import Box, RowwiseRelaxation
 
@@ -122,14 +122,13 @@ def _optimise_closed_form(spec: NetSpec, params: torch.Tensor, state: Walk, C: t
     upper: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for index, bounds in state.pre_relu.items():
         shape = (*bounds.lower.shape[:2], rows, 1, *bounds.lower.shape[2:])
-        unstable = ((bounds.lower < 0) & (bounds.upper > 0)).unsqueeze(2).unsqueeze(3)
+        active, unstable = (t.unsqueeze(2).unsqueeze(3) for t in indicators(bounds))  # 0/1 floats
         if init == "deeppoly":
             start = deeppoly_lower_slope(bounds).unsqueeze(2).unsqueeze(3).expand(shape)
         else:
-            active = (bounds.lower >= 0).to(bounds.lower.dtype).unsqueeze(2).unsqueeze(3)
-            start = torch.where(unstable, float(init), active).expand(shape)
+            start = torch.add(active, unstable, alpha=float(init)).expand(shape)  # init where unstable, else 0/1
         alphas[index] = _members_last(start)
-        moves[index] = unstable.to(bounds.lower.dtype) * step_size
+        moves[index] = unstable * step_size
         base = deeppoly_relaxation(bounds)
         upper[index] = base.upper_slope, base.upper_offset
     best: Box | None = None

@@ -14,7 +14,7 @@ import torch
 from .types import Box, ReluRelaxation
 
 
-def _indicators(bounds: Box) -> tuple[torch.Tensor, torch.Tensor]:
+def indicators(bounds: Box) -> tuple[torch.Tensor, torch.Tensor]:
     """(active: l >= 0, unstable: l < 0 < u) as 0/1 floats, from sign and clamp only.
 
     Float arithmetic, not boolean masks and ``torch.where``: on some CPUs (seen on the project's 2-core
@@ -37,7 +37,7 @@ def _upper_line(bounds: Box, active: torch.Tensor, unstable: torch.Tensor) -> tu
 
 def deeppoly_lower_slope(bounds: Box) -> torch.Tensor:
     """DeepPoly's lower slope: 1 for active, 0 for inactive, 1[u > -l] for unstable neurons."""
-    active, unstable = _indicators(bounds)
+    active, unstable = indicators(bounds)
     return _lower_slope(bounds, active, unstable)
 
 
@@ -47,12 +47,12 @@ def _lower_slope(bounds: Box, active: torch.Tensor, unstable: torch.Tensor) -> t
 
 
 def deeppoly_relaxation(bounds: Box) -> ReluRelaxation:
-    active, unstable = _indicators(bounds)
+    active, unstable = indicators(bounds)
     upper_slope, upper_offset = _upper_line(bounds, active, unstable)
     return ReluRelaxation(_lower_slope(bounds, active, unstable), None, upper_slope, upper_offset)
 
 
 def box_relaxation(bounds: Box) -> ReluRelaxation:
     """HBox: stable neurons exact, unstable ones boxed in [0, u] (the IBP relaxation)."""
-    active, unstable = _indicators(bounds)
+    active, unstable = indicators(bounds)
     return ReluRelaxation(active, None, active, bounds.upper * unstable)

@@ -88,7 +88,10 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         upper_line = relaxation.upper_slope.unsqueeze(2).unsqueeze(3) * mu
         if relaxation.upper_offset is not None:
             upper_line = upper_line + relaxation.upper_offset.unsqueeze(2).unsqueeze(3)
-        relaxed = torch.where(coefficient > 0, relaxation.lower_slope * mu, upper_line)  # the row's line at x*
+        # the row's line at x*: the lower line where the coefficient is positive, else the upper one (selected by
+        # 0/1 floats, not a boolean mask: see relu.indicators)
+        positive = torch.sign(coefficient).clamp_(min=0)
+        relaxed = torch.addcmul((1 - positive) * upper_line, positive, relaxation.lower_slope * mu)
         if index == top:
             if lower is None:  # the rows are affine: their minimum is their value at x*, read on the smallest map
                 assert top_bias is not None
