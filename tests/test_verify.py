@@ -19,9 +19,10 @@ from scipy.optimize import linprog
 from torch import nn
 
 from gls_core import forward, kaiming_uniform, to_sequential
-from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, ReLU, fully_connected
+from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU, fully_connected
 from gls_core.verify import Property, VerifyOptions, robustness, verify, verify_property
 from gls_core.verify.attack import checked
+from gls_core.verify.milp import affine_blocks
 from gls_core.verify.subdomains import bound_subdomains, no_splits
 
 EXACT = VerifyOptions(timeout=60, attack_steps=0, milp_below=2, batch=4, milp_root_unstable=0)  # the search decides
@@ -339,3 +340,20 @@ def test_a_network_without_relus_is_decided_exactly() -> None:
         assert verdict.status == ("verified" if minima.min() > 0 else "falsified"), (verdict, minima)
         statuses.add(verdict.status)
     assert statuses == {"verified", "falsified"}
+
+
+def test_milp_blocks_of_a_network_with_input_normalisation_compute_its_forward_pass() -> None:
+    spec = NetSpec((2, 2, 2), (Normalize((0.5, 0.1), (0.25, 2.0)), Flatten(), Linear(8, 5), ReLU(), Linear(5, 3)))
+    theta = torch.randn(spec.num_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    blocks = affine_blocks(spec, theta)
+    x = torch.rand(2, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    value = x.reshape(-1).numpy()
+    for index, layer in enumerate(spec.layers):
+        if isinstance(layer, ReLU):
+            value = np.maximum(value, 0)
+        elif index in blocks:
+            value = blocks[index].matrix @ value + blocks[index].offset
+    np.testing.assert_allclose(value, forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].numpy(), rtol=1e-9)
+    prop = robustness(spec, x, int(np.argmax(value)), 0.05)
+    verdict = verify_property(spec, theta, prop, VerifyOptions(timeout=30, attack_steps=0))  # 5 ReLUs: one MILP
+    assert verdict.status in ("verified", "falsified") and verdict.decided_by in ("bounds", "milp")

@@ -19,7 +19,7 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from ..bounds.types import Box
-from ..nets.spec import Flatten, NetSpec, ReLU
+from ..nets.spec import Flatten, NetSpec, Normalize, ReLU
 from ..population import forward
 
 TOLERANCE = 1e-6
@@ -40,6 +40,12 @@ def affine_blocks(spec: NetSpec, theta: torch.Tensor) -> dict[int, AffineBlock]:
     blocks: dict[int, AffineBlock] = {}
     for index, layer in enumerate(spec.layers):
         if isinstance(layer, (ReLU, Flatten)):
+            continue
+        if isinstance(layer, Normalize):  # (x - mean) / std per channel: diagonal, and no NetSpec of its own
+            shape = spec.shapes[index]
+            std = np.broadcast_to(np.array(layer.std).reshape(-1, 1, 1), shape).reshape(-1)
+            mean = np.broadcast_to(np.array(layer.mean).reshape(-1, 1, 1), shape).reshape(-1)
+            blocks[index] = AffineBlock(sparse.diags(1.0 / std).tocsr(), -mean / std)
             continue
         sub = NetSpec(spec.shapes[index], (layer,), name="block")
         slot = spec.slots[index]
