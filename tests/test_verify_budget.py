@@ -35,6 +35,15 @@ def test_a_small_root_goes_to_the_milp_at_once_under_either_policy() -> None:
         assert not budget.milp_now(root_unstable=33, small=32)
 
 
+def test_a_root_too_large_for_the_milp_keeps_the_search_under_either_policy() -> None:
+    for policy in ("adaptive", "fixed"):
+        clock, budget = _budget(policy)
+        for t, worst in ((2.0, -1.0), (10.0, -0.99), (20.0, -0.98), (24.0, -0.98), (27.0, -0.98), (30.0, -0.98)):
+            clock.now = t
+            budget.record(worst)
+        assert budget.milp_now(500, 32) and not budget.milp_now(500, 32, large=400)
+
+
 def test_the_fixed_policy_hands_over_at_its_share_whatever_the_progress() -> None:
     clock, budget = _budget("fixed")
     clock.now = 9.0

@@ -57,6 +57,7 @@ class VerifyOptions:
     milp_after: float = 0.1  # share of the timeout before which the search keeps the time (budget.py)
     budget: str = "adaptive"  # "adaptive": the whole-region MILP when the search stalls; "fixed": at milp_after
     milp_root_unstable: int = 32  # at most this many unstable ReLUs at the root: the whole-region MILP at once
+    milp_max_unstable: int = 400  # more than this many at the root: never the whole-region MILP (budget.py)
     attack_steps: int = 50
     attack_restarts: int = 32  # the first (untargeted) attack's restarts, one batch: 32 cost about what 8 do
     targeted_restarts: int = 8  # per group the root bound leaves open, all groups in one batch
@@ -78,7 +79,7 @@ class VerifyOptions:
         if not 0 <= self.milp_after <= 1:
             raise ValueError(f"milp_after must lie in [0, 1], got {self.milp_after}")
         for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps", "attack_diversify",
-                     "milp_root_unstable"):
+                     "milp_root_unstable", "milp_max_unstable"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch", "attack_restarts", "targeted_restarts", "max_subdomains"):
@@ -175,7 +176,8 @@ class _Search:
         while self.queue:
             if self._out_of_time():
                 return self._undecided()
-            if self.budget.milp_now(self.root_unstable, self.options.milp_root_unstable):
+            if self.budget.milp_now(self.root_unstable, self.options.milp_root_unstable,
+                                    self.options.milp_max_unstable):
                 return self._whole_milp()
             if len(self.queue) > self.options.max_subdomains:
                 return self.verdict("unknown", "subdomain-limit")
