@@ -58,12 +58,17 @@ def run_abcrown(model: Path, prop: Path, timeout: float, result: Path, config: P
         raise SystemExit("set ABC to alpha-beta-CROWN's set-up directory (../shared/tools/abcrown/README.md)")
     command = [f"{abc}/abv/bin/python", str(ABCROWN_TOOLS / "run_abcrown.py"), "--config", str(config),
                "--onnx_path", str(model), "--vnnlib_path", str(prop), "--timeout", str(timeout),
-               "--results_file", str(result)]
-    return _timed(command, timeout, result)
+               "--results_file", str(result), "--save_adv_example", "--cex_path", str(result.with_suffix(".cex"))]
+    answer, seconds = _timed(command, timeout, result)
+    cex = result.with_suffix(".cex")
+    if answer == "sat" and cex.exists():  # its result file says only "sat"; the assignment is written beside it
+        result.write_text("sat\n" + cex.read_text())
+    return answer, seconds
 
 
 def _timed(command: list[str], timeout: float, result: Path) -> tuple[str, float]:
     result.unlink(missing_ok=True)
+    result.with_suffix(".cex").unlink(missing_ok=True)
     started = time.monotonic()
     try:
         subprocess.run(command, env={**os.environ, **THREADS}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -80,6 +85,8 @@ def sat_checked(model: Path, prop: Path, result: Path) -> bool:
     """Whether the result file's X assignment lies in a box of the property and violates it, by both forwards."""
     values = {int(i): float(v) for i, v in re.findall(r"\(X_(\d+)\s+([-+0-9.eE]+)\)", result.read_text())}
     spec, theta = from_onnx(model)
+    if len(values) != int(np.prod(spec.input_shape)):
+        return False  # no complete assignment: a sat that cannot be checked
     x = torch.tensor([values[i] for i in range(len(values))], dtype=torch.float64).view(1, *spec.input_shape)
     ours = forward(spec, theta.double().view(1, -1), x)[0]
     loaded = onnx.load(str(model))

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from cli_runner import run_cli
@@ -179,6 +180,26 @@ def test_gls_verify_answers_vnnlib_properties_of_an_onnx_model(tmp_path: Path) -
     assert int(logits.argmax()) != (label + 1) % 10 or float(logits.max()) == float(logits[(label + 1) % 10])
     torch.testing.assert_close(torch.tensor([float(values[f"Y_{j}"]) for j in range(10)], dtype=torch.float64),
                                logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gls_verify_refuses_unsupported_models_and_settings_with_exit_2(tmp_path: Path) -> None:
+    node = onnx.helper.make_node("Sigmoid", ["x"], ["y"], name="squash")
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "g", [value("x", onnx.TensorProto.FLOAT, [1, 2])],
+                                   [value("y", onnx.TensorProto.FLOAT, [1, 2])])
+    model = tmp_path / "sigmoid.onnx"
+    model.write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text(HEAD3.replace("(declare-const Y_2 Real)\n", "") + "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
+                    "(assert (<= Y_0 Y_1))")
+    result = gls("verify", str(model), str(prop))
+    assert result.returncode == 2 and "node 'squash': operator Sigmoid is not supported" in result.stderr
+    assert "Traceback" not in result.stderr
+    spec = network("fc-16", "digits")
+    good = tmp_path / "model.onnx"
+    to_onnx(spec, kaiming_uniform(spec, torch.Generator().manual_seed(0)), good)
+    result = gls("verify", str(good), str(tmp_path / "p.vnnlib"), "--set", "attack_restarts=many")
+    assert result.returncode == 2 and "--set attack_restarts=many" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_gls_verify_on_test_images_writes_verdicts_and_summary(tmp_path: Path) -> None:
