@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # what the names are; at run time each is imported when first
     from .errors import InvalidInput
     from .losses import certified, robust_loss, standard_loss
     from .nets import NetSpec, from_sequential, kaiming_uniform, network, to_sequential
-    from .population import forward
+    from .nets.forward import forward
     from .relaxations import Relaxation
 
 __all__ = [

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInput
+from .nets.forward import forward
 from .nets.spec import NetSpec
-from .population import forward
 from .validation import check_count, check_eps, check_inputs, check_labels, check_params
 
 AttackLoss = Literal["ce", "margin"]

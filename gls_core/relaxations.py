@@ -105,10 +105,11 @@ class Relaxation:
         return function
 
     def check(self, given: Mapping[str, Any], field: str = "", *, served: bool = False, evaluating: bool = False,
-              names: Mapping[str, str] | None = None) -> dict[str, Any]:
+              names: Mapping[str, str] | None = None, called: str = "") -> dict[str, Any]:
         """Every option: those ``given`` (None leaves one out) checked, the others at their defaults.
 
-        Errors name ``field.option`` (``names`` maps an option to another name, e.g. its wire field).
+        Errors name ``field.option`` (``names`` maps an option to another name, e.g. its wire field) and the
+        method as ``called`` (an alias) or by its name.
         """
         from .errors import InvalidInput
 
@@ -119,7 +120,7 @@ class Relaxation:
         if unknown and not known:
             takers = [record.name for record in records() if set(unknown) & {o.name for o in record.options}]
             where = ", ".join(takers) if takers else "no relaxation"
-            raise InvalidInput(field or unknown[0], f"{unknown} only apply to {where}, not {self.name}")
+            raise InvalidInput(field or unknown[0], f"{unknown} only apply to {where}, not {called or self.name}")
         if unknown:
             raise InvalidInput(field or unknown[0], f"{self.name} options are {list(known)}, got unknown {unknown}")
         values = self.defaults(evaluating)
@@ -177,7 +178,7 @@ def check_relaxation(method: object, options: Mapping[str, Any], field: str = ""
                      evaluating: bool = False) -> tuple[str, dict[str, Any]]:
     """A method and all its options (checked, defaults filled in); errors name ``field.method``, ``field.steps``."""
     record = lookup(method, f"{field}.method" if field else "method")
-    return str(method), record.check(options, field, served=served, evaluating=evaluating)
+    return str(method), record.check(options, field, served=served, evaluating=evaluating, called=str(method))
 
 
 # --------------------------------------------------------------------------------------------- records

@@ -263,3 +263,18 @@ def test_unknown_architecture_and_dataset() -> None:
         gls_core.network("cnn4", "mnist")
     with pytest.raises(ValueError, match="svhn"):
         gls_core.network("cnn3", "svhn")
+
+
+def test_nets_import_nothing_from_the_relaxations() -> None:
+    """Layers are nets/' own (shapes, forward pass, conversions): nothing in nets/ reaches up into bounds/."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(gls_core.__file__).parent / "nets"
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = "." * node.level + (node.module or "")
+                assert not target.startswith(("..bounds", "..population", "gls_core.bounds")), (path.name, target)
+    rules = Path(gls_core.__file__).parent / "bounds" / "rules.py"
+    assert "def _conv_forward" not in rules.read_text()  # the forward column is nets.forward.FORWARD

@@ -130,7 +130,7 @@ def compute_bounds(net: NetSpec | nn.Sequential, x: torch.Tensor, eps: float | t
         raise InvalidInput("sides", "must be 'both', 'lower' or 'upper'", sides)
     should_stop = options.pop("should_stop", None)
     record = relaxations.lookup(method)
-    options = record.check(options)
+    options = record.check(options, called=method)
     if record.stoppable and should_stop is not None:
         options["should_stop"] = should_stop
     if not isinstance(x, torch.Tensor):

@@ -1,9 +1,10 @@
-"""What every layer type does in every pass, in one table: forward, interval, backward step, footprint.
+"""What every layer type does in every relaxation pass, in one table: interval, backward step, footprint.
 
 The walkers (the population forward pass, interval propagation, the DeepPoly walk, the
-back-substitution and its memory estimate) loop over layers and ask ``rule_of(layer)``; a new
-layer type is one new row here, not a new branch in each walker. Each rule receives the layer
-:class:`At` its place in a network with a population's weights.
+back-substitution and its memory estimate) loop over layers and ask ``rule_of(layer)``. A layer's
+shapes and forward pass are :mod:`gls_core.nets`' (the forward column is ``nets.forward.FORWARD``);
+its relaxation is one row here. Each rule receives the layer :class:`At` its place in a network
+with a population's weights; ``At`` is re-exported for the walkers.
 """
 
 from __future__ import annotations
@@ -13,36 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..members import conv_forward, linear_forward, normalize_constants
-from ..nets.spec import Conv2d, Flatten, Layer, Linear, NetSpec, Normalize, ReLU, Shape
+from ..members import conv_forward, linear_forward
+from ..nets.forward import FORWARD, At, Forward
+from ..nets.spec import Conv2d, Flatten, Layer, Linear, Normalize, ReLU, Shape
 from . import kernels, native
 from .coefficients import Coefficients, through_conv, through_flatten, through_linear, through_relu
 from .types import Box, ReluRelaxation
-
-
-@dataclass(frozen=True)
-class At:
-    """Layer ``index`` of ``spec`` with the population ``params`` (P x D)."""
-
-    spec: NetSpec
-    params: torch.Tensor
-    index: int
-
-    @property
-    def layer(self) -> Layer:
-        return self.spec.layers[self.index]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.spec.weight(self.params, self.index)
-
-    @property
-    def bias(self) -> torch.Tensor:
-        return self.spec.bias(self.params, self.index)
-
-    @property
-    def in_shape(self) -> Shape:
-        return self.spec.shapes[self.index]
 
 
 @dataclass(frozen=True)
@@ -53,7 +30,6 @@ class Footprint:
     patch: tuple[int, int] | None
 
 
-Forward = Callable[[At, torch.Tensor, bool], torch.Tensor]
 Interval = Callable[[At, Box, bool], Box]
 Backward = Callable[[At, Coefficients, Mapping[int, ReluRelaxation]], Coefficients]
 Grow = Callable[[Layer, Shape, Footprint], Footprint]
@@ -76,27 +52,6 @@ def rule_of(layer: Layer) -> LayerRule:
 
 def _only_first(at: At, *_: object) -> object:
     raise ValueError(f"layer {at.index}: Normalize is only supported as the first layer")
-
-
-def _normalize_forward(at: At, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    layer = at.layer
-    assert isinstance(layer, Normalize)
-    mean, std = normalize_constants(layer, h)
-    return (h - mean) / std
-
-
-def _conv_forward(at: At, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    layer = at.layer
-    assert isinstance(layer, Conv2d)
-    return conv_forward(h, at.weight, at.bias, layer, shared)
-
-
-def _linear_forward(at: At, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    return linear_forward(h, at.weight, at.bias, shared)
-
-
-def _flatten_forward(at: At, h: torch.Tensor, shared: bool) -> torch.Tensor:
-    return h.flatten(1 if shared else 2)
 
 
 def _conv_interval(at: At, box: Box, shared: bool) -> Box:
@@ -168,9 +123,9 @@ def _unchanged(layer: Layer, in_shape: Shape, seen: Footprint) -> Footprint:
 
 
 RULES: dict[type, LayerRule] = {
-    Normalize: LayerRule(_normalize_forward, _only_first, _only_first, _only_first),  # type: ignore[arg-type]
-    Conv2d: LayerRule(_conv_forward, _conv_interval, _conv_backward, _conv_footprint),
-    Linear: LayerRule(_linear_forward, _linear_interval, _linear_backward, _whole_input),
-    ReLU: LayerRule(lambda at, h, shared: torch.relu(h), _relu_interval, _relu_backward, _unchanged, relaxed=True),
-    Flatten: LayerRule(_flatten_forward, _flatten_interval, _flatten_backward, _whole_input),
+    Normalize: LayerRule(FORWARD[Normalize], _only_first, _only_first, _only_first),  # type: ignore[arg-type]
+    Conv2d: LayerRule(FORWARD[Conv2d], _conv_interval, _conv_backward, _conv_footprint),
+    Linear: LayerRule(FORWARD[Linear], _linear_interval, _linear_backward, _whole_input),
+    ReLU: LayerRule(FORWARD[ReLU], _relu_interval, _relu_backward, _unchanged, relaxed=True),
+    Flatten: LayerRule(FORWARD[Flatten], _flatten_interval, _flatten_backward, _whole_input),
 }

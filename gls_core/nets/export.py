@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..population import forward
 from .convert import to_sequential
+from .forward import forward
 from .onnx_io import to_onnx
 from .spec import NetSpec
 

@@ -329,7 +329,7 @@ def to_onnx(spec: NetSpec, theta: torch.Tensor, path: str | Path | None = None, 
 def _check_with_onnxruntime(spec: NetSpec, theta: torch.Tensor, data: bytes) -> None:
     import onnxruntime
 
-    from ..population import forward
+    from .forward import forward
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = torch.rand(4, *spec.input_shape, generator=torch.Generator().manual_seed(0))

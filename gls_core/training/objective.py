@@ -16,8 +16,8 @@ from .. import relaxations
 from ..attacks import pgd_attack
 from ..bounds.api import compute_bounds, margin_spec
 from ..losses import robust_loss, standard_loss
+from ..nets.forward import forward
 from ..nets.spec import NetSpec
-from ..population import forward
 from .noise import generator
 
 LossKind = Literal["standard", "adversarial", "certified"]

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gls_core.errors import InvalidInput
 from gls_core.nets.spec import NetSpec
+from gls_core.validation import check_radius
 
 from ..codec import relaxation_from_proto, spec_from_proto, tensor_from_proto
 from ..grpc_errors import SlotTimeout, abort, parse_request, status_for
@@ -36,13 +37,12 @@ from ..proto.gls.v1 import certifier_pb2
 from .certify import (
     COMPLETE,
     CertifyTask,
-    Verdict,
+    InputVerdict,
     certify,
     check_complete_inputs,
-    check_eps,
-    check_eps_per_input,
     check_inputs,
     check_labels,
+    check_radii,
     check_spec,
     check_theta,
     complete_options,
@@ -62,7 +62,7 @@ def _request(payload: bytes, number: int | None = None) -> certifier_pb2.Certify
     return parse_request(certifier_pb2.CertifyRequest, payload, number)
 
 
-def _verdict_proto(verdict: Verdict) -> certifier_pb2.Verdict:
+def _verdict_proto(verdict: InputVerdict) -> certifier_pb2.Verdict:
     worst = math.nan if verdict.worst_margin is None else verdict.worst_margin
     return certifier_pb2.Verdict(index=verdict.index, correct=verdict.correct, certified=verdict.certified,
                                  worst_margin=worst, margin_upper=verdict.margin_upper,
@@ -131,10 +131,10 @@ class CertifierService:
         x = check_inputs(spec, x, self.gateway.settings.certify_max_inputs)
         y = check_labels(tensor_from_proto(request.labels, "labels", dtypes=("int64", "uint8")), x.shape[0],
                          spec.num_outputs)
-        eps: float | torch.Tensor = check_eps(perturbation.perturbation.eps, "perturbation.eps")
+        eps: float | torch.Tensor = check_radius(perturbation.perturbation.eps, "perturbation.eps")
         if perturbation.perturbation.HasField("eps_per_input"):
             field = "perturbation.eps_per_input"
-            eps = check_eps_per_input(tensor_from_proto(perturbation.perturbation.eps_per_input, field,
+            eps = check_radii(tensor_from_proto(perturbation.perturbation.eps_per_input, field,
                                                         dtypes=("float32", "float64")), x.shape[0], field)
         proto = relaxing.relaxation
         options: dict[str, Any] = {}
@@ -150,7 +150,7 @@ class CertifierService:
         method, options = relaxation(method, options)
         return CertifyTask(spec, theta, x, y, eps, method, options)
 
-    def _run(self, api: str, task: CertifyTask, offset: int = 0) -> list[Verdict]:
+    def _run(self, api: str, task: CertifyTask, offset: int = 0) -> list[InputVerdict]:
         metrics = self.gateway.metrics
         metrics.certify_inputs.labels(api, task.method).inc(task.x.shape[0])
         verdicts = certify(self.gateway.pool, task, offset)

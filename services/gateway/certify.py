@@ -49,6 +49,8 @@ NO_WORKERS = "no bound worker is live: certification needs at least one (start s
 
 @dataclass(frozen=True)
 class CertifyTask:
+    """A certification request, every field checked where it entered (REST body or gRPC message)."""
+
     spec: NetSpec
     theta: torch.Tensor  # [D] float32
     x: torch.Tensor  # [B, *input_shape] float32 in [0, 1]
@@ -59,7 +61,7 @@ class CertifyTask:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class InputVerdict:
     index: int
     predicted: int
     correct: bool
@@ -129,11 +131,8 @@ def check_labels(y: torch.Tensor, batch: int, classes: int, field: str = "labels
     return validation.check_labels(y, batch, classes, field)
 
 
-def check_eps(eps: float, field: str = "eps") -> float:
-    return validation.check_radius(eps, field)
-
-
-def check_eps_per_input(eps: torch.Tensor, batch: int, field: str) -> torch.Tensor:
+def check_radii(eps: torch.Tensor, batch: int, field: str) -> torch.Tensor:
+    """One radius per input, [batch] float32 (``validation.check_eps`` also takes one for all)."""
     if eps.dim() != 1:  # one radius per input: a scalar tensor is no list of radii
         raise InvalidRequest.one(field, f"need one radius per input ({batch}), got shape {list(eps.shape)}")
     validation.check_eps(eps, batch, field)
@@ -196,7 +195,7 @@ def _bounds(pool: WorkerPool, task: CertifyTask, part: slice) -> torch.Tensor:
     return upper
 
 
-def verify_stream(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> Iterator[Verdict]:
+def verify_stream(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> Iterator[InputVerdict]:
     """The complete method: each input decided by a worker's branch and bound, yielded in order as decided."""
     if not pool.addresses():
         raise Unavailable(NO_WORKERS)
@@ -208,18 +207,18 @@ def verify_stream(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> Itera
         for i, answer in enumerate(pool.verify(task.spec, task.theta, task.x, task.y, task.eps,
                                                task.options["timeout"])):
             bound = -answer.bound if math.isfinite(answer.bound) else None
-            yield Verdict(offset + i, int(predicted[i]), bool(correct[i]),
+            yield InputVerdict(offset + i, int(predicted[i]), bool(correct[i]),
                           bool(correct[i]) and answer.status == "verified", bound, [], answer.status,
                           answer.seconds)
 
 
-def certify(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> list[Verdict]:
+def certify(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> list[InputVerdict]:
     """Verdicts for every input of ``task``, indexed from ``offset`` (a stream's position)."""
     if task.method == COMPLETE:
         return list(verify_stream(pool, task, offset))
     if not pool.addresses():
         raise Unavailable(NO_WORKERS)
-    verdicts: list[Verdict] = []
+    verdicts: list[InputVerdict] = []
     batch = task.x.shape[0]
     for start in range(0, batch, CHUNK):
         part = slice(start, min(start + CHUNK, batch))
@@ -232,6 +231,6 @@ def certify(pool: WorkerPool, task: CertifyTask, offset: int = 0) -> list[Verdic
         certified = correct & (upper < 0).all(dim=-1)
         worst = upper.max(dim=-1).values
         for i, row in enumerate(upper.tolist()):
-            verdicts.append(Verdict(offset + start + i, int(predicted[i]), bool(correct[i]), bool(certified[i]),
+            verdicts.append(InputVerdict(offset + start + i, int(predicted[i]), bool(correct[i]), bool(certified[i]),
                                     float(worst[i]), row))
     return verdicts

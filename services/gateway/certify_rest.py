@@ -44,7 +44,6 @@ from .certify import (
     CertifyTask,
     certify,
     check_complete_inputs,
-    check_eps,
     check_inputs,
     check_labels,
     check_spec,
@@ -79,7 +78,7 @@ def _name_or_object(schema: JsonDict) -> None:
     schema["anyOf"] = [{"type": "string", "enum": METHOD_NAMES}, {"$ref": ref}]
 
 
-class Strict(BaseModel):
+class StrictBody(BaseModel):
     """Unknown fields and NaN/Infinity are errors, never silently dropped or computed with.
 
     Numbers are ``StrictFloat``/``StrictInt``: JSON ``true`` or ``"0.5"`` is not a number (the schema says so too).
@@ -88,7 +87,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class InlineModel(Strict):
+class InlineModel(StrictBody):
     arch: str = Field(max_length=64, description="cnn3-tiny, cnn3, cnn5, cnn5-l, cnn7 or fc-WxW",
                       json_schema_extra={"pattern": ARCH_PATTERN})
     dataset: str = Field(max_length=64, description="the built-in dataset fixing input shape and classes",
@@ -98,7 +97,7 @@ class InlineModel(Strict):
 
 
 class RelaxationIn(create_model(  # type: ignore[misc]  # the options are their records' (gls_core.relaxations)
-        "RelaxationFields", __base__=Strict,
+        "RelaxationFields", __base__=StrictBody,
         method=(str, Field("deeppoly", max_length=32, description=", ".join(map(str, METHOD_NAMES)),
                            json_schema_extra={"enum": METHOD_NAMES})),
         **request_fields(),
@@ -108,7 +107,7 @@ class RelaxationIn(create_model(  # type: ignore[misc]  # the options are their 
     """A method and its options; which options a method takes is checked by its record."""
 
 
-class CertifyIn(Strict):
+class CertifyIn(StrictBody):
     """Exactly one of ``model_id`` and ``model``. Rules that depend on the model (the inputs' shape, labels below
     its number of classes) or cross fields (one label per input, options only for the method that takes them,
     timeout only for complete) are checked by the server and answered 422 naming the field."""
@@ -213,11 +212,11 @@ def task_from_body(gateway: GatewayDep, tenant: str, body: CertifyIn, arrays: di
             raise InvalidRequest.one("relaxation", f"{sorted(options)} are not options of the complete method")
         check_complete_inputs(x.shape[0], gateway.settings)
         options = complete_options(body.relaxation.timeout, gateway.settings)
-        return CertifyTask(spec, theta, x, y, check_eps(body.eps), COMPLETE, options)
+        return CertifyTask(spec, theta, x, y, body.eps, COMPLETE, options)  # eps: checked by CertifyIn
     if body.relaxation.timeout is not None:
         raise InvalidRequest.one("relaxation.timeout", "only applies to the complete method")
     method, options = relaxation(body.relaxation.method, options)
-    return CertifyTask(spec, theta, x, y, check_eps(body.eps), method, options)
+    return CertifyTask(spec, theta, x, y, body.eps, method, options)
 
 
 VERDICTS: TypeAdapter[list[VerdictOut]] = TypeAdapter(list[VerdictOut])
