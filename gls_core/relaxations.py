@@ -16,6 +16,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 IBP, HBOX, CROWN_IBP, DEEPPOLY, ALPHA_CROWN = "ibp", "hbox", "crown-ibp", "deeppoly", "alpha-crown"
@@ -84,7 +85,7 @@ class Relaxation:
     stoppable: bool = False  # takes ``should_stop``, polled between its steps
     section: str | None = None  # key of its options in a training config (default: the name)
 
-    @property
+    @cached_property  # read on every compute_bounds call: built once
     def options(self) -> tuple[Option, ...]:
         if self.options_type is None:
             return ()

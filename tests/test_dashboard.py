@@ -31,6 +31,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
+from gls_core.catalog import certify_methods
 from gls_core.data import load_dataset
 from services.cluster import Cluster, up
 
@@ -273,6 +274,9 @@ def test_sign_in_job_list_live_curve_metrics_download_and_certify(browser: Chrom
     inputs.write_text(json.dumps(body))
     driver.find_element(By.ID, "certify-file").send_keys(str(inputs))
     wait(lambda: driver.find_element(By.ID, "certify-inputs").get_attribute("value"), what="the file read")
+    listed = wait(lambda: [option.get_attribute("value") for option in Select(
+        driver.find_element(By.ID, "certify-method")).options] == list(certify_methods()), what="the methods listed")
+    assert listed  # every relaxation the gateway takes (its records), then complete
     Select(driver.find_element(By.ID, "certify-method")).select_by_value("deeppoly")
     eps = driver.find_element(By.ID, "certify-eps")
     eps.clear()

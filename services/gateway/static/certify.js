@@ -10,6 +10,17 @@ function modelOption(model, selected) {
     `${model.id} — ${model.arch} on ${model.dataset}${source}`);
 }
 
+/** The methods the gateway takes, as its OpenAPI schema lists them (the relaxations' records, then complete). */
+async function loadMethods(signal) {
+  const select = $("certify-method");
+  const response = await fetch("/openapi.json", { signal });
+  if (!response.ok) return;
+  const schema = await response.json();
+  const methods = schema.components?.schemas?.RelaxationIn?.properties?.method?.enum ?? [];
+  const current = select.value;
+  if (methods.length) select.replaceChildren(...methods.map((name) => el("option", { value: name, selected: name === current }, name)));
+}
+
 async function loadModels(selected, signal) {
   const select = $("certify-model");
   const models = await apiJson("models", { signal });
@@ -131,7 +142,7 @@ export async function showCertify(params, signal) {
     $("certify-inputs").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(summarize, 300); });
   }
   try {
-    await loadModels(params.get("model"), signal);
+    await Promise.all([loadModels(params.get("model"), signal), loadMethods(signal)]);
   } catch (error) {
     if (!signal.aborted) showMessage(`Could not list models: ${error.message}`);
   }
