@@ -183,7 +183,10 @@ def _grouped(prop: Property) -> Property:
     return Property(prop.lower, prop.upper, prop.C, prop.d, groups)
 
 
-@pytest.mark.parametrize("options", [EXACT, VerifyOptions(timeout=60, batch=4)], ids=["exact-path", "default"])
+@pytest.mark.parametrize("options", [EXACT, VerifyOptions(timeout=60, batch=4),
+                                     VerifyOptions(timeout=60, batch=4, milp_root_unstable=0, milp_below=0,
+                                                   search_attacks=1e-9, attack_steps=10)],
+                         ids=["exact-path", "default", "attack-after-every-batch"])
 def test_verdicts_on_groups_of_rows_equal_the_exact_answer(options: VerifyOptions) -> None:
     spec, cases = _exact_cases("fully-connected")
     counts = {"verified": 0, "falsified": 0, "unknown": 0}

@@ -62,6 +62,7 @@ class VerifyOptions:
     attack_restarts: int = 32  # the first (untargeted) attack's restarts, one batch: 32 cost about what 8 do
     targeted_restarts: int = 8  # per group the root bound leaves open, all groups in one batch
     attack_diversify: int = 5  # output-diversified steps before each attack's PGD steps
+    search_attacks: float = 0.2  # share of the limit between attacks during the search (0: none)
     max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
     intermediate: str = "parent"  # a child's ReLU input bounds: its parent's with the split ("parent") or a new walk
 
@@ -76,6 +77,8 @@ class VerifyOptions:
             raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {self.intermediate!r}")
         if self.budget not in POLICIES:
             raise ValueError(f"budget must be one of {POLICIES}, got {self.budget!r}")
+        if not 0 <= self.search_attacks <= 1:
+            raise ValueError(f"search_attacks must lie in [0, 1], got {self.search_attacks}")
         if not 0 <= self.milp_after <= 1:
             raise ValueError(f"milp_after must lie in [0, 1], got {self.milp_after}")
         for name in ("root_alpha_steps", "alpha_steps", "milp_below", "attack_steps", "attack_diversify",
@@ -142,6 +145,7 @@ class _Search:
         self.per_parent = 0.0  # seconds the last batch took per parent (branching and bounding)
         self.budget = Budget(deadline, options.budget, options.milp_after)
         self.root_unstable = 0
+        self.last_attack = 0.0  # elapsed seconds at the end of the last attack
 
     def verdict(self, status: Status, decided_by: str, counterexample: torch.Tensor | None = None) -> Verdict:
         bound = self.proven if status == "verified" else min((d.priority for d in self.queue),
@@ -168,6 +172,7 @@ class _Search:
                 return self.verdict("falsified", "attack", found)
         self.root = {index: Box(b.lower[0], b.upper[0]) for index, b in root.pre_relu.items()}
         self.root_unstable = _unstable_count(self.root)
+        self.last_attack = self.deadline.elapsed()
         found = self._settle(root, [{i: s[0] for i, s in root_splits.items()}])
         if found is not None:
             return self.verdict("falsified", "branch-and-bound", found)
@@ -198,9 +203,25 @@ class _Search:
                 return self.verdict("falsified", "branch-and-bound", found)
             if self.queue:
                 self.budget.record(self.queue[0].priority)
+            found = self._attack_worst()
+            if found is not None:
+                return self.verdict("falsified", "attack", found)
         if self.unconfirmed:
             return self._undecided() if self._out_of_time() else self.verdict("unknown", "unconfirmed")
         return self.verdict("verified", "branch-and-bound")
+
+    def _attack_worst(self) -> torch.Tensor | None:
+        """Every ``search_attacks`` of the limit, a targeted attack with fresh restarts on the groups that the worst
+        open subdomain leaves open: the search points at the groups most likely to fail. A checked point or None."""
+        every = self.options.search_attacks
+        if (not self.queue or every <= 0 or self.options.attack_steps == 0 or self._out_of_time()
+                or self.deadline.elapsed() - self.last_attack < every * self.deadline.seconds):
+            return None
+        found = attack(self.spec, self.theta, self.prop, self.options.attack_steps, self.options.targeted_restarts,
+                       self.generator, self._open_groups(self.queue[0].lower), should_stop=self._out_of_time,
+                       diversify=self.options.attack_diversify)
+        self.last_attack = self.deadline.elapsed()
+        return found
 
     def _batch_size(self) -> int:
         """``options.batch``, or fewer parents when the last batch's pace says a full one would overrun the deadline.
