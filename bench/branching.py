@@ -45,7 +45,7 @@ def main() -> None:
     x, y = x[: args.limit], y[: args.limit]
     results: dict[str, list[Verdict]] = {}
     for rule in args.rules.split(","):
-        options = VerifyOptions(timeout=args.timeout, branching=rule, milp_after=args.milp_after)
+        options = VerifyOptions(timeout=args.timeout, branching=rule, milp_after=args.milp_after, budget="fixed")
         results[rule] = []
         for i, verdict in enumerate(verify_each(spec, theta, x, y, args.eps, options)):
             results[rule].append(verdict)
