@@ -59,3 +59,11 @@ def _rebuild(cls: type[InvalidInput], field: str, reason: str, value: str | None
     InvalidInput.__init__(error, field, reason)
     error.value = value
     return error
+
+
+class Interrupted(Exception):
+    """Work stopped early because its caller asked (a ``should_stop`` said so): nothing partial is returned.
+
+    Raised between units of work (a step's member blocks), so what was already stored is unchanged and the
+    work can be redone from its start, bit-identical.
+    """

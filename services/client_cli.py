@@ -144,7 +144,7 @@ def jobs(url: UrlOption = None, token: TokenOption = None, cluster: ClusterOptio
         _print_json(rows)
         return
     for row in rows:
-        row["progress"] = f"{row['step']}/{row['total_steps'] or '?'}"
+        row["progress"] = f"{row['step']}/{row['total_steps'] or '?'}{_in_step(row)}"
     _table("jobs", rows, ["id", "name", "status", "progress", "model_id", "error"])
 
 
@@ -161,8 +161,8 @@ def job(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = 
     evaluation = next((row for row in reversed(rows) if row.get("kind") == "epoch"), None)
     name = f" ({current['name']})" if current.get("name") else ""
     out.print(f"{job_id}{name}: {current['status']}, step {current['step']}/"
-              f"{current['total_steps'] or '?'}" + (f", error: {current['error']}" if current.get("error") else ""),
-              markup=False, highlight=False)
+              f"{current['total_steps'] or '?'}{_in_step(current)}"
+              + (f", error: {current['error']}" if current.get("error") else ""), markup=False, highlight=False)
     if step is not None:
         out.print(f"latest step {step['step']} ({step['stage']}, epoch {step['epoch']}): "
                   f"{_describe(step)} lr {step.get('lr')}", markup=False, highlight=False)
@@ -174,10 +174,17 @@ def job(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = 
 
 def cancel(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption = None, token: TokenOption = None,
            cluster: ClusterOption = None) -> None:
-    """Cancel a job (a running one stops after its current step)."""
+    """Cancel a job (a running one stops within seconds, abandoning the step in progress)."""
     with connect(url, token, cluster) as client:
         result = client.cancel(job_id)
     console.print(f"{job_id}: {result['status']}" + (" (cancel requested)" if result["cancel_requested"] else ""))
+
+
+def _in_step(job: dict[str, Any]) -> str:
+    """Progress within a long step, as the coordinator last wrote it (running jobs only)."""
+    if job.get("status") != "running" or not _number(job.get("members")):
+        return ""
+    return f" (step {int(job['step']) + 1}: {job.get('members_done', 0)}/{job['members']} members)"
 
 
 def _number(value: Any) -> int | None:
@@ -214,8 +221,10 @@ def watch(job_id: Annotated[str, typer.Argument(help="job id")], url: UrlOption 
                     break
                 step = _number(event.get("step"))
                 if kind == "status":
+                    members = _number(event.get("members"))
+                    within = f"members {event.get('members_done')}/{members} of the step" if members else None
                     bar.update(total=_number(event.get("total_steps")) or None,
-                               status=str(event["status"]) if "status" in event else None)
+                               status=str(event["status"]) if "status" in event else within)
                 elif kind == "metrics" and event.get("kind") == "epoch":
                     bar.note(epoch_line(event))
                 elif kind == "metrics":

@@ -18,7 +18,7 @@ import grpc
 import redis
 from google.protobuf.message import DecodeError, Message
 
-from gls_core.errors import InvalidInput
+from gls_core.errors import Interrupted, InvalidInput
 
 from . import rich_status
 from .errors import STORAGE_FULL, ApiError, NotFoundError, QuotaExceeded
@@ -67,6 +67,9 @@ def status_for(error: BaseException, method: str) -> grpc.Status:
     if isinstance(error, SlotTimeout):
         return rich_status.status(Code.DEADLINE_EXCEEDED, f"deadline passed while waiting for a compute slot "
                                                           f"({method})", Reason.NO_COMPUTE_SLOT)
+    if isinstance(error, Interrupted):
+        return rich_status.status(Code.CANCELLED, f"{method} stopped: its caller has gone ({error})",
+                                  Reason.CALLER_GONE)
     if isinstance(error, NotFoundError):
         return rich_status.status(Code.NOT_FOUND, error.message, Reason.NOT_FOUND)
     if isinstance(error, OverQuota):

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     WORKERS_UNAVAILABLE = "WORKERS_UNAVAILABLE"  # no bound worker could answer
     STORAGE_FULL = "STORAGE_FULL"  # Redis is at its memory ceiling
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"  # Redis cannot be reached
+    CALLER_GONE = "CALLER_GONE"  # the caller cancelled (or its deadline passed): the work stopped between blocks
     INTERNAL_ERROR = "INTERNAL_ERROR"  # a bug: metadata["incident"] is in the server's log
 
 

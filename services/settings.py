@@ -58,6 +58,8 @@ class Settings(BaseSettings):
 
     # coordinator
     rpc_timeout_s: float = Field(300.0, gt=0, description="one worker call; on timeout its share is re-sent")
+    shares_per_worker: int = Field(4, gt=0, description="a step's members go out in this many block-aligned shares "
+                                   "per live worker: progress is reported, and work rebalanced, as each comes back")
     checkpoint_every_steps: int = Field(1, gt=0, description="steps between checkpoints (each acknowledges steps)")
     job_stale_s: float = Field(5.0, gt=0, description="a job whose coordinator is silent this long is taken over "
                                "(its claim is refreshed every quarter of this, from a thread of its own; the "

@@ -85,6 +85,8 @@ class Job:
     cancel_requested: bool = False
     model_id: str = ""
     note: str = ""  # why a queued job waits again (it yielded its turn); cleared when it runs
+    members_done: int = 0  # progress within the step in progress (written for steps longer than a second)
+    members: int = 0
 
     def public(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -295,7 +297,8 @@ class Store:
                    step=int(raw.get("step", 0)), total_steps=int(raw.get("total_steps", 0)),
                    error=raw.get("error", ""), coordinator=raw.get("coordinator", ""),
                    cancel_requested=raw.get("cancel_requested") == "1", model_id=raw.get("model_id", ""),
-                   note=raw.get("note", ""))
+                   note=raw.get("note", ""), members_done=int(raw.get("members_done", 0)),
+                   members=int(raw.get("members", 0)))
 
     def list_jobs(self, tenant: str) -> list[Job]:
         ids = [_text(i) for i in cast(list[Any], self.redis.zrange(f"gls:tenant:{tenant}:jobs", 0, -1))]
@@ -321,7 +324,8 @@ class Store:
         self.publish_event(job_id, {"type": "status", **{k: v for k, v in values.items() if k != "updated"}})
 
     def request_cancel(self, job_id: str, tenant: str) -> Job:
-        """Ask the running coordinator to stop after the current step; a queued job is cancelled at once."""
+        """Ask the running coordinator to stop (within seconds: the step in progress is abandoned and its workers
+        stop at their next block); a queued job is cancelled at once."""
         job = self.get_job(job_id, tenant)
         if job.status.finished:
             return job

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import redis
 import torch
 
 from gls_core.bounds import KernelPlan
+from gls_core.errors import Interrupted
 from gls_core.nets.spec import NetSpec
 from gls_core.training.estimators import Evaluated, Proposal
 from gls_core.training.objective import Objective
@@ -56,6 +57,8 @@ SERVICE = "/gls.v1.BoundWorker/"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 """Codes after which a share goes to another worker (as does RESOURCE_EXHAUSTED from a full worker)."""
+POLL_S = 0.25
+"""How often a call in progress asks its ``should_stop`` (a cancelled job stops within about this, plus one block)."""
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 2000)]
 """Reconnect quickly: a restarted worker is usable again within a retry or two."""
@@ -63,6 +66,10 @@ CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconn
 
 class NoWorkersError(RuntimeError):
     """No bound worker answered within the pool's bounded number of attempts."""
+
+
+Progress = Callable[[int, int], None]
+"""(members done, members in the step): called as each share of a step comes back."""
 
 
 class WorkerRejectedError(RuntimeError):
@@ -139,6 +146,28 @@ class _Work:
     blobs: list[_Blob]
     shares: list[_Share]
     timeout_s: float | None = None  # one call's limit (default: settings.rpc_timeout_s)
+    stopped: threading.Event = field(default_factory=threading.Event)  # set: send nothing more, cancel the calls
+    calls: set[grpc.Future] = field(default_factory=set)  # in flight, to cancel when stopped
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def track(self, call: grpc.Future) -> None:
+        with self.lock:
+            self.calls.add(call)
+            stopped = self.stopped.is_set()
+        if stopped:
+            call.cancel()
+
+    def untrack(self, call: grpc.Future) -> None:
+        with self.lock:
+            self.calls.discard(call)
+
+    def stop(self) -> None:
+        """Nothing more is sent, and the calls in flight are cancelled (their workers stop at the next block)."""
+        with self.lock:
+            self.stopped.set()
+            calls = list(self.calls)
+        for call in calls:
+            call.cancel()
 
 
 def _blob(message_type: Callable[..., Any], name: str, tensor: torch.Tensor) -> _Blob:
@@ -266,7 +295,12 @@ class WorkerPool:
         channel = self._acquire(address)
         try:
             timeout = work.timeout_s or self.settings.rpc_timeout_s
-            data: bytes = channel.unary_unary(SERVICE + work.rpc)(payload, timeout=timeout, metadata=self._metadata)
+            call = channel.unary_unary(SERVICE + work.rpc).future(payload, timeout=timeout, metadata=self._metadata)
+            work.track(call)
+            try:
+                data: bytes = call.result()
+            finally:
+                work.untrack(call)
         finally:
             self._release(address)
             stats.rpc_s += time.perf_counter() - sent
@@ -280,6 +314,8 @@ class WorkerPool:
         excluded: set[str] = set()
         inline, failures, last_error = False, 0, "no bound worker is registered in redis or configured"
         while failures < self.max_attempts:
+            if work.stopped.is_set():
+                raise Interrupted(f"{work.rpc} [{share.start}, {share.stop}) was stopped by its caller")
             if address is None:
                 address = self._pick(excluded)
                 if address is None:  # everyone failed: wait, then give them all another chance
@@ -292,7 +328,11 @@ class WorkerPool:
                 data = self._call(address, work, share, stats, inline)
                 stats.address = address
                 return data, stats
+            except grpc.FutureCancelledError:
+                continue  # cancelled by work.stop(): the loop's first check raises Interrupted
             except grpc.RpcError as error:
+                if work.stopped.is_set():
+                    continue
                 code, details, info = error.code(), error.details() or "", error_info(error)
             if info is not None and info[0] == Reason.MISSING_BLOB and not inline:
                 self._forget(address)  # it restarted or evicted: everything goes inline once
@@ -320,28 +360,66 @@ class WorkerPool:
         step.discover_s = time.perf_counter() - started
         return addresses
 
-    def _dispatch(self, work: _Work, addresses: list[str], step: StepStats) -> list[bytes]:
-        """Run every share concurrently; a lone share goes to the least busy worker, several round-robin."""
-        def first_choice(index: int) -> str | None:
-            return addresses[index % len(addresses)] if len(work.shares) > 1 else None
+    def _dispatch(self, work: _Work, addresses: list[str], step: StepStats,
+                  should_stop: Callable[[], bool] | None = None, progress: Callable[[int], None] | None = None
+                  ) -> list[bytes]:
+        """Run the shares, one per worker at a time: the first ones round-robin (a lone share to the least busy
+        worker), each later one to whichever worker is least busy when a share comes back.
 
-        futures: list[Future[tuple[bytes, CallStats]]] = [
-            self._executor.submit(self._run_share, work, share, first_choice(i)) for i, share in enumerate(work.shares)]
-        wait(futures)
-        results = [future.result() for future in futures]  # the first failure, in share order, is raised
-        step.calls = [stats for _, stats in results]
-        return [data for data, _ in results]
+        ``progress`` gets the members done so far as each share comes back. The first failure, or
+        ``should_stop()`` (polled every :data:`POLL_S`), stops the work: nothing more is sent, the calls in
+        flight are cancelled, and the failure (:class:`Interrupted` for a stop) is raised.
+        """
+        limit = max(1, len(addresses))
+
+        def first_choice(index: int) -> str | None:
+            return addresses[index % len(addresses)] if len(work.shares) > 1 and index < limit else None
+
+        results: list[tuple[bytes, CallStats] | None] = [None] * len(work.shares)
+        running: dict[Future[tuple[bytes, CallStats]], int] = {}
+        waiting = list(range(len(work.shares)))
+        done = 0
+        try:
+            while waiting or running:
+                while waiting and len(running) < limit:
+                    index = waiting.pop(0)
+                    running[self._executor.submit(self._run_share, work, work.shares[index], first_choice(index))] \
+                        = index
+                finished, _ = wait(running, timeout=POLL_S if should_stop is not None else None,
+                                   return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = running.pop(future)
+                    results[index] = future.result()
+                    done += work.shares[index].stop - work.shares[index].start
+                    if progress is not None:
+                        progress(done)
+                if should_stop is not None and (waiting or running) and should_stop():
+                    raise Interrupted(f"{work.rpc} stopped by its caller after {done} members")
+        except BaseException:
+            work.stop()
+            for future in running:
+                future.cancel()
+            wait(running)  # the calls in flight end at once, cancelled
+            raise
+        step.calls = [result[1] for result in results if result is not None]
+        return [result[0] for result in results if result is not None]
 
     # ------------------------------------------------------------------------------------ operations
 
     def evaluate(self, spec: NetSpec, proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor,
                  eps: float, seed: int, block: int, kernel_plan: KernelPlan | None = None, *,
-                 make_plan: bool = False) -> Evaluated:
+                 make_plan: bool = False, should_stop: Callable[[], bool] | None = None,
+                 progress: Progress | None = None) -> Evaluated:
         """What ``evaluate_members(spec, proposal, objective, x, y, eps, seed, block)`` returns, computed remotely.
 
-        Every share follows ``kernel_plan`` when given. With ``make_plan`` (and no plan) the whole call goes to
-        one worker, which chooses its kernels as it is configured: its choices come back as
-        ``Evaluated.kernel_plan``. With neither, each worker chooses as it is configured.
+        The members go out in block-aligned shares, ``settings.shares_per_worker`` per live worker, one share
+        per worker at a time, so a faster worker takes more and ``progress(done, members)`` is called as
+        each comes back. ``should_stop`` is polled while the shares run: when it says so the calls in
+        flight are cancelled, their workers stop within a block, and :class:`Interrupted` is raised.
+
+        Every share follows ``kernel_plan`` when given. With ``make_plan`` (and no plan) the first block goes
+        alone to one worker, which chooses its kernels as it is configured; every other block follows those
+        choices, which come back as ``Evaluated.kernel_plan``. With neither, each worker chooses as configured.
         """
         if seed != proposal.seed:
             raise ValueError(f"the wire carries one seed: job seed {seed} differs from proposal seed {proposal.seed}")
@@ -351,29 +429,44 @@ class WorkerPool:
         step = StepStats("EvaluatePoints")
         started = time.perf_counter()
         addresses = self._discover(step)
-        request = bound_worker_pb2.PointsRequest(block=block, eps=eps, **proposal_fields(proposal))
-        spec_to_proto(spec, out=request.spec)
-        objective_to_proto(objective, out=request.objective)
-        if kernel_plan is not None:
-            request.kernel_plan.choices.update(kernel_plan)
         Request = bound_worker_pb2.PointsRequest
         blobs = [_blob(Request, "centre", proposal.centre), _blob(Request, "sigma", proposal.sigma),
                  _blob(Request, "inputs", x), _blob(Request, "labels", y)]
-        shares = []
-        for first, last in split_evenly(len(blocks), 1 if make_plan else len(addresses)):
-            start, stop = blocks[first][0], blocks[last - 1][1]
-            shares.append(_Share(start, stop, Request(start=start, stop=stop).SerializeToString()))
-        work = _Work("EvaluatePoints", request.SerializeToString(), blobs, shares)
+
+        def fixed(plan: KernelPlan | None) -> bytes:
+            request = Request(block=block, eps=eps, **proposal_fields(proposal))
+            spec_to_proto(spec, out=request.spec)
+            objective_to_proto(objective, out=request.objective)
+            if plan is not None:
+                request.kernel_plan.SetInParent()  # an empty plan is still a plan to follow
+                request.kernel_plan.choices.update(plan)
+            return request.SerializeToString()
+
+        def shares(first: int, last: int, count: int) -> list[_Share]:
+            runs = [(blocks[first + a][0], blocks[first + b - 1][1]) for a, b in split_evenly(last - first, count)]
+            return [_Share(start, stop, Request(start=start, stop=stop).SerializeToString()) for start, stop in runs]
+
+        def run(work: _Work, members_before: int) -> list[tuple[_Share, bytes, CallStats]]:
+            report = None if progress is None else (lambda done: progress(members_before + done, proposal.count))
+            answers = self._dispatch(work, addresses, step, should_stop, report)
+            return list(zip(work.shares, answers, step.calls, strict=True))
+
         step.encode_s = time.perf_counter() - started - step.discover_s
-        answers = self._dispatch(work, addresses, step)
+        plan, answered, head = kernel_plan, [], 0
+        if make_plan:
+            answered = run(_Work("EvaluatePoints", fixed(None), blobs, shares(0, 1, 1)), 0)
+            plan = dict(bound_worker_pb2.PointsResponse.FromString(answered[0][1]).kernel_plan.choices)
+            head = 1
+        if head < len(blocks):
+            pieces = len(addresses) * self.settings.shares_per_worker
+            answered += run(_Work("EvaluatePoints", fixed(plan), blobs, shares(head, len(blocks), pieces)),
+                            blocks[head][0])
+        step.calls = [stats for _, _, stats in answered]
         assembled = time.perf_counter()
         losses, grads = [], []
-        plan = kernel_plan
-        for share, data, stats in zip(shares, answers, step.calls):
+        for share, data, stats in answered:
             decoded = time.perf_counter()
             response = bound_worker_pb2.PointsResponse.FromString(data)
-            if make_plan:
-                plan = dict(response.kernel_plan.choices)
             count = share.stop - share.start
             losses.append(tensor_from_proto(response.losses, "losses"))
             if proposal.needs_grads:
@@ -442,7 +535,7 @@ class WorkerPool:
         """Complete verification of each input, one input per call spread over the workers; verdicts in order.
 
         A generator: each verdict is yielded as soon as it and those before it are decided, and closing
-        it cancels the calls not yet started.
+        it cancels the calls, those in flight included.
         """
         batch = x.shape[0]
         if batch == 0:
@@ -476,6 +569,7 @@ class WorkerPool:
                     raise RuntimeError(f"a bound worker answered {len(verdicts)} verdicts for one input")
                 yield verdicts[0]
         finally:
+            work.stop()  # the calls in flight are cancelled: their workers stop searching at the next batch
             for future in futures:
                 future.cancel()
 

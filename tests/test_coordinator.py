@@ -127,6 +127,30 @@ def test_cancel_is_honoured_within_a_step(cluster: tuple[Settings, list[RunningW
     assert final.step <= step_at_cancel + 1
 
 
+def test_a_long_step_shows_its_members_and_a_cancel_stops_it_within_the_step(
+        cluster: tuple[Settings, list[RunningWorker]]) -> None:
+    """A step of 4,096 members (many seconds): the job shows the members done, and a cancel abandons the step
+    in progress (the job ends at the step it was in), the workers stopping between blocks."""
+    settings, workers = cluster
+    store = Store(redis.Redis.from_url(settings.redis_url))
+    long_steps = {**CONFIG, "pgpe": {"popsize": 4096, "sigma_init": 0.01}}
+    job = store.submit_job("alice", long_steps)
+    coordinator, thread = run_coordinator(settings)
+    try:
+        wait_for(store, job.id, lambda j: 0 < j.members_done < j.members)
+        in_step = store.get_job(job.id)
+        store.request_cancel(job.id, "alice")
+        wait_for(store, job.id, lambda j: j.status.finished, timeout=30)
+        wait_for(store, job.id, lambda j: all(worker.service.in_flight == 0 for worker in workers), timeout=30)
+    finally:
+        coordinator.stop()
+        thread.join(10)
+    final = store.get_job(job.id)
+    assert in_step.members == 4096 and in_step.status == JobStatus.RUNNING
+    assert final.status == JobStatus.CANCELLED and final.step == in_step.step
+    assert sum(worker.service.abandoned for worker in workers) >= 1
+
+
 def test_a_coordinator_that_goes_silent_is_replaced_and_the_result_is_unchanged(
         cluster: tuple[Settings, list[RunningWorker]], tmp_path: Path) -> None:
     settings, _ = cluster

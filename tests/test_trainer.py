@@ -7,9 +7,13 @@ from typing import Any
 import pytest
 import torch
 
+from gls_core.bounds import KernelPlan
 from gls_core.data import load_dataset
 from gls_core.training import Trainer, load_model, parse_config, read_metrics
 from gls_core.training.checkpoint import load_checkpoint, read_kernel_plan
+from gls_core.training.estimators import Evaluated, Proposal
+from gls_core.training.objective import Objective
+from gls_core.training.points import evaluate_members
 from gls_core.training.stages import objective_for
 from gls_core.training.trainer import TrainData
 
@@ -94,6 +98,31 @@ def test_resume_equals_uninterrupted(fields: dict[str, Any], digits: TrainData, 
     strip = [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in whole_rows]
     assert [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in split_rows] == strip
     assert torch.equal(load_model(tmp_path / "split")[1], whole.theta)
+
+
+def test_an_evaluator_interrupted_mid_step_keeps_the_steps_start_and_the_resume_equals_uninterrupted(
+        digits: TrainData, tmp_path: Path) -> None:
+    """The coordinator's evaluator raises Interrupted when a job is cancelled or its coordinator stops mid-step:
+    the run ends as if stopped before that step, and resuming redoes it bit for bit."""
+    config = parse_config(digits_config(estimator="pgpe", relaxation="deeppoly", pgpe={"popsize": 8}))
+    whole = Trainer(config, tmp_path / "whole", data=digits).run()
+    calls = 0
+
+    def interrupted_at_step_six(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor,
+                                eps: float, plan: KernelPlan | None) -> Evaluated:
+        nonlocal calls
+        calls += 1
+        stopped = calls == 6
+        return evaluate_members(trainer.spec, proposal, objective, x, y, eps, config.seed, config.block_members,
+                                should_stop=lambda: stopped)
+
+    trainer = Trainer(config, tmp_path / "split", data=digits, evaluator=interrupted_at_step_six)
+    first = trainer.run()
+    assert first.position.step == 5 and not first.position.finished
+    assert load_checkpoint(tmp_path / "split")[1].step == 5
+    assert len([row for row in read_metrics(tmp_path / "split") if row["kind"] == "step"]) == 5
+    resumed = Trainer(config, tmp_path / "split", data=digits).run(resume=True)
+    assert torch.equal(resumed.theta, whole.theta)
 
 
 def test_the_kernel_plan_is_made_by_the_first_step_and_an_older_checkpoint_resumes_with_an_empty_one(

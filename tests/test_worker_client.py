@@ -14,6 +14,7 @@ from servers import RedisServer, free_port
 
 import gls_core
 from gls_core.data import load_dataset
+from gls_core.errors import Interrupted
 from gls_core.training.estimators import Evaluated, Proposal
 from gls_core.training.objective import Objective
 from gls_core.training.points import evaluate_members
@@ -67,17 +68,22 @@ def workers() -> Iterator[list[RunningWorker]]:
         worker.stop()
 
 
+@pytest.mark.parametrize("per_worker", [1, 4])
 @pytest.mark.parametrize(("proposal", "objective"), [(pgpe(), ALPHA), (rgs(), DEEPPOLY)], ids=["pgpe", "rgs"])
-def test_one_or_two_workers_equal_in_process(proposal: Proposal, objective: Objective,
+def test_one_or_two_workers_equal_in_process(proposal: Proposal, objective: Objective, per_worker: int,
                                              workers: list[RunningWorker]) -> None:
     expected = evaluate_members(SPEC, proposal, objective, X, Y, EPS, SEED, BLOCK)
-    with pool_for(workers[0]) as one, pool_for(*workers) as two:
+    with pool_for(workers[0], shares_per_worker=per_worker) as one, \
+            pool_for(*workers, shares_per_worker=per_worker) as two:
         assert same(one.evaluate(SPEC, proposal, objective, X, Y, EPS, SEED, BLOCK), expected)
         assert same(two.evaluate(SPEC, proposal, objective, X, Y, EPS, SEED, BLOCK), expected)
         stats = two.last_step_stats()
     assert stats is not None
     shares = [(call.start, call.stop) for call in stats.calls]
-    assert shares == ([(0, 8), (8, 16)] if proposal.count == 16 else [(0, 4), (4, 6)])
+    if proposal.count == 6:  # two blocks: one share each, however many are allowed
+        assert shares == [(0, 4), (4, 6)]
+    else:  # four blocks: one share per worker, or one per block
+        assert shares == ([(0, 8), (8, 16)] if per_worker == 1 else [(0, 4), (4, 8), (8, 12), (12, 16)])
     assert {call.address for call in stats.calls} == {w.address for w in workers}
     for call in stats.calls:
         assert call.attempts == 1 and call.compute_s > 0 and call.rpc_s >= call.compute_s
@@ -211,3 +217,42 @@ def test_split_evenly() -> None:
     assert split_evenly(5, 2) == [(0, 3), (3, 5)]
     assert split_evenly(2, 5) == [(0, 1), (1, 2)]
     assert split_evenly(4, 0) == [(0, 4)]
+
+
+def test_progress_is_reported_as_each_share_comes_back(workers: list[RunningWorker]) -> None:
+    reports: list[tuple[int, int]] = []
+    expected = evaluate_members(SPEC, pgpe(16), DEEPPOLY, X, Y, EPS, SEED, BLOCK)
+    with pool_for(workers[0], shares_per_worker=4) as pool:
+        result = pool.evaluate(SPEC, pgpe(16), DEEPPOLY, X, Y, EPS, SEED, BLOCK,
+                               progress=lambda done, members: reports.append((done, members)))
+    assert same(result, expected)
+    assert reports == [(4, 16), (8, 16), (12, 16), (16, 16)]  # one worker: the shares come back in order
+
+
+def test_a_plan_is_made_on_the_first_block_and_followed_by_the_rest(workers: list[RunningWorker]) -> None:
+    """The step that makes the plan sends its first block alone; the others follow the plan, on both workers."""
+    reports: list[int] = []
+    expected = evaluate_members(SPEC, pgpe(16), DEEPPOLY, X, Y, EPS, SEED, BLOCK)
+    with pool_for(*workers, shares_per_worker=1) as pool:
+        result = pool.evaluate(SPEC, pgpe(16), DEEPPOLY, X, Y, EPS, SEED, BLOCK, make_plan=True,
+                               progress=lambda done, _: reports.append(done))
+        stats = pool.last_step_stats()
+    assert same(result, expected) and result.kernel_plan is not None
+    assert stats is not None and [(c.start, c.stop) for c in stats.calls] == [(0, 4), (4, 12), (12, 16)]
+    assert {c.address for c in stats.calls[1:]} == {w.address for w in workers}
+    assert reports[0] == 4 and sorted(reports) == reports and reports[-1] == 16
+
+
+def test_should_stop_cancels_the_calls_and_the_worker_stops_between_blocks(workers: list[RunningWorker]) -> None:
+    """A stop while a share computes: Interrupted at once, the worker abandons the share before its end (it
+    serves nothing and counts one abandoned call), and the pool works as before afterwards."""
+    x, y = DIGITS.x[:96], DIGITS.y[:96]
+    proposal = pgpe(64)  # 16 blocks in one share: far more than the poll interval
+    worker = workers[0].service
+    with pool_for(workers[0], shares_per_worker=1) as pool:
+        with pytest.raises(Interrupted, match="stopped by its caller"):
+            pool.evaluate(SPEC, proposal, ALPHA, x, y, EPS, SEED, BLOCK, should_stop=lambda: worker.in_flight > 0)
+        _wait_for(lambda: worker.in_flight == 0)
+        assert (worker.served, worker.abandoned) == (0, 1)
+        expected = evaluate_members(SPEC, pgpe(8), DEEPPOLY, X, Y, EPS, SEED, BLOCK)
+        assert same(pool.evaluate(SPEC, pgpe(8), DEEPPOLY, X, Y, EPS, SEED, BLOCK), expected)

@@ -7,9 +7,11 @@ local trainer, and therefore gives bit-identical losses and gradients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..errors import InvalidInput
+from ..errors import Interrupted, InvalidInput
 from ..nets.spec import NetSpec
 from ..validation import check_count
 from .estimators import Evaluated, Proposal
@@ -30,10 +32,17 @@ def block_ranges(count: int, block: int, start: int = 0, stop: int | None = None
 
 
 def evaluate_members(spec: NetSpec, proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor,
-                     eps: float, seed: int, block: int, start: int = 0, stop: int | None = None) -> Evaluated:
-    """Losses (and gradients when the proposal needs them) of members [start, stop)."""
+                     eps: float, seed: int, block: int, start: int = 0, stop: int | None = None, *,
+                     should_stop: Callable[[], bool] | None = None) -> Evaluated:
+    """Losses (and gradients when the proposal needs them) of members [start, stop).
+
+    ``should_stop`` is polled before each block: a caller that has gone (a cancelled job, a closed
+    connection) stops the work within one block, with :class:`Interrupted`.
+    """
     losses, grads = [], []
     for first, last in block_ranges(proposal.count, block, start, stop):
+        if should_stop is not None and should_stop():
+            raise Interrupted(f"stopped before member {first} of [{start}, {proposal.count if stop is None else stop})")
         points = proposal.points(first, last)
         if proposal.needs_grads:
             block_losses, block_grads = objective.losses_and_grads(spec, points, x, y, eps, seed, proposal.step)

@@ -21,6 +21,7 @@ import torch
 
 from ..bounds import KernelPlan, using_plan
 from ..data import Dataset, batch_generator, epoch_batches, load_dataset
+from ..errors import Interrupted
 from ..evaluation import EvalResult, evaluate
 from ..nets.spec import NetSpec
 from ..nets.zoo import DATASETS, network
@@ -208,7 +209,11 @@ class Trainer:
 
     def run(self, resume: bool = False, stop_after_steps: int | None = None,
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
-        """Train to the end (or until ``stop_after_steps`` more steps, or ``should_stop()``)."""
+        """Train to the end (or until ``stop_after_steps`` more steps, or ``should_stop()``).
+
+        An evaluator that raises :class:`Interrupted` (its caller stopped it mid-step) ends the run like
+        ``should_stop`` at the start of that step: the checkpoint holds the step's start, and a resume redoes it.
+        """
         state, position = self._start(resume)
         done_here = 0
         train = self.data.train
@@ -226,9 +231,13 @@ class Trainer:
                     return TrainResult(state["theta"], position, None)
                 x, y = training_batch(self.config, train, global_epoch, batch, batches[batch])
                 step_in_stage = position.epoch * self.steps_per_epoch + batch
-                state, metrics, self.kernel_plan = run_step(
-                    stage, state, position.step, step_in_stage, self.config.seed, x.to(self.device),
-                    y.to(self.device), self.evaluator, self.kernel_plan)
+                try:
+                    state, metrics, self.kernel_plan = run_step(
+                        stage, state, position.step, step_in_stage, self.config.seed, x.to(self.device),
+                        y.to(self.device), self.evaluator, self.kernel_plan)
+                except Interrupted:  # the evaluator stopped mid-step: keep the step's start, as between steps
+                    self.storage.commit(state, position, self.kernel_plan)
+                    return TrainResult(state["theta"], position, None)
                 position = Position(position.stage, position.epoch, batch + 1, position.step + 1)
                 done_here += 1
                 row = {"kind": "step", "stage": stage.name, "epoch": global_epoch + 1, **metrics, "step": position.step}

@@ -117,7 +117,7 @@ class BoundWorkerService:
         with self._compute_slot(context), using_plan(job.kernel_plan) as followed:
             started = time.perf_counter()
             evaluated = evaluate_members(job.spec, job.proposal, job.objective, job.x, job.y, job.eps, job.seed,
-                                         job.block, job.start, job.stop)
+                                         job.block, job.start, job.stop, should_stop=self._caller_gone(context))
             seconds = time.perf_counter() - started
         response = bound_worker_pb2.PointsResponse(compute_seconds=seconds)
         if job.kernel_plan is None:  # the caller makes its plan from these choices

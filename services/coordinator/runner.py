@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import torch
 
 from gls_core.bounds import KernelPlan
@@ -27,14 +29,42 @@ from .storage import RedisStorage
 log = logging.getLogger("gls.coordinator")
 
 
-def remote_evaluator(pool: WorkerPool, spec: NetSpec, seed: int, block: int) -> Evaluator:
+class StepProgress:
+    """Members done in the step in progress, written to the job (``members_done`` of ``members``): a long
+    step shows that it moves. A step shorter than ``interval_s`` writes nothing; a longer one writes at most
+    every ``interval_s`` and when its last share comes back."""
+
+    def __init__(self, store: Store, job_id: str, interval_s: float = 1.0) -> None:
+        self.store, self.job_id, self.interval_s = store, job_id, interval_s
+        self._began = self._written = -math.inf
+
+    def begin(self) -> None:
+        self._began = time.monotonic()
+
+    def __call__(self, done: int, members: int) -> None:
+        now = time.monotonic()
+        if now - self._began < self.interval_s or (done < members and now - self._written < self.interval_s):
+            return
+        self._written = now
+        try:
+            self.store.update_job(self.job_id, members_done=done, members=members)
+        except redis.RedisError as error:  # progress is a courtesy: the step goes on
+            log.warning("job %s: could not record progress (%s)", self.job_id, error)
+
+
+def remote_evaluator(pool: WorkerPool, spec: NetSpec, seed: int, block: int,
+                     should_stop: Callable[[], bool] | None = None, progress: StepProgress | None = None
+                     ) -> Evaluator:
     """Evaluate each step's proposal on the live workers, split at block boundaries, all following the job's
-    kernel plan; the first step (no plan yet) runs whole on one worker, whose choices become the plan."""
+    kernel plan; the first step (no plan yet) starts with one block on one worker, whose choices become the
+    plan. ``should_stop`` and ``progress`` reach into the step (:meth:`WorkerPool.evaluate`)."""
 
     def run(proposal: Proposal, objective: Objective, x: torch.Tensor, y: torch.Tensor, eps: float,
             kernel_plan: KernelPlan | None) -> Evaluated:
+        if progress is not None:
+            progress.begin()
         return pool.evaluate(spec, proposal, objective, x, y, eps, seed, block, kernel_plan,
-                             make_plan=kernel_plan is None)
+                             make_plan=kernel_plan is None, should_stop=should_stop, progress=progress)
 
     return run
 
@@ -71,13 +101,26 @@ class JobRunner:
         storage = RedisStorage(self.store, job.id, owner)
         resume = storage.has_checkpoint()
         spec = spec_for(config, data)
+        started = time.monotonic()
+        ended: dict[str, str] = {}
+
+        def abandon() -> bool:
+            """Within a step: cancelled, or this coordinator stops (shutdown, a lost claim)."""
+            try:
+                if self.store.cancel_requested(job.id):
+                    ended["cancelled"] = "yes"
+                    return True
+            except redis.RedisError as error:  # asked again within a second; the step goes on meanwhile
+                log.warning("job %s: could not read the cancel flag (%s)", job.id, error)
+            return should_stop()
+
+        evaluator = remote_evaluator(self.pool, spec, config.seed, config.block_members, abandon,
+                                     StepProgress(self.store, job.id))
         trainer = Trainer(config, storage, data=data, commit_every=self.settings.checkpoint_every_steps,
-                          evaluator=remote_evaluator(self.pool, spec, config.seed, config.block_members),
+                          evaluator=evaluator,
                           initial_theta=None if resume else warm_start(self.store, config, job.tenant, spec))
         self.store.update_job(job.id, status=JobStatus.RUNNING, total_steps=trainer.total_steps,
                               coordinator=self.consumer, error="", note="")
-        started = time.monotonic()
-        ended: dict[str, str] = {}
 
         def stop() -> bool:
             if self.store.cancel_requested(job.id):

@@ -25,6 +25,9 @@ class JobOut(BaseModel):
     model_id: str = Field("", description="the trained model (GET /v1/jobs/{id}/model) once the job succeeded")
     note: str = Field("", description="why a queued job is waiting again: it yielded its turn to another tenant "
                                       "(fair scheduling); cleared when it runs again")
+    members_done: int = Field(0, description="population members evaluated in the step in progress, of `members` "
+                                             "(written once a step has run for a second)")
+    members: int = Field(0, description="members of the step in progress (0 until a step has run for a second)")
 
 
 class DatasetOut(BaseModel):

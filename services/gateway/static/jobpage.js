@@ -6,7 +6,10 @@ import { Curve, stageName } from "./curve.js";
 import { $, badge, el, number, percent, showMessage, when } from "./dom.js";
 import { followEvents } from "./sse.js";
 
-const NUMERIC = new Set(["step", "total_steps", "created", "updated"]); // status events carry Redis strings
+const NUMERIC = new Set(["step", "total_steps", "members_done", "members", "created", "updated"]); // status events carry Redis strings
+// Progress within a long step (the coordinator writes it once a step has run for a second).
+const inStep = (job) => job.status === "running" && job.members
+  ? ` (step ${job.step + 1}: ${job.members_done} / ${job.members} members)` : "";
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 const LIVE_TEXT = { live: "● live", reconnecting: "reconnecting…", ended: "finished" };
 
@@ -62,7 +65,7 @@ class JobPage {
     $("job-status").replaceWith(Object.assign(badge(job.status), { id: "job-status" }));
     const facts = [
       ["Name", job.name || "–"],
-      ["Step", job.total_steps ? `${job.step} / ${job.total_steps}` : String(job.step ?? 0)],
+      ["Step", (job.total_steps ? `${job.step} / ${job.total_steps}` : String(job.step ?? 0)) + inStep(job)],
       ["Latest loss", this.lastStep ? number(this.lastStep.loss) : "–"],
       ["Stage now", this.lastStep ? stageName(this.lastStep.stage ?? "main") : "–"],
       ["lr / eps now", this.lastStep ? `${number(this.lastStep.lr)} / ${number(this.lastStep.eps)}` : "–"],
