@@ -300,6 +300,21 @@ def wall_curve(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     return hours, [100 * r["certified_acc"] for r in evaluations]
 
 
+SEED_LINES = ("-", "--", ":", "-.")
+
+
+def curve_style(name: str, names: list[str]) -> dict[str, Any]:
+    """A run's own colour (tab20, by its seed-0 run's place among ``names``) and a line per seed (solid for
+    seed 0, dashed, dotted...): every curve can be told apart, and a run's seeds read as one family."""
+    import matplotlib
+
+    base, _, seed = name.partition("-seed")
+    bases = list(dict.fromkeys(n.partition("-seed")[0] for n in names))
+    index = bases.index(base) % 20 if base in bases else 0
+    colour = matplotlib.colormaps["tab20"](2 * index % 20 + index // 10)  # the 10 strong hues first, then pale
+    return {"color": colour, "linestyle": SEED_LINES[int(seed or 0) % len(SEED_LINES)]}
+
+
 def plot_compute(plan: Plan, out: Path, path: Path) -> Path | None:
     """Certified accuracy during training against the compute spent (member-samples and core-hours)."""
     import matplotlib
@@ -313,10 +328,11 @@ def plot_compute(plan: Plan, out: Path, path: Path) -> Path | None:
         rows = read_metrics(out / run.name)
         if run.name == "pgd" or not rows:
             continue
+        style = curve_style(run.name, [r.name for r in plan.runs if r.name != "pgd"])
         xs, ys = compute_curve(rows, load_config(ROOT / run.config, list(run.overrides)))
-        by_samples.plot(xs, ys, marker="o", markersize=2, label=run.label or run.name)
+        by_samples.plot(xs, ys, marker="o", markersize=2, label=run.label or run.name, **style)
         hours, ys = wall_curve(rows)
-        by_hours.plot(hours, ys, marker="o", markersize=2, label=run.label or run.name)
+        by_hours.plot(hours, ys, marker="o", markersize=2, label=run.label or run.name, **style)
         drawn += 1
     if not drawn:
         plt.close(figure)
