@@ -15,6 +15,7 @@ from gls_core import network
 from gls_core.bounds import kernels, native, rules
 from gls_core.bounds.backsub import CONCRETIZE, LAST_RELU_STEP
 from gls_core.bounds.types import Box
+from gls_core.members import linear_forward, matmul_ready
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -107,6 +108,19 @@ def test_the_walk_keeps_its_maps_members_last() -> None:
     assert native._members_last(bounds.lower).data_ptr() == bounds.lower.data_ptr()
     reference = rules.rule_of(spec.layers[0]).interval(rules.At(spec, params.requires_grad_(True), 0), box, True)
     assert torch.equal(reference.lower.detach(), bounds.lower) and torch.equal(reference.upper.detach(), bounds.upper)
+
+
+def test_members_last_maps_reach_matmuls_in_a_layout_blas_reads() -> None:
+    """A members-last map (unit stride on P) is copied before a batched matmul (bmm has no fast path for it);
+    every other layout is passed through as it is; the interval of a Linear layer is unchanged by the copy."""
+    members_last = torch.randn(6, 40, 32).permute(2, 0, 1)  # [P, B, I] with unit stride on P
+    ready = matmul_ready(members_last)
+    assert ready.stride(-1) == 1 and torch.equal(ready, members_last)
+    rows_last = torch.randn(32, 6, 40)
+    assert matmul_ready(rows_last) is rows_last and matmul_ready(rows_last.transpose(1, 2)).data_ptr() \
+        == rows_last.data_ptr()
+    weight, bias = torch.randn(32, 10, 40), torch.randn(32, 10)
+    assert torch.equal(linear_forward(members_last, weight, bias), linear_forward(ready, weight, bias))
 
 
 def test_native_concretize_equals_materialised() -> None:

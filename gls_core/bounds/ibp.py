@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..members import linear_forward
+from ..members import linear_forward, matmul_ready
 from ..nets.spec import NetSpec
 from .rules import At, rule_of
 from .types import Box
@@ -44,11 +44,11 @@ def spec_interval(spec: NetSpec, params: torch.Tensor, box: Box, C: torch.Tensor
     distinct, which = torch.unique(C.reshape(-1, classes), dim=0, return_inverse=True)
     if distinct.shape[0] < batch * rows:
         folded = torch.einsum("uc,pci->piu", distinct, weight).abs()  # |C_u W|: [P, I, U]
-        radii = torch.bmm(box.radius, folded)  # [P, B, U]
+        radii = torch.bmm(matmul_ready(box.radius), folded)  # [P, B, U]
         rad = radii.gather(2, which.view(1, batch, rows).expand(radii.shape[0], -1, -1))
     else:
         folded_rows = torch.einsum("bkc,pci->pbki", C, weight).abs()
-        rad = torch.matmul(folded_rows, box.radius.unsqueeze(-1)).squeeze(-1)
+        rad = torch.matmul(folded_rows, matmul_ready(box.radius).unsqueeze(-1)).squeeze(-1)
     return Box(mid - rad, mid + rad)
 
 
