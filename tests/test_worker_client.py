@@ -247,7 +247,7 @@ def test_should_stop_cancels_the_calls_and_the_worker_stops_between_blocks(worke
     """A stop while a share computes: Interrupted at once, the worker abandons the share before its end (it
     serves nothing and counts one abandoned call), and the pool works as before afterwards."""
     x, y = DIGITS.x[:96], DIGITS.y[:96]
-    proposal = pgpe(64)  # 16 blocks in one share: far more than the poll interval
+    proposal = pgpe(1024)  # 256 blocks in one share: seconds, far more than the 0.25 s poll interval
     worker = workers[0].service
     with pool_for(workers[0], shares_per_worker=1) as pool:
         with pytest.raises(Interrupted, match="stopped by its caller"):
