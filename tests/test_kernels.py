@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 
 import pytest
 import torch
@@ -266,6 +267,40 @@ def test_inside_untimed_nothing_is_measured_or_cached(monkeypatch: pytest.Monkey
     assert kernels.choices() == []  # nothing measured, nothing cached for timed calls
     kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
     assert len(kernels.choices()) == 1  # outside again: measured as before
+
+
+def _sleeping(seconds: float, name: str):  # type: ignore[no-untyped-def]
+    def run(*_: object) -> str:
+        time.sleep(seconds)
+        return name
+    return run
+
+
+INNER: kernels.Table = {"slow": (_sleeping(0.05, "slow"), lambda *_: True),
+                        "quick": (_sleeping(0.0, "quick"), lambda *_: True)}
+
+
+def _through_inner(*args: object) -> str:
+    """An outer candidate made of an inner operation with its own timed choice (a step-by-step path)."""
+    return INNER[kernels.choose("inner", ("inner",), INNER, args)][0](*args)
+
+
+OUTER: kernels.Table = {"plain": (_sleeping(0.005, "plain"), lambda *_: True),
+                        "stepwise": (_through_inner, lambda *_: True)}
+
+
+def test_nested_choices_made_while_timing_do_not_count_against_the_outer_candidate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step-by-step candidate's first run times the inner candidates (50 ms for the slow one); it is a
+    warm-up, and the candidate is judged on its own runs (well under the plain candidate's 5 ms)."""
+    monkeypatch.setenv("GLS_KERNEL_TUNING", "1")
+    monkeypatch.delenv("GLS_KERNELS", raising=False)
+    kernels.reset()
+    args = (torch.zeros(1, 1, 1, 1, 1),)
+    assert kernels.choose("outer", ("outer",), OUTER, args) == "stepwise"
+    seconds = {c["operation"]: c["seconds"] for c in kernels.choices()}
+    assert seconds["inner"]["slow"] >= 0.05 and seconds["outer"]["stepwise"] < 0.005
+    kernels.reset()
 
 
 def toy_choice(key: int, wide: bool = False) -> str:

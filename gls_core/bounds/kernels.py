@@ -42,6 +42,7 @@ from . import native
 
 DENSE_MATRIX_FLOATS = 1 << 24  # largest per-chunk dense composition matrix (64 MiB of float32)
 TIMING_FLOATS = 1 << 20  # coefficient floats a candidate is timed on (a slice of the rows)
+MAX_WARMUPS = 2  # runs of a candidate that only made nested kernel choices, before its timed runs
 UNTIMED_NATIVE_CHANNELS = 16  # without timing, native for out_ch * in_ch up to this (CNN3-tiny, CNN3 conv1)
 
 
@@ -433,16 +434,27 @@ def _timing_slice(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _seconds(fn: Callable[..., torch.Tensor], args: tuple[Any, ...], best_so_far: float) -> float:
     """The faster of two timed runs; a candidate whose first run is 3x slower than the best so far
-    is not run again (its first run also pays one-off allocation, so it is only ever overestimated)."""
+    is not run again (its first run also pays one-off allocation, so it is only ever overestimated).
+
+    A run during which a nested operation measured its own candidates (a step-by-step path choosing its
+    transposed convolution) is a warm-up and does not count: it timed every nested candidate, the slowest
+    included, and would have ruled the path out for work it never does again.
+    """
     best = math.inf
+    counted = 0
     with torch.no_grad():
-        for attempt in range(2):
+        for _ in range(2 + MAX_WARMUPS):
+            measured_before = len(_timings)
             _synchronize()
             start = time.perf_counter()
             fn(*args)
             _synchronize()
-            best = min(best, time.perf_counter() - start)
-            if attempt == 0 and best > 3 * best_so_far:
+            elapsed = time.perf_counter() - start
+            if len(_timings) != measured_before:
+                continue
+            counted += 1
+            best = min(best, elapsed)
+            if counted == 2 or (counted == 1 and best > 3 * best_so_far):
                 break
     return best
 
