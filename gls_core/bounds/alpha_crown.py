@@ -52,15 +52,16 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
     With ``splits`` (ReLU layer index -> [B, *shape] in {-1, 0, 1}, the walk's subdomains) the split
     constraints also enter the bound as beta-CROWN's Lagrangian terms, one multiplier beta >= 0 per
     row and split neuron, optimised with the slopes (projected signed-gradient steps of ``beta_step_size``).
-    Without splits the slopes' gradients come in closed form (:mod:`.slope_gradients`, ``closed_form``);
-    autograd through the walk computes the same and serves the split terms.
+    The gradients of the slopes and of the split terms come in closed form (:mod:`.slope_gradients`,
+    ``closed_form``); ``closed_form=False`` takes them by autograd through the walk (the same values, a graph
+    of every step).
     """
-    if closed_form and not (splits and any(bool((split != 0).any()) for split in splits.values())):
-        return _optimise_closed_form(spec, params, state, C, steps, step_size, init, sides, should_stop)
+    if closed_form:
+        return _optimise_closed_form(spec, params, state, C, steps, step_size, init, sides, should_stop,
+                                     _split_signs(state, splits), beta_step_size)
     start_value = 0.0 if init == "deeppoly" else float(init)
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
-    signs: dict[int, torch.Tensor] = {}
     for index, bounds in state.pre_relu.items():
         shape = (*bounds.lower.shape[:2], rows, 1, *bounds.lower.shape[2:])
         if init == "deeppoly":
@@ -68,9 +69,7 @@ def optimise_slopes(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.T
         else:
             start = torch.full(shape, start_value, dtype=bounds.lower.dtype, device=bounds.lower.device)
         alphas[index] = start.contiguous()
-        split = None if splits is None else splits.get(index)
-        if split is not None and bool((split != 0).any()):
-            signs[index] = split.to(bounds.lower.dtype).unsqueeze(0).unsqueeze(2).unsqueeze(3)  # [1, B, 1, 1, *shape]
+    signs = _split_signs(state, splits)
     betas = {index: torch.zeros_like(alphas[index]) for index in signs}
     best: Box | None = None
     for optimising in _evaluations(steps if alphas else 0, should_stop):
@@ -107,14 +106,26 @@ def _evaluations(steps: int, should_stop: Callable[[], bool] | None) -> Iterator
     yield False
 
 
+def _split_signs(state: Walk, splits: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+    """Per ReLU layer with a split neuron: +1 (active) / -1 (inactive) / 0 per subdomain, [1, B, 1, 1, *shape]."""
+    signs: dict[int, torch.Tensor] = {}
+    for index, bounds in state.pre_relu.items():
+        split = None if splits is None else splits.get(index)
+        if split is not None and bool((split != 0).any()):
+            signs[index] = split.to(bounds.lower.dtype).unsqueeze(0).unsqueeze(2).unsqueeze(3)
+    return signs
+
+
 def _optimise_closed_form(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None, steps: int,
                           step_size: float, init: float | Literal["deeppoly"], sides: Sides,
-                          should_stop: Callable[[], bool] | None) -> Box:
-    """The slope optimisation without split terms, with closed-form gradients.
+                          should_stop: Callable[[], bool] | None, signs: Mapping[int, torch.Tensor],
+                          beta_step_size: float) -> Box:
+    """The slope (and split-term) optimisation with closed-form gradients.
 
     Each slope tensor holds the fixed slopes of stable neurons too (1 active, 0 inactive) and only
     unstable entries move, so a relaxation is the tensor as it stands; tensors are kept with the
-    members innermost, the layout the native kernels read, so no step copies them.
+    members innermost, the layout the native kernels read, so no step copies them. A split neuron's
+    term is ``-beta s`` on its input; d(bound)/d(beta) = -s mu, zero where nothing is split.
     """
     rows = (2 if sides == "both" else 1) * (C.shape[1] if C is not None else spec.num_outputs)
     alphas: dict[int, torch.Tensor] = {}
@@ -131,12 +142,16 @@ def _optimise_closed_form(spec: NetSpec, params: torch.Tensor, state: Walk, C: t
         moves[index] = unstable * step_size
         base = deeppoly_relaxation(bounds)
         upper[index] = base.upper_slope, base.upper_offset
+    betas = {index: torch.zeros_like(alphas[index]) for index in signs}
     best: Box | None = None
     for optimising in _evaluations(steps if alphas else 0, should_stop):
-        relaxations = {i: RowwiseRelaxation(a, None, *upper[i]) for i, a in alphas.items()}
+        relaxations = {i: RowwiseRelaxation(a, None, *upper[i], -betas[i] * signs[i] if i in betas else None)
+                       for i, a in alphas.items()}
         if optimising:
-            bounds, grads = bounds_and_slope_gradients(spec, params, state, C, relaxations, sides)
+            bounds, grads, term_grads = bounds_and_slope_gradients(spec, params, state, C, relaxations, sides)
             alphas = {i: torch.addcmul(a, grads[i].sign_(), moves[i]).clamp_(0, 1) for i, a in alphas.items()}
+            betas = {i: (b - beta_step_size * (term_grads[i] * signs[i]).sign_()).clamp_(min=0)
+                     for i, b in betas.items()}
         else:  # the last evaluation needs no gradients (and runs on the native kernels)
             bounds = final_bounds(spec, params, state, C, relaxations, sides)
         best = bounds if best is None else Box(torch.maximum(best.lower, bounds.lower),

@@ -10,6 +10,10 @@ This is the chain rule that autograd applies to the whole walk, with its convent
 coefficient reads the box centre and the upper line), for about the cost of one more pass instead of
 a graph of every step. Where the native kernels apply, the first convolution's pre-activation at x*
 comes from their last step, which never stores the rows' coefficients on the input.
+
+beta-CROWN's split terms (a relaxation's ``input_term``, added to the rows' coefficients on the ReLU's
+input) are linear in the bound too: its derivative in a term's entry is the same ``mu``, and the terms'
+contribution to the bound is ``sum(term * mu)``, added where the bound is read above them.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from .types import Box, RowwiseRelaxation
 
 def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk, C: torch.Tensor | None,
                                relaxations: dict[int, RowwiseRelaxation], sides: Sides
-                               ) -> tuple[Box, dict[int, torch.Tensor]]:
-    """The bounds of C @ logits under ``relaxations`` and d(sum of the rows' lower bounds)/d(lower slope) per
-    ReLU layer ([P, B, R, 1, *shape]; meaningful on unstable neurons, whose slopes alpha-CROWN ascends)."""
+                               ) -> tuple[Box, dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """The bounds of C @ logits under ``relaxations``, d(sum of the rows' lower bounds)/d(lower slope) per
+    ReLU layer ([P, B, R, 1, *shape]; meaningful on unstable neurons, whose slopes alpha-CROWN ascends), and
+    the same derivative in the input term of each ReLU layer whose relaxation has one (the rows'
+    pre-activations at x*, ``mu``)."""
     last = len(spec.layers) - 1
     members, batch = params.shape[0], state.box.lower.shape[0]
     coeffs = start_rows(spec, params, last, C, sides)
@@ -67,6 +73,8 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         lower = coeffs.bias + (A * centre).sum(window_dims) - (A.abs() * radius).sum(window_dims)  # [P, B, R, 1]
         h = (centre - A.sign() * radius).reshape(members, batch * rows, *A.shape[4:])  # x* per row
     grads: dict[int, torch.Tensor] = {}
+    term_grads: dict[int, torch.Tensor] = {}
+    terms: torch.Tensor | float = 0.0  # the input terms' part of the bound, sum(term * mu), read with it at the top
     top = max(recorded)
     index = start
     while index <= top:
@@ -78,7 +86,12 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         relaxation = relaxations[index]
         mu = h.view(members, batch, rows, 1, *h.shape[2:])
         coefficient = recorded[index]
-        fused = _relax_forward_native(At(spec, params, index + 1), coefficient, mu, relaxation) if index < top else None
+        if relaxation.input_term is not None:
+            term_grads[index] = mu
+            terms = terms + (relaxation.input_term * mu).sum(tuple(range(4, mu.dim())))
+        fused = None
+        if index < top and relaxation.input_term is None:  # the fused sweep never stores mu
+            fused = _relax_forward_native(At(spec, params, index + 1), coefficient, mu, relaxation)
         if fused is not None:  # this ReLU and the convolution above it in one native sweep
             grads[index], h = fused
             index += 2
@@ -95,12 +108,12 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
         if index == top:
             if lower is None:  # the rows are affine: their minimum is their value at x*, read on the smallest map
                 assert top_bias is not None
-                lower = top_bias + (coefficient * relaxed).sum(tuple(range(4, relaxed.dim())))
+                lower = top_bias + (coefficient * relaxed).sum(tuple(range(4, relaxed.dim()))) + terms
             break
         h = relaxed.view(members, batch * rows, *h.shape[2:])
         index += 1
     assert lower is not None
-    return _packed(lower.reshape(members, batch, rows), sides), grads
+    return _packed(lower.reshape(members, batch, rows), sides), grads, term_grads
 
 
 def _relax_forward_native(above: At, coefficient: torch.Tensor, mu: torch.Tensor, relaxation: RowwiseRelaxation
