@@ -238,7 +238,7 @@ def test_selection_measures_caches_and_pins(monkeypatch: pytest.MonkeyPatch) -> 
     torch.testing.assert_close(kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14)), expected, rtol=1e-5, atol=1e-5)
     (choice,) = [c for c in kernels.choices() if c["operation"] == "transpose"]
     assert choice["chosen"] in kernels.TRANSPOSE
-    assert set(choice["seconds"]) == {"native", "grouped", "dense", "polyphase"}
+    assert set(choice["seconds"]) == {"native", "shuffle", "grouped", "dense", "polyphase"}
     assert choice["seconds"][choice["chosen"]] == min(choice["seconds"].values())
     kernels.conv_transpose(A, weight, 2, (1, 1), (14, 14))
     assert len(kernels.choices()) == 1  # cached: measured once per key

@@ -19,6 +19,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 from gls_core import forward, kaiming_uniform, to_sequential
+from gls_core.bounds.types import Box
 from gls_core.nets import Conv2d, Flatten, Linear, NetSpec, Normalize, ReLU, fully_connected
 from gls_core.verify import Property, VerifyOptions, robustness, verify, verify_property
 from gls_core.verify.attack import checked
@@ -230,12 +231,13 @@ def _inside(spec: NetSpec, theta: torch.Tensor, points: torch.Tensor, splits: di
 
 
 @pytest.mark.parametrize("method", ["deeppoly", "alpha-crown"])
-def test_split_bounds_are_sound_and_batch_equals_one_at_a_time(method: str) -> None:
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_split_bounds_are_sound_and_batch_equals_one_at_a_time(method: str, precision: str) -> None:
     spec = NetSpec((1, 3, 3), (Conv2d(1, 3, 2, 1, 0), ReLU(), Flatten(), Linear(12, 8), ReLU(), Linear(8, 4)))
     theta = kaiming_uniform(spec, torch.Generator().manual_seed(3)).double()
     x = torch.rand(1, 3, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     prop = robustness(spec, x, int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax()), 0.5)
-    root = bound_subdomains(spec, theta, prop, no_splits(spec), method)
+    root = bound_subdomains(spec, theta, prop, no_splits(spec), method, precision=precision)
     generator = torch.Generator().manual_seed(5)
     splits = no_splits(spec, 6)
     for index, bounds in root.pre_relu.items():  # two random unstable neurons per layer, each split either way
@@ -245,14 +247,16 @@ def test_split_bounds_are_sound_and_batch_equals_one_at_a_time(method: str) -> N
             signs = torch.randint(0, 2, (2,), generator=generator, dtype=torch.int8) * 2 - 1
             splits[index][n].view(-1)[picked] = signs
     assert sum(int((s != 0).sum()) for s in splits.values()) >= 18
-    batched = bound_subdomains(spec, theta, prop, splits, method)
+    batched = bound_subdomains(spec, theta, prop, splits, method, precision=precision)
+    tolerance = 1e-9 if precision == "float64" else 1e-3  # float32: within its slack
     points = prop.lower + (prop.upper - prop.lower) * torch.rand(50000, *prop.lower.shape, generator=generator,
                                                                  dtype=torch.float64)
     rows = prop.rows(spec, theta, points)
     sampled = 0
     for n in range(6):
-        alone = bound_subdomains(spec, theta, prop, {i: s[n:n + 1] for i, s in splits.items()}, method)
-        torch.testing.assert_close(alone.lower[0], batched.lower[n], rtol=1e-9, atol=1e-9)
+        alone = bound_subdomains(spec, theta, prop, {i: s[n:n + 1] for i, s in splits.items()}, method,
+                                 precision=precision)
+        torch.testing.assert_close(alone.lower[0], batched.lower[n], rtol=tolerance, atol=tolerance)
         inside = _inside(spec, theta, points, {i: s[n] for i, s in splits.items()})
         sampled += int(inside.sum())
         if bool(inside.any()):
@@ -261,7 +265,32 @@ def test_split_bounds_are_sound_and_batch_equals_one_at_a_time(method: str) -> N
             split = splits[index][n]
             assert bool((bounds.lower[n][split > 0] >= 0).all()) and bool((bounds.upper[n][split < 0] <= 0).all())
     assert sampled > 100
-    assert bool((batched.lower.min(1).values >= root.lower.min() - 1e-9).all()), "splitting loosened a bound"
+    assert bool((batched.lower.min(1).values >= root.lower.min() - tolerance).all()), "splitting loosened a bound"
+
+
+def test_float32_bounds_are_widened_once_and_keep_the_splits_exact() -> None:
+    """Children of float32 bounds inherit their parents' (already widened) ReLU input bounds without paying the
+    slack again, split neurons keep 0 exactly, and every float32 bound is at most its float64 counterpart."""
+    spec = NetSpec((1, 4, 4), (Conv2d(1, 3, 2, 1, 0), ReLU(), Flatten(), Linear(27, 10), ReLU(), Linear(10, 3)))
+    theta = kaiming_uniform(spec, torch.Generator().manual_seed(6)).double()
+    x = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    prop = robustness(spec, x, int(forward(spec, theta.view(1, -1), x.unsqueeze(0))[0, 0].argmax()), 0.3)
+    root = bound_subdomains(spec, theta, prop, no_splits(spec), "alpha-crown", precision="float32")
+    splits = no_splits(spec, 2)
+    for index, bounds in root.pre_relu.items():
+        unstable = ((bounds.lower < 0) & (bounds.upper > 0)).reshape(-1).nonzero().view(-1)
+        assert unstable.numel() > 0
+        splits[index][0].view(-1)[unstable[0]], splits[index][1].view(-1)[unstable[0]] = 1, -1
+    parents = {i: Box(b.lower.expand(2, *b.lower.shape[1:]), b.upper.expand(2, *b.upper.shape[1:]))
+               for i, b in root.pre_relu.items()}
+    children = {p: bound_subdomains(spec, theta, prop, splits, "alpha-crown", parents=parents, precision=p)
+                for p in ("float32", "float64")}
+    for index, bounds in children["float32"].pre_relu.items():
+        assert bool((bounds.lower >= parents[index].lower).all()) and bool((bounds.upper <= parents[index].upper).all())
+        assert bool((bounds.lower[splits[index] > 0] == 0).all()) and bool((bounds.upper[splits[index] < 0] == 0).all())
+        exact = children["float64"].pre_relu[index]
+        assert bool((bounds.lower <= exact.lower).all()) and bool((bounds.upper >= exact.upper).all())
+    assert bool((children["float32"].lower <= children["float64"].lower).all())
 
 
 def test_counterexamples_are_checked_by_a_forward_pass() -> None:
@@ -290,7 +319,7 @@ def test_batch_interface_and_misclassified_inputs() -> None:
 
 @pytest.mark.parametrize("bad, message", [
     ({"timeout": 0}, "timeout"), ({"method": "ibp"}, "method"), ({"branching": "random"}, "branching"),
-    ({"batch": 0}, "batch"), ({"milp_below": -1}, "milp_below"),
+    ({"batch": 0}, "batch"), ({"milp_below": -1}, "milp_below"), ({"precision": "float16"}, "precision"),
 ])
 def test_options_are_validated(bad: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -37,6 +37,7 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
     pre-activations at x*, ``mu``)."""
     last = len(spec.layers) - 1
     members, batch = params.shape[0], state.box.lower.shape[0]
+    fills_lanes = members >= native.WIDTHS[0]  # the native sweeps vectorise over members: fewer waste their lanes
     coeffs = start_rows(spec, params, last, C, sides)
     rows = coeffs.A.shape[2]
     recorded: dict[int, torch.Tensor] = {}
@@ -50,7 +51,7 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
             if top_bias is None:
                 top_bias = coeffs.bias.expand(members, batch, rows, 1)
             below = spec.layers[index - 1]
-            if index - 1 == state.first and isinstance(below, Conv2d):
+            if index - 1 == state.first and isinstance(below, Conv2d) and fills_lanes:
                 # The native kernel gives the first convolution's pre-activation at x* without storing the rows
                 # on the input; the bound is then the rows on this ReLU's output at x* (linear: min at x*).
                 corner_pre_activation = first_pre_activation_at_corner(
@@ -90,7 +91,7 @@ def bounds_and_slope_gradients(spec: NetSpec, params: torch.Tensor, state: Walk,
             term_grads[index] = mu
             terms = terms + (relaxation.input_term * mu).sum(tuple(range(4, mu.dim())))
         fused = None
-        if index < top and relaxation.input_term is None:  # the fused sweep never stores mu
+        if index < top and relaxation.input_term is None and fills_lanes:  # the fused sweep never stores mu
             fused = _relax_forward_native(At(spec, params, index + 1), coefficient, mu, relaxation)
         if fused is not None:  # this ReLU and the convolution above it in one native sweep
             grads[index], h = fused

@@ -37,7 +37,7 @@ from .budget import POLICIES, Budget
 from .deadline import Clock, Deadline
 from .milp import AffineBlock, affine_blocks, solve_row
 from .property import Property, robustness
-from .subdomains import BOUND_METHODS, Bounded, Splits, bound_subdomains, no_splits
+from .subdomains import BOUND_METHODS, PRECISIONS, Bounded, Splits, bound_subdomains, no_splits
 
 Status = Literal["verified", "falsified", "unknown"]
 INTERMEDIATE = ("parent", "walk")
@@ -65,6 +65,7 @@ class VerifyOptions:
     search_attacks: float = 0.2  # share of the limit between attacks during the search (0: none)
     max_subdomains: int = 100_000  # queue length at which the search gives up (memory)
     intermediate: str = "parent"  # a child's ReLU input bounds: its parent's with the split ("parent") or a new walk
+    precision: str = "float32"  # of the subdomain bounds (the search, MILP and checks are float64): subdomains.py
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
@@ -75,6 +76,8 @@ class VerifyOptions:
             raise ValueError(f"branching must be one of {sorted(BRANCHING)}, got {self.branching!r}")
         if self.intermediate not in INTERMEDIATE:
             raise ValueError(f"intermediate must be one of {INTERMEDIATE}, got {self.intermediate!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.budget not in POLICIES:
             raise ValueError(f"budget must be one of {POLICIES}, got {self.budget!r}")
         if not 0 <= self.search_attacks <= 1:
@@ -161,7 +164,8 @@ class _Search:
             return self._undecided()
         root_splits = no_splits(self.spec)
         root = bound_subdomains(self.spec, self.theta, self.prop, root_splits, self.options.method,
-                                self.options.root_alpha_steps, should_stop=self._out_of_time)
+                                self.options.root_alpha_steps, should_stop=self._out_of_time,
+                                precision=self.options.precision)
         self.bounded = 1
         undecided = (self.prop.margins(root.lower[0]) <= 0).nonzero().view(-1).tolist()
         if undecided and self.options.attack_steps > 0 and not self._out_of_time():
@@ -195,7 +199,8 @@ class _Search:
                            torch.stack([p.pre_relu[index].upper for p in parents]).repeat_interleave(2, 0))
                 for index in parents[0].pre_relu}
             bounded = bound_subdomains(self.spec, self.theta, self.prop, splits, self.options.method,
-                                       self.options.alpha_steps, should_stop=self._out_of_time, parents=inherited)
+                                       self.options.alpha_steps, should_stop=self._out_of_time, parents=inherited,
+                                       precision=self.options.precision)
             self.per_parent = (self.deadline.clock() - began) / len(parents)
             self.bounded += len(children)
             found = self._settle(bounded, children)
@@ -370,7 +375,8 @@ def verify_each(spec: NetSpec, theta: torch.Tensor, x: torch.Tensor, y: torch.Te
 
     ``eps`` is one radius or one per input [B]. Input i's attacks draw from a generator seeded with
     ``seed + i``, so a verdict does not depend on which other inputs share the call. The search runs
-    in float64 on the CPU, where the MILP leaves are solved anyway.
+    in float64 on the CPU, where the MILP leaves are solved anyway; subdomains are bounded in
+    ``options.precision`` (float32 by default, widened back to float64: see :mod:`.subdomains`).
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} inputs but y has {y.shape[0]} labels")
