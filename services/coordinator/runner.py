@@ -104,11 +104,16 @@ class JobRunner:
         started = time.monotonic()
         ended: dict[str, str] = {}
 
+        def cancelled() -> bool:
+            if self.store.cancel_requested(job.id):
+                ended["cancelled"] = "yes"
+                return True
+            return False
+
         def abandon() -> bool:
             """Within a step: cancelled, or this coordinator stops (shutdown, a lost claim)."""
             try:
-                if self.store.cancel_requested(job.id):
-                    ended["cancelled"] = "yes"
+                if cancelled():
                     return True
             except redis.RedisError as error:  # asked again within a second; the step goes on meanwhile
                 log.warning("job %s: could not read the cancel flag (%s)", job.id, error)
@@ -123,10 +128,9 @@ class JobRunner:
                               coordinator=self.consumer, error="", note="")
 
         def stop() -> bool:
-            if self.store.cancel_requested(job.id):
-                ended["cancelled"] = "yes"
-                return True
-            if should_stop():
+            """At a step boundary: as :func:`abandon` (a Redis error here fails the sitting), or the job's slice
+            is over and another tenant waits."""
+            if cancelled() or should_stop():
                 return True
             slice_s = self.settings.job_slice_s
             if slice_s and time.monotonic() - started >= slice_s:
