@@ -38,6 +38,7 @@ import torch
 from gls_core import compute_bounds, kaiming_uniform, margin_spec, network, to_sequential
 from gls_core.losses import robust_loss
 from gls_core.nets.spec import Conv2d, Flatten, Linear, NetSpec, ReLU
+from gls_core.relaxations import DEEPPOLY
 
 ROOT = Path(__file__).resolve().parent.parent
 RGS_SIGMA = 3e-3  # per-coordinate standard deviation of the RGS perturbations (the experiment's sigma)
@@ -118,7 +119,7 @@ def gls_bounds(spec: NetSpec, population: torch.Tensor, x: torch.Tensor, C: torc
     with torch.no_grad():
         for call in range(repeats + 1):
             start = time.perf_counter()
-            _, upper = compute_bounds(spec, x, eps, "deeppoly", C=C, params=population, sides="upper")
+            _, upper = compute_bounds(spec, x, eps, DEEPPOLY, C=C, params=population, sides="upper")
             if call:
                 seconds.append(time.perf_counter() - start)
     return seconds, upper
@@ -130,7 +131,7 @@ def gls_rgs_step(spec: NetSpec, population: torch.Tensor, x: torch.Tensor, C: to
     for call in range(repeats + 1):
         params = population.clone().requires_grad_(True)
         start = time.perf_counter()
-        _, upper = compute_bounds(spec, x, eps, "deeppoly", C=C, params=params, sides="upper")
+        _, upper = compute_bounds(spec, x, eps, DEEPPOLY, C=C, params=params, sides="upper")
         robust_loss(upper).mean(dim=1).sum().backward()
         if call:
             seconds.append(time.perf_counter() - start)

@@ -28,6 +28,7 @@ from relaxations import pgd_weights  # noqa: E402
 from gls_core import network  # noqa: E402
 from gls_core.bounds.types import Box  # noqa: E402
 from gls_core.data import load_mnist  # noqa: E402
+from gls_core.relaxations import ALPHA_CROWN  # noqa: E402
 from gls_core.verify import VerifyOptions, verify_each  # noqa: E402
 from gls_core.verify.property import robustness  # noqa: E402
 from gls_core.verify.subdomains import FLOAT32_SLACK, Splits, bound_subdomains, no_splits  # noqa: E402
@@ -53,12 +54,12 @@ def rounding(nets: list[str], inputs: int, children: int) -> None:
         above = total = 0
         for i in range(inputs):
             prop = robustness(spec, x[i].double(), int(y[i]), 0.1)
-            root = bound_subdomains(spec, theta, prop, no_splits(spec), "alpha-crown", 20)
+            root = bound_subdomains(spec, theta, prop, no_splits(spec), ALPHA_CROWN, 20)
             splits = random_children(root.pre_relu, children, torch.Generator().manual_seed(i))
             parents = {k: Box(b.lower.expand(children, *b.lower.shape[1:]),
                               b.upper.expand(children, *b.upper.shape[1:])) for k, b in root.pre_relu.items()}
-            exact = bound_subdomains(spec, theta, prop, splits, "alpha-crown", 8, parents=parents, precision="float64")
-            reduced = bound_subdomains(spec, theta, prop, splits, "alpha-crown", 8, parents=parents,
+            exact = bound_subdomains(spec, theta, prop, splits, ALPHA_CROWN, 8, parents=parents, precision="float64")
+            reduced = bound_subdomains(spec, theta, prop, splits, ALPHA_CROWN, 8, parents=parents,
                                        precision="float32")
             finite = torch.isfinite(exact.lower) & torch.isfinite(reduced.lower)
             slack = FLOAT32_SLACK * (1 + exact.lower.abs())
