@@ -47,12 +47,15 @@ def _safe(bounds: Box, parent: Box | None, split: torch.Tensor | None) -> Box:
     """Float32 ReLU input bounds in float64: widened, within the parent's (already safe: the slack is not paid
     again at every depth), and the splits' clamps at 0 kept exact (they are the subdomain, not a computation)."""
     safe = widened(bounds)
-    if parent is not None:
-        safe = safe.intersect(parent)
+    return split_applied(safe if parent is None else safe.intersect(parent), split)
+
+
+def split_applied(box: Box, split: torch.Tensor | None) -> Box:
+    """ReLU input bounds with a subdomain's splits: active neurons' lower bound, inactive ones' upper, clamped at 0."""
     if split is None:
-        return safe
-    return Box(torch.where(split > 0, safe.lower.clamp(min=0), safe.lower),
-               torch.where(split < 0, safe.upper.clamp(max=0), safe.upper))
+        return box
+    return Box(torch.where(split > 0, box.lower.clamp(min=0), box.lower),
+               torch.where(split < 0, box.upper.clamp(max=0), box.upper))
 
 
 def _shifted(bound: torch.Tensor, direction: float) -> torch.Tensor:
@@ -79,11 +82,7 @@ def with_splits(inner: Intermediate, splits: Splits) -> Intermediate:
 
     def bounded(spec: NetSpec, params: torch.Tensor, state: Walk, index: int, reference: Box) -> Box:
         box = inner(spec, params, state, index, reference)
-        split = splits.get(index + 1)
-        if split is None:
-            return box
-        return Box(torch.where(split > 0, box.lower.clamp(min=0), box.lower),
-                   torch.where(split < 0, box.upper.clamp(max=0), box.upper))
+        return split_applied(box, splits.get(index + 1))
 
     return bounded
 
